@@ -1,0 +1,3 @@
+"""Sluice: a high-load message delivery gateway."""
+
+__version__ = "0.1.0"

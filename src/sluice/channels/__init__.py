@@ -1,0 +1,1 @@
+"""Pure delivery-channel primitives: rate limits, retry schedules and circuit breakers."""

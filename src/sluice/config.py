@@ -1,0 +1,312 @@
+"""Configuration: one TOML file, overridable from the environment, checked at start.
+
+Every limit the gateway enforces is a field here with its default. A bad file is refused with
+the dotted key and the reason (`channels.sms.width: expected >= 1, got 0`).
+
+Environment overrides use ``SLUICE__`` and double underscores between keys, and their values
+are read as TOML values when they parse as one (numbers, booleans, arrays), else as strings:
+
+Examples:
+    SLUICE__SERVER__LISTEN=0.0.0.0:8080
+    SLUICE__CHANNELS__WEB__RATE=250
+    SLUICE__JOURNAL__SYNCHRONOUS=normal
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "SLUICE__"
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the reason."""
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Base):
+    listen: str = "127.0.0.1:8080"
+    #: Node number in message ids (0..1023); unset picks a random one at start.
+    node: Annotated[int, msgspec.Meta(ge=0, le=1023)] | None = None
+    #: Seconds to finish in-flight work after SIGTERM before releasing it to the queue.
+    shutdown_grace_seconds: Seconds = 10.0
+
+
+class JournalConfig(_Base):
+    backend: Literal["sqlite"] = "sqlite"
+    path: str = "var/sluice.db"
+    #: FULL: a commit survives power loss. NORMAL: survives a process crash, faster.
+    synchronous: Literal["full", "normal"] = "full"
+    #: A claim is owned for this long; the owner renews it every heartbeat.
+    lease_seconds: Seconds = 30.0
+    heartbeat_seconds: Seconds = 5.0
+    #: How often leases left by dead owners and expired messages are swept.
+    sweep_seconds: Seconds = 5.0
+    #: Most operations folded into one group commit.
+    max_ops_per_commit: Positive = 4096
+    #: Most messages claimed by a channel in one claim.
+    max_claim: Positive = 1000
+
+
+class LimitsConfig(_Base):
+    max_batch: Positive = 10_000
+    max_request_bytes: Positive = 32 * 1024 * 1024
+    max_body_bytes: Positive = 64 * 1024
+    max_recipient_length: Positive = 320
+    max_sender_length: Positive = 320
+    max_metadata_entries: NonNegative = 32
+    max_metadata_bytes: Positive = 4096
+    max_idempotency_key_length: Positive = 255
+    max_callback_url_length: Positive = 2048
+    #: Pending (accepted, queued, sending) messages above which ingress answers 429.
+    max_backlog: Positive = 10_000_000
+    #: Seconds suggested in Retry-After when the backlog is full.
+    backlog_retry_after_seconds: Positive = 5
+    #: How long an idempotency key is remembered.
+    idempotency_ttl_seconds: Seconds = 86_400.0
+    #: Most messages returned by one history page.
+    max_page_size: Positive = 1000
+
+
+class RetryConfig(_Base):
+    max_attempts: Positive = 8
+    base_seconds: Seconds = 1.0
+    max_seconds: Seconds = 600.0
+    #: Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter].
+    jitter: Fraction = 0.2
+
+
+class BreakerConfig(_Base):
+    #: Consecutive transient failures that open the breaker.
+    failure_threshold: Positive = 10
+    cooldown_seconds: Seconds = 5.0
+    max_cooldown_seconds: Seconds = 120.0
+
+
+class WebhookConfig(_Base):
+    url: str
+    #: Secret for the HMAC-SHA256 signature header; unset sends unsigned requests.
+    secret: str | None = None
+    timeout_seconds: Seconds = 10.0
+    connect_timeout_seconds: Seconds = 3.0
+
+
+class ChannelConfig(_Base):
+    type: Literal["webhook"]
+    #: Messages in flight at once on this channel.
+    width: Positive = 32
+    #: Messages per second (token bucket); 0 means unlimited.
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    #: Tokens the bucket holds, i.e. the largest burst; 0 means max(1, rate / 10).
+    burst: NonNegative = 0
+    #: Share of the width kept free for urgent messages so they never wait behind bulk.
+    urgent_reserve: Fraction = 0.1
+    #: Channel that takes this channel's messages while its breaker is open or retries run out.
+    failover: str | None = None
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    webhook: WebhookConfig | None = None
+
+
+class TenantConfig(_Base):
+    #: Hashes of the tenant's API keys: "sha256:<hex>" (see `sluice hash-key`).
+    api_keys: list[str]
+    #: Messages per second accepted from this tenant; 0 means unlimited.
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    burst: NonNegative = 0
+    #: Channels this tenant may use; empty means all.
+    channels: list[str] = []
+
+
+class CallbacksConfig(_Base):
+    max_attempts: Positive = 10
+    base_seconds: Seconds = 1.0
+    max_seconds: Seconds = 600.0
+    timeout_seconds: Seconds = 10.0
+    #: Callbacks posted at once.
+    width: Positive = 16
+    #: Secret for signing callbacks; unset sends them unsigned.
+    secret: str | None = None
+
+
+class Config(_Base):
+    server: ServerConfig = ServerConfig()
+    journal: JournalConfig = JournalConfig()
+    limits: LimitsConfig = LimitsConfig()
+    callbacks: CallbacksConfig = CallbacksConfig()
+    channels: dict[str, ChannelConfig] = {}
+    tenants: dict[str, TenantConfig] = {}
+
+
+def hash_api_key(key: str) -> str:
+    """The form an API key takes in the configuration."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _check(config: Config) -> None:
+    """Rules that span fields; types and ranges are checked by the schema."""
+    host, sep, port = config.server.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"server.listen: expected host:port, got {config.server.listen!r}"
+        )
+    if config.journal.heartbeat_seconds >= config.journal.lease_seconds:
+        raise ConfigError(
+            "journal.heartbeat_seconds: must be shorter than journal.lease_seconds "
+            f"({config.journal.heartbeat_seconds} >= {config.journal.lease_seconds})"
+        )
+    for name, channel in config.channels.items():
+        key = f"channels.{name}"
+        if channel.type == "webhook" and channel.webhook is None:
+            raise ConfigError(f"{key}.webhook: required for a channel of type 'webhook'")
+        if channel.webhook is not None and not channel.webhook.url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError(f"{key}.webhook.url: expected an http(s) URL, got "
+                              f"{channel.webhook.url!r}")
+        if channel.failover is not None:
+            if channel.failover == name:
+                raise ConfigError(f"{key}.failover: a channel cannot fail over to itself")
+            if channel.failover not in config.channels:
+                raise ConfigError(f"{key}.failover: unknown channel {channel.failover!r}")
+        if channel.retry.base_seconds > channel.retry.max_seconds:
+            raise ConfigError(f"{key}.retry.base_seconds: larger than retry.max_seconds")
+    seen_keys: dict[str, str] = {}
+    for name, tenant in config.tenants.items():
+        key = f"tenants.{name}"
+        if not tenant.api_keys:
+            raise ConfigError(f"{key}.api_keys: a tenant needs at least one key")
+        for i, api_key in enumerate(tenant.api_keys):
+            if not _HASH_RE.match(api_key):
+                raise ConfigError(
+                    f"{key}.api_keys[{i}]: expected 'sha256:' and 64 hex digits "
+                    "(make one with `sluice hash-key`)"
+                )
+            if api_key in seen_keys:
+                raise ConfigError(
+                    f"{key}.api_keys[{i}]: the same key is given to tenant {seen_keys[api_key]!r}"
+                )
+            seen_keys[api_key] = name
+        for channel_name in tenant.channels:
+            if channel_name not in config.channels:
+                raise ConfigError(f"{key}.channels: unknown channel {channel_name!r}")
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``SLUICE__A__B=value`` variables on a parsed TOML document (returns a copy)."""
+    merged = _deep_copy(raw)
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if not all(path):
+            raise ConfigError(f"environment variable {name}: empty key in the path")
+        node = merged
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"environment variable {name}: {'.'.join(path[: i + 1])} is not a table"
+                )
+            node = child
+        node[path[-1]] = _env_value(environ[name])
+    return merged
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+_CHANNEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _convert(raw: Any, kind: type[Any], prefix: str) -> Any:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH_RE.search(message)
+        path, reason = "", message
+        if match is not None:
+            path = match.group("path").replace("['", ".").replace("']", "").lstrip(".")
+            reason = message[: match.start()]
+        key = ".".join(part for part in (prefix, path) if part)
+        raise ConfigError(f"{key or '(top level)'}: {reason}") from None
+
+
+def _convert_table(raw: dict[str, Any], name: str, kind: type[Any]) -> dict[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: expected a table, got {type(table).__name__}")
+    return {key: _convert(value, kind, f"{name}.{key}") for key, value in table.items()}
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build and check a Config from plain data; raise ConfigError naming the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"(top level): expected a table, got {type(raw).__name__}")
+    channels = _convert_table(raw, "channels", ChannelConfig)
+    for name in channels:
+        if not _CHANNEL_NAME_RE.match(name):
+            raise ConfigError(
+                f"channels.{name}: a channel name is 1-32 characters of a-z, 0-9, '_' and '-', "
+                "starting with a letter"
+            )
+    tenants = _convert_table(raw, "tenants", TenantConfig)
+    rest = {k: v for k, v in raw.items() if k not in ("channels", "tenants")}
+    config = msgspec.structs.replace(
+        _convert(rest, Config, ""), channels=channels, tenants=tenants
+    )
+    _check(config)
+    return config
+
+
+def loads(text: str, environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    return from_dict(apply_env(raw, os.environ if environ is None else environ))
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        return loads(text, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,1 @@
+"""Ingress: how producers hand messages to Sluice (HTTP API; SMTP later)."""

@@ -1,0 +1,1 @@
+"""Durable state of every message: one contract, a module per backend."""

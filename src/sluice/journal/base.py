@@ -1,0 +1,152 @@
+"""The journal contract: durable state of every message, shared by all backends.
+
+The journal is the pipeline's buffer. Ingress inserts, channels claim due messages with a lease,
+completions record each attempt's outcome, the sweeper returns work whose owner died. Every
+write is acknowledged only after it is committed; concurrent writers share one commit.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+import msgspec
+
+from sluice.model import Message, Outcome, State
+
+
+class JournalError(Exception):
+    """The journal cannot do what was asked (a storage fault, not a caller's mistake)."""
+
+
+class JournalBusy(JournalError):
+    """Another process holds this journal."""
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key was reused for a different request."""
+
+
+class SubmitResult(msgspec.Struct, frozen=True):
+    ids: list[int]
+    #: True when the idempotency key was seen before: ids are the original ones, nothing stored.
+    replayed: bool
+
+
+class Completion(msgspec.Struct, array_like=True, gc=False):
+    """The journal update for one finished attempt."""
+
+    message_id: int
+    #: SENT, FAILED or QUEUED (a retry, due at `due_at`), or DELIVERED for a receipt.
+    state: State
+    channel: str
+    attempt: int
+    outcome: Outcome
+    latency_ms: float = 0.0
+    provider_id: str | None = None
+    detail: str | None = None
+    due_at: int = 0
+    #: Move the message to this channel (failover) when it is queued again.
+    reroute_to: str | None = None
+    #: Do not count this attempt (the peer throttled us before trying).
+    uncount: bool = False
+
+
+class TimelineEntry(msgspec.Struct, frozen=True):
+    at: int
+    state: State
+    channel: str | None = None
+    attempt: int | None = None
+    outcome: Outcome | None = None
+    provider_id: str | None = None
+    latency_ms: float | None = None
+    detail: str | None = None
+
+
+class MessageRecord(msgspec.Struct, frozen=True):
+    message: Message
+    state: State
+    created_at: int
+    updated_at: int
+    due_at: int
+    provider_id: str | None
+    timeline: list[TimelineEntry]
+
+
+class CancelResult(enum.Enum):
+    CANCELLED = "cancelled"
+    NOT_FOUND = "not_found"
+    TOO_LATE = "too_late"
+
+
+class SweepResult(msgspec.Struct, frozen=True):
+    reclaimed: int
+    expired: int
+    forgotten_keys: int
+
+
+class CallbackJob(msgspec.Struct, frozen=True):
+    id: int
+    message_id: int
+    url: str
+    payload: bytes
+    attempts: int
+
+
+class Journal(Protocol):
+    """What every journal backend provides. Times are integer ms since the Unix epoch."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def insert(
+        self,
+        tenant: str,
+        messages: list[Message],
+        idempotency_key: str | None = None,
+        digest: bytes | None = None,
+    ) -> SubmitResult:
+        """Store messages as queued; with a key, a repeat returns the first call's ids."""
+        ...
+
+    async def claim(
+        self, channel: str, limit: int, non_urgent_limit: int, owner: int, now: int, lease_ms: int
+    ) -> list[Message]:
+        """Lease up to `limit` due messages, urgent first; at most `non_urgent_limit` of them
+        may be below urgent priority. Expired ones are marked expired instead."""
+        ...
+
+    async def complete(self, owner: int, completions: list[Completion]) -> None: ...
+
+    async def renew_leases(self, owner: int, until: int) -> int: ...
+
+    async def release(self, owner: int, now: int) -> int:
+        """Give back every message this owner holds (graceful shutdown)."""
+        ...
+
+    async def sweep(self, now: int, idempotency_ttl_ms: int) -> SweepResult: ...
+
+    async def reroute(self, from_channel: str, to_channel: str, limit: int, now: int) -> int:
+        """Move due queued messages of a parked channel to its failover channel."""
+        ...
+
+    async def cancel(self, tenant: str, message_id: int, now: int) -> CancelResult: ...
+
+    async def get(self, tenant: str, message_id: int) -> MessageRecord | None: ...
+
+    async def by_recipient(
+        self, tenant: str, recipient: str, before_id: int | None, limit: int
+    ) -> list[MessageRecord]: ...
+
+    async def next_due(self, channel: str) -> int | None: ...
+
+    def pending(self) -> dict[str, int]:
+        """Messages accepted and not yet final, per channel (kept in memory, exact)."""
+        ...
+
+    async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]: ...
+
+    async def finish_callbacks(
+        self, done: list[int], retry: list[tuple[int, int]], dropped: list[int]
+    ) -> None: ...

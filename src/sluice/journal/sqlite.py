@@ -1,0 +1,855 @@
+"""The embedded journal: SQLite in WAL mode with group commit.
+
+One writer thread owns the write connection. Every write operation (insert, claim, complete …)
+is queued to it with a future; the thread takes everything queued, runs each operation inside
+its own savepoint of one transaction, commits once, and only then resolves the futures. Many
+producers therefore share one fsync, and nobody hears "done" before the data is on disk.
+Reads (status, history) run on a second connection in their own thread; WAL lets them proceed
+while the writer commits.
+
+One process owns a journal file at a time (an advisory lock beside it), so at start every
+message left `sending` by a crashed predecessor is returned to the queue at once.
+
+Warning: an operation that raises rolls back to its savepoint only; the rest of the group
+commits. A failing COMMIT (disk full, I/O error) fails every operation of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from sluice.journal.base import (
+    CallbackJob,
+    CancelResult,
+    Completion,
+    IdempotencyConflict,
+    JournalBusy,
+    JournalError,
+    MessageRecord,
+    SubmitResult,
+    SweepResult,
+    TimelineEntry,
+)
+from sluice.model import (
+    FINAL_STATES,
+    STATE_NAMES,
+    Message,
+    Outcome,
+    Priority,
+    State,
+    format_id,
+    id_time_ms,
+    now_ms,
+)
+
+log = logging.getLogger("sluice.journal")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    sender TEXT,
+    body TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    due_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    callback_url TEXT,
+    metadata BLOB,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner INTEGER,
+    lease_until INTEGER,
+    provider_id TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_due
+    ON messages (channel, priority, due_at) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS messages_leased
+    ON messages (lease_until) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS messages_expiring
+    ON messages (expires_at) WHERE state = 1 AND expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_recipient
+    ON messages (tenant, recipient, id);
+CREATE TABLE IF NOT EXISTS events (
+    message_id INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    channel TEXT,
+    attempt INTEGER,
+    outcome INTEGER,
+    provider_id TEXT,
+    latency_ms REAL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_message ON events (message_id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant TEXT NOT NULL,
+    key TEXT NOT NULL,
+    digest BLOB,
+    ids BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency (created_at);
+CREATE TABLE IF NOT EXISTS callbacks (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due_at);
+"""
+
+_QUEUED = int(State.QUEUED)
+_SENDING = int(State.SENDING)
+_PRIORITIES = tuple(int(p) for p in Priority)
+_MESSAGE_COLUMNS = (
+    "id, tenant, channel, recipient, body, sender, priority, due_at, expires_at, callback_url, "
+    "metadata, attempts"
+)
+_json = msgspec.json.Encoder()
+_metadata_decoder = msgspec.msgpack.Decoder(dict[str, str])
+_metadata_encoder = msgspec.msgpack.Encoder()
+
+Op = Callable[..., Any]
+
+
+class CallbackPayload(msgspec.Struct, omit_defaults=True):
+    """What a producer's callback URL receives when its message reaches a final state."""
+
+    id: str
+    state: str
+    at: int
+    channel: str
+    attempts: int
+    tenant: str
+    to: str
+    provider_id: str | None = None
+    detail: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+def _row_to_message(row: tuple[Any, ...]) -> Message:
+    (mid, tenant, channel, recipient, body, sender, priority, due_at, expires_at, callback_url,
+     metadata, attempts) = row
+    return Message(
+        mid, tenant, channel, recipient, body, sender, priority,
+        due_at, expires_at, callback_url,
+        _metadata_decoder.decode(metadata) if metadata is not None else None, attempts,
+    )
+
+
+class _Transaction:
+    """Per-group scratch: pending-count changes applied only if the group commits."""
+
+    __slots__ = ("deltas",)
+
+    def __init__(self) -> None:
+        self.deltas: Counter[str] = Counter()
+
+
+class SqliteJournal:
+    """Examples:
+        journal = SqliteJournal("var/sluice.db")
+        await journal.open()
+        result = await journal.insert("acme", [message])
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "full",
+        max_ops_per_commit: int = 4096,
+    ) -> None:
+        self._path = Path(path)
+        self._synchronous = synchronous.upper()
+        self._max_ops = max_ops_per_commit
+        self._queue: queue.SimpleQueue[tuple[Op, tuple[Any, ...], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._writer: threading.Thread | None = None
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock_fd: int | None = None
+        self._pending: Counter[str] = Counter()
+        self._ready = threading.Event()
+        self._open_error: BaseException | None = None
+        self.commits = 0
+        self.ops = 0
+
+    # ---------------------------------------------------------------- life cycle
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        self._loop = asyncio.get_running_loop()
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._writer.start()
+        await asyncio.to_thread(self._ready.wait)
+        if self._open_error is not None:
+            self._release_lock()
+            raise JournalError(f"cannot open journal {self._path}: {self._open_error}")
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
+        await self._write(_op_recover)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._reader is not None:
+            self._reader.submit(self._close_reader).result()
+            self._reader.shutdown(wait=True)
+            self._reader = None
+        self._release_lock()
+
+    def _take_lock(self) -> None:
+        fd = os.open(str(self._path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalBusy(
+                f"journal {self._path} is in use by another process; one process owns an "
+                "SQLite journal (use PostgreSQL to run several)"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA cache_size=-65536")
+        return conn
+
+    # ---------------------------------------------------------------- group commit
+
+    async def _write(self, op: Op, *args: Any) -> Any:
+        if self._writer is None or self._loop is None:
+            raise JournalError("journal is not open")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put((op, args, future))
+        return await future
+
+    def _write_loop(self) -> None:
+        try:
+            conn = self._connect()
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException as exc:
+            self._open_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            group = [item]
+            while len(group) < self._max_ops:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            self._run_group(conn, group)
+        conn.close()
+
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[tuple[Op, tuple[Any, ...], asyncio.Future[Any]]]
+    ) -> None:
+        tx = _Transaction()
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, args, future in group:
+                if len(group) == 1:
+                    try:
+                        results.append((future, op(conn, tx, *args), None))
+                    except Exception as exc:
+                        results.append((future, None, exc))
+                        conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")
+                        tx.deltas.clear()
+                    continue
+                conn.execute("SAVEPOINT op")
+                before = Counter(tx.deltas)
+                try:
+                    value = op(conn, tx, *args)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    tx.deltas = before
+                    results.append((future, None, exc))
+                else:
+                    results.append((future, value, None))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except Exception as exc:
+            log.exception("journal commit failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = JournalError(f"journal commit failed: {exc}")
+            results = [(future, None, error) for _, _, future in group]
+        else:
+            self._pending.update(tx.deltas)
+            self.commits += 1
+            self.ops += len(group)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, results)
+
+    # ---------------------------------------------------------------- reads
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._reader_local.conn = conn
+        return conn
+
+    def _close_reader(self) -> None:
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._reader_local.conn = None
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._reader is None:
+            raise JournalError("journal is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, lambda: fn(self._reader_conn(), *args))
+
+    # ---------------------------------------------------------------- the contract
+
+    async def insert(
+        self,
+        tenant: str,
+        messages: list[Message],
+        idempotency_key: str | None = None,
+        digest: bytes | None = None,
+    ) -> SubmitResult:
+        result: SubmitResult = await self._write(
+            _op_insert, tenant, messages, idempotency_key, digest
+        )
+        return result
+
+    async def claim(
+        self, channel: str, limit: int, non_urgent_limit: int, owner: int, now: int, lease_ms: int
+    ) -> list[Message]:
+        claimed: list[Message] = await self._write(
+            _op_claim, channel, limit, non_urgent_limit, owner, now, lease_ms
+        )
+        return claimed
+
+    async def complete(self, owner: int, completions: list[Completion]) -> None:
+        if completions:
+            await self._write(_op_complete, owner, completions)
+
+    async def renew_leases(self, owner: int, until: int) -> int:
+        count: int = await self._write(_op_renew, owner, until)
+        return count
+
+    async def release(self, owner: int, now: int) -> int:
+        count: int = await self._write(_op_release, owner, now)
+        return count
+
+    async def sweep(self, now: int, idempotency_ttl_ms: int) -> SweepResult:
+        result: SweepResult = await self._write(_op_sweep, now, idempotency_ttl_ms)
+        return result
+
+    async def reroute(self, from_channel: str, to_channel: str, limit: int, now: int) -> int:
+        count: int = await self._write(_op_reroute, from_channel, to_channel, limit, now)
+        return count
+
+    async def cancel(self, tenant: str, message_id: int, now: int) -> CancelResult:
+        result: CancelResult = await self._write(_op_cancel, tenant, message_id, now)
+        return result
+
+    async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
+        records: list[MessageRecord] = await self._read(
+            _read_records, "WHERE id = ? AND tenant = ?", (message_id, tenant)
+        )
+        return records[0] if records else None
+
+    async def by_recipient(
+        self, tenant: str, recipient: str, before_id: int | None, limit: int
+    ) -> list[MessageRecord]:
+        where = "WHERE tenant = ? AND recipient = ?"
+        params: tuple[Any, ...] = (tenant, recipient)
+        if before_id is not None:
+            where += " AND id < ?"
+            params += (before_id,)
+        where += " ORDER BY id DESC LIMIT ?"
+        records: list[MessageRecord] = await self._read(_read_records, where, (*params, limit))
+        return records
+
+    async def next_due(self, channel: str) -> int | None:
+        due: int | None = await self._read(_read_next_due, channel)
+        return due
+
+    def pending(self) -> dict[str, int]:
+        return {channel: n for channel, n in self._pending.items() if n}
+
+    async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]:
+        jobs: list[CallbackJob] = await self._write(_op_claim_callbacks, limit, now, lease_ms)
+        return jobs
+
+    async def finish_callbacks(
+        self, done: list[int], retry: list[tuple[int, int]], dropped: list[int]
+    ) -> None:
+        await self._write(_op_finish_callbacks, done, retry, dropped)
+
+    async def count_by_state(self) -> dict[State, int]:
+        """Messages per state (a full scan: for tests and tools, not the hot path)."""
+        rows: list[tuple[int, int]] = await self._read(
+            lambda conn: conn.execute(
+                "SELECT state, COUNT(*) FROM messages GROUP BY state"
+            ).fetchall()
+        )
+        return {State(state): n for state, n in rows}
+
+
+def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+
+# -------------------------------------------------------------------- operations (writer thread)
+
+
+def _op_recover(conn: sqlite3.Connection, tx: _Transaction) -> None:
+    """At start: return orphaned claims to the queue and rebuild the pending counts."""
+    now = now_ms()
+    rows = conn.execute(
+        "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? "
+        "WHERE state = ? RETURNING id, channel",
+        (_QUEUED, now, _SENDING),
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO events (message_id, at, state, channel, detail) VALUES (?, ?, ?, ?, ?)",
+        [(mid, now, _QUEUED, channel, "recovered at start") for mid, channel in rows],
+    )
+    if rows:
+        log.warning("recovered %d messages left in flight by a previous run", len(rows))
+    counts = conn.execute(
+        "SELECT channel, COUNT(*) FROM messages WHERE state IN (0, 1, 2) GROUP BY channel"
+    ).fetchall()
+    tx.deltas.update(dict(counts))
+
+
+def _op_insert(
+    conn: sqlite3.Connection,
+    tx: _Transaction,
+    tenant: str,
+    messages: list[Message],
+    key: str | None,
+    digest: bytes | None,
+) -> SubmitResult:
+    now = now_ms()
+    if key is not None:
+        row = conn.execute(
+            "SELECT digest, ids FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key)
+        ).fetchone()
+        if row is not None:
+            if row[0] is not None and digest is not None and row[0] != digest:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} was used before for a different request"
+                )
+            return SubmitResult(msgspec.msgpack.decode(row[1], type=list[int]), True)
+    encode = _metadata_encoder.encode
+    conn.executemany(
+        "INSERT INTO messages (id, tenant, channel, recipient, sender, body, priority, state, "
+        "due_at, expires_at, callback_url, metadata, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+        [
+            (
+                m.id, tenant, m.channel, m.recipient, m.sender, m.body, m.priority,
+                m.not_before or now, m.expires_at, m.callback_url,
+                encode(m.metadata) if m.metadata else None, now,
+            )
+            for m in messages
+        ],
+    )
+    ids = [m.id for m in messages]
+    if key is not None:
+        conn.execute(
+            "INSERT INTO idempotency (tenant, key, digest, ids, created_at) VALUES (?, ?, ?, ?, ?)",
+            (tenant, key, digest, msgspec.msgpack.encode(ids), now),
+        )
+    deltas = tx.deltas
+    for m in messages:
+        deltas[m.channel] += 1
+    return SubmitResult(ids, False)
+
+
+def _op_claim(
+    conn: sqlite3.Connection,
+    tx: _Transaction,
+    channel: str,
+    limit: int,
+    non_urgent_limit: int,
+    owner: int,
+    now: int,
+    lease_ms: int,
+) -> list[Message]:
+    rows: list[tuple[Any, ...]] = []
+    for priority in _PRIORITIES:
+        want = limit - len(rows)
+        if priority != Priority.URGENT:
+            want = min(want, non_urgent_limit - sum(1 for r in rows if r[6] != Priority.URGENT))
+        if want <= 0:
+            break
+        rows.extend(
+            conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_due "
+                "WHERE state = 1 AND channel = ? AND priority = ? AND due_at <= ? "
+                "ORDER BY due_at LIMIT ?",
+                (channel, priority, now, want),
+            ).fetchall()
+        )
+    if not rows:
+        return []
+    live: list[Message] = []
+    expired: list[tuple[Any, ...]] = []
+    for row in rows:
+        if row[8] is not None and row[8] <= now:
+            expired.append(row)
+        else:
+            live.append(_row_to_message(row))
+    if live:
+        conn.executemany(
+            "UPDATE messages SET state = 2, lease_owner = ?, lease_until = ?, "
+            "attempts = attempts + 1, updated_at = ? WHERE id = ?",
+            [(owner, now + lease_ms, now, m.id) for m in live],
+        )
+        conn.executemany(
+            "INSERT INTO events (message_id, at, state, channel, attempt) VALUES (?, ?, 2, ?, ?)",
+            [(m.id, now, channel, m.attempts + 1) for m in live],
+        )
+        for m in live:
+            m.attempts += 1
+    if expired:
+        _expire(conn, tx, [r[0] for r in expired], now)
+    return live
+
+
+def _expire(conn: sqlite3.Connection, tx: _Transaction, ids: list[int], now: int) -> int:
+    done = 0
+    for mid in ids:
+        row = conn.execute(
+            "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL, "
+            "updated_at = ? WHERE id = ? AND state IN (0, 1) "
+            "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
+            (int(State.EXPIRED), now, mid),
+        ).fetchone()
+        if row is None:
+            continue
+        done += 1
+        tenant, channel, recipient, attempts, callback_url, metadata = row
+        conn.execute(
+            "INSERT INTO events (message_id, at, state, channel, detail) VALUES (?, ?, ?, ?, ?)",
+            (mid, now, int(State.EXPIRED), channel, "expired before it could be sent"),
+        )
+        tx.deltas[channel] -= 1
+        if callback_url:
+            _add_callback(
+                conn, mid, callback_url, State.EXPIRED, now, channel, attempts, tenant, recipient,
+                None, "expired before it could be sent", metadata,
+            )
+    return done
+
+
+def _add_callback(
+    conn: sqlite3.Connection,
+    mid: int,
+    url: str,
+    state: State,
+    now: int,
+    channel: str,
+    attempts: int,
+    tenant: str,
+    recipient: str,
+    provider_id: str | None,
+    detail: str | None,
+    metadata: bytes | None,
+) -> None:
+    payload = _json.encode(
+        CallbackPayload(
+            id=format_id(mid), state=STATE_NAMES[state], at=now, channel=channel,
+            attempts=attempts, tenant=tenant, to=recipient, provider_id=provider_id,
+            detail=detail,
+            metadata=_metadata_decoder.decode(metadata) if metadata is not None else None,
+        )
+    )
+    conn.execute(
+        "INSERT INTO callbacks (message_id, url, payload, due_at) VALUES (?, ?, ?, ?)",
+        (mid, url, payload, now),
+    )
+
+
+def _op_complete(
+    conn: sqlite3.Connection, tx: _Transaction, owner: int, completions: list[Completion]
+) -> None:
+    now = now_ms()
+    events = []
+    for c in completions:
+        state = c.state
+        if state == State.QUEUED:
+            channel = c.reroute_to or c.channel
+            row = conn.execute(
+                "UPDATE messages SET state = 1, due_at = ?, channel = ?, lease_owner = NULL, "
+                "lease_until = NULL, attempts = attempts - ?, updated_at = ? "
+                "WHERE id = ? AND state = 2 AND lease_owner = ? RETURNING id",
+                (c.due_at, channel, 1 if c.uncount else 0, now, c.message_id, owner),
+            ).fetchone()
+            if row is None:
+                continue
+            if channel != c.channel:
+                tx.deltas[c.channel] -= 1
+                tx.deltas[channel] += 1
+        elif state == State.DELIVERED:
+            row = conn.execute(
+                "UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND state IN (2, 3) "
+                "RETURNING tenant, channel, recipient, attempts, callback_url, metadata, state",
+                (int(state), now, c.message_id),
+            ).fetchone()
+            if row is None:
+                continue
+            if row[6] == _SENDING:
+                tx.deltas[row[1]] -= 1
+            _final_callback(conn, c, row, now)
+        else:
+            row = conn.execute(
+                "UPDATE messages SET state = ?, provider_id = ?, lease_owner = NULL, "
+                "lease_until = NULL, updated_at = ? WHERE id = ? AND state = 2 AND lease_owner = ? "
+                "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
+                (int(state), c.provider_id, now, c.message_id, owner),
+            ).fetchone()
+            if row is None:
+                continue
+            tx.deltas[row[1]] -= 1
+            if state in FINAL_STATES:
+                _final_callback(conn, c, row, now)
+        events.append(
+            (c.message_id, now, int(state), c.channel, c.attempt, int(c.outcome), c.provider_id,
+             c.latency_ms, c.detail)
+        )
+    conn.executemany(
+        "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
+        "latency_ms, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        events,
+    )
+
+
+def _final_callback(
+    conn: sqlite3.Connection, c: Completion, row: tuple[Any, ...], now: int
+) -> None:
+    tenant, channel, recipient, attempts, callback_url, metadata = row[:6]
+    if callback_url:
+        _add_callback(
+            conn, c.message_id, callback_url, c.state, now, channel, attempts, tenant, recipient,
+            c.provider_id, c.detail, metadata,
+        )
+
+
+def _op_renew(conn: sqlite3.Connection, tx: _Transaction, owner: int, until: int) -> int:
+    return conn.execute(
+        "UPDATE messages SET lease_until = ? WHERE lease_owner = ? AND state = 2", (until, owner)
+    ).rowcount
+
+
+def _requeue(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], now: int,
+             detail: str) -> int:
+    rows = conn.execute(
+        "UPDATE messages SET state = 1, lease_owner = NULL, lease_until = NULL, updated_at = ? "
+        f"WHERE state = 2 AND {where} RETURNING id, channel",
+        (now, *params),
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO events (message_id, at, state, channel, detail) VALUES (?, ?, 1, ?, ?)",
+        [(mid, now, channel, detail) for mid, channel in rows],
+    )
+    return len(rows)
+
+
+def _op_release(conn: sqlite3.Connection, tx: _Transaction, owner: int, now: int) -> int:
+    return _requeue(conn, "lease_owner = ?", (owner,), now, "released at shutdown")
+
+
+def _op_sweep(
+    conn: sqlite3.Connection, tx: _Transaction, now: int, idempotency_ttl_ms: int
+) -> SweepResult:
+    reclaimed = _requeue(
+        conn, "lease_until < ?", (now,), now, "lease expired; its owner stopped renewing it"
+    )
+    expiring = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM messages INDEXED BY messages_expiring "
+            "WHERE state = 1 AND expires_at IS NOT NULL AND expires_at <= ? LIMIT 10000",
+            (now,),
+        )
+    ]
+    expired = _expire(conn, tx, expiring, now)
+    forgotten = conn.execute(
+        "DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_ms,)
+    ).rowcount
+    return SweepResult(reclaimed, expired, forgotten)
+
+
+def _op_reroute(
+    conn: sqlite3.Connection, tx: _Transaction, src: str, dst: str, limit: int, now: int
+) -> int:
+    rows = conn.execute(
+        "UPDATE messages SET channel = ?, updated_at = ? WHERE id IN ("
+        "SELECT id FROM messages INDEXED BY messages_due "
+        "WHERE state = 1 AND channel = ? AND due_at <= ? LIMIT ?) RETURNING id",
+        (dst, now, src, now, limit),
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO events (message_id, at, state, channel, detail) VALUES (?, ?, 1, ?, ?)",
+        [(mid, now, dst, f"failover from {src}: its breaker is open") for (mid,) in rows],
+    )
+    tx.deltas[src] -= len(rows)
+    tx.deltas[dst] += len(rows)
+    return len(rows)
+
+
+def _op_cancel(
+    conn: sqlite3.Connection, tx: _Transaction, tenant: str, mid: int, now: int
+) -> CancelResult:
+    row = conn.execute(
+        "SELECT state, channel, recipient, attempts, callback_url, metadata FROM messages "
+        "WHERE id = ? AND tenant = ?",
+        (mid, tenant),
+    ).fetchone()
+    if row is None:
+        return CancelResult.NOT_FOUND
+    state, channel, recipient, attempts, callback_url, metadata = row
+    if state not in (State.ACCEPTED, State.QUEUED):
+        return CancelResult.TOO_LATE
+    conn.execute(
+        "UPDATE messages SET state = ?, updated_at = ? WHERE id = ?",
+        (int(State.CANCELLED), now, mid),
+    )
+    conn.execute(
+        "INSERT INTO events (message_id, at, state, channel, detail) VALUES (?, ?, ?, ?, ?)",
+        (mid, now, int(State.CANCELLED), channel, "cancelled by the producer"),
+    )
+    tx.deltas[channel] -= 1
+    if callback_url:
+        _add_callback(
+            conn, mid, callback_url, State.CANCELLED, now, channel, attempts, tenant, recipient,
+            None, "cancelled by the producer", metadata,
+        )
+    return CancelResult.CANCELLED
+
+
+def _op_claim_callbacks(
+    conn: sqlite3.Connection, tx: _Transaction, limit: int, now: int, lease_ms: int
+) -> list[CallbackJob]:
+    rows = conn.execute(
+        "UPDATE callbacks SET due_at = ?, attempts = attempts + 1 WHERE id IN ("
+        "SELECT id FROM callbacks WHERE due_at <= ? ORDER BY due_at LIMIT ?) "
+        "RETURNING id, message_id, url, payload, attempts",
+        (now + lease_ms, now, limit),
+    ).fetchall()
+    return [CallbackJob(*row) for row in rows]
+
+
+def _op_finish_callbacks(
+    conn: sqlite3.Connection,
+    tx: _Transaction,
+    done: list[int],
+    retry: list[tuple[int, int]],
+    dropped: list[int],
+) -> None:
+    conn.executemany("DELETE FROM callbacks WHERE id = ?", [(i,) for i in (*done, *dropped)])
+    conn.executemany("UPDATE callbacks SET due_at = ? WHERE id = ?", [(d, i) for i, d in retry])
+
+
+# -------------------------------------------------------------------- reads (reader thread)
+
+
+def _read_records(
+    conn: sqlite3.Connection, where: str, params: tuple[Any, ...]
+) -> list[MessageRecord]:
+    rows = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS}, state, updated_at, provider_id FROM messages {where}",
+        params,
+    ).fetchall()
+    if not rows:
+        return []
+    ids = [row[0] for row in rows]
+    marks = ",".join("?" * len(ids))
+    timelines: dict[int, list[TimelineEntry]] = {mid: [] for mid in ids}
+    for mid, at, state, channel, attempt, outcome, provider_id, latency_ms, detail in conn.execute(
+        "SELECT message_id, at, state, channel, attempt, outcome, provider_id, latency_ms, detail "
+        f"FROM events WHERE message_id IN ({marks}) ORDER BY rowid",
+        ids,
+    ):
+        timelines[mid].append(
+            TimelineEntry(
+                at, State(state), channel, attempt,
+                Outcome(outcome) if outcome is not None else None, provider_id, latency_ms, detail,
+            )
+        )
+    records = []
+    for row in rows:
+        message = _row_to_message(row[:12])
+        created = id_time_ms(message.id)
+        due_at = row[7]
+        message.not_before = due_at if due_at > created and message.attempts == 0 else None
+        accepted = [
+            TimelineEntry(created, State.ACCEPTED, message.channel),
+            TimelineEntry(created, State.QUEUED, message.channel),
+        ]
+        records.append(
+            MessageRecord(
+                message, State(row[12]), created, row[13], due_at, row[14],
+                accepted + timelines[message.id],
+            )
+        )
+    return records
+
+
+def _read_next_due(conn: sqlite3.Connection, channel: str) -> int | None:
+    row = conn.execute(
+        "SELECT MIN(due_at) FROM messages INDEXED BY messages_due WHERE state = 1 AND channel = ?",
+        (channel,),
+    ).fetchone()
+    return row[0] if row else None
