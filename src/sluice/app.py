@@ -1,0 +1,266 @@
+"""Wiring: one gateway process — HTTP ingress, journal, channel runners, completions, callbacks.
+
+    producers ─► HTTP ─► journal (group commit) ─► channel runners (claim, send) ─► peers
+                                   ▲                         │
+                                   └── completion stage ◄────┘  ─► callback sender
+
+Every task is owned by one TaskGroup. Shutdown (SIGTERM) closes the door first (HTTP stops
+taking requests, readiness turns false), lets in-flight sends finish for up to
+`server.shutdown_grace_seconds`, commits their outcomes, and returns whatever is still leased
+to the queue, so a restart picks it up at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterator
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sluice.callbacks import CallbackSender
+from sluice.channels.runner import ChannelRunner
+from sluice.channels.transport import Transport
+from sluice.channels.webhook import WebhookTransport
+from sluice.config import ChannelConfig, Config
+from sluice.ingress.contract import ChannelStatus
+from sluice.journal.base import CancelResult, Completion, MessageRecord, SubmitResult
+from sluice.journal.sqlite import SqliteJournal
+from sluice.metrics import GatewayMetrics
+from sluice.model import IdGenerator, Message, now_ms
+from sluice.stage import Stage
+
+log = logging.getLogger("sluice")
+
+#: Completions waiting for their commit before senders are made to wait (backpressure).
+COMPLETION_CAPACITY = 100_000
+COMPLETION_BATCH = 5_000
+
+
+def build_transport(name: str, config: ChannelConfig) -> Transport:
+    if config.type == "webhook":
+        assert config.webhook is not None  # checked when the config was loaded
+        return WebhookTransport(name, config.webhook, config.width)
+    raise ValueError(f"channels.{name}.type: no transport for {config.type!r}")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the gateway owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class SluiceGateway:
+    """Examples:
+        gateway = SluiceGateway(config.load("sluice.toml"))
+        loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
+        await gateway.run()
+    """
+
+    def __init__(
+        self, config: Config, *, transports: dict[str, Transport] | None = None
+    ) -> None:
+        self.config = config
+        self.owner = int.from_bytes(os.urandom(8), "big") >> 2
+        self._ids = IdGenerator(config.server.node)
+        self.telemetry = GatewayMetrics()
+        self.journal = SqliteJournal(
+            config.journal.path,
+            synchronous=config.journal.synchronous,
+            max_ops_per_commit=config.journal.max_ops_per_commit,
+        )
+        self.completions: Stage[Completion] = Stage(
+            "completions", self._commit, capacity=COMPLETION_CAPACITY, max_batch=COMPLETION_BATCH
+        )
+        self.callbacks = CallbackSender(self.journal, config.callbacks)
+        transports = transports or {}
+        self.runners: dict[str, ChannelRunner] = {}
+        for name, channel in config.channels.items():
+            self.runners[name] = ChannelRunner(
+                name,
+                channel,
+                transports.get(name) or build_transport(name, channel),
+                self.journal,
+                self.completions,
+                owner=self.owner,
+                lease_ms=int(config.journal.lease_seconds * 1000),
+                max_claim=config.journal.max_claim,
+                on_failover=self._wake_channel,
+                observe_latency=self.telemetry.observer(name),
+            )
+        self.telemetry.watch(
+            self.runners.values(),
+            [self.completions],  # type: ignore[list-item]
+            self.journal.pending,
+            lambda: (self.journal.commits, self.journal.ops),
+            self.callbacks,
+        )
+        self._stop = asyncio.Event()
+        self._ready = False
+        self.started = asyncio.Event()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------------ Gateway contract
+
+    def next_id(self) -> int:
+        return self._ids.next()
+
+    def backlog(self) -> int:
+        return sum(self.journal.pending().values())
+
+    async def submit(
+        self,
+        tenant: str,
+        messages: list[Message],
+        idempotency_key: str | None = None,
+        digest: bytes | None = None,
+    ) -> SubmitResult:
+        result = await self.journal.insert(tenant, messages, idempotency_key, digest)
+        if not result.replayed:
+            self.telemetry.accepted.labels(tenant).inc(len(messages))
+            for channel in {m.channel for m in messages}:
+                self._wake_channel(channel)
+        return result
+
+    async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
+        return await self.journal.get(tenant, message_id)
+
+    async def by_recipient(
+        self, tenant: str, recipient: str, before_id: int | None, limit: int
+    ) -> list[MessageRecord]:
+        return await self.journal.by_recipient(tenant, recipient, before_id, limit)
+
+    async def cancel(self, tenant: str, message_id: int) -> CancelResult:
+        result = await self.journal.cancel(tenant, message_id, now_ms())
+        if result is CancelResult.CANCELLED:
+            self.callbacks.wake()
+        return result
+
+    def channels(self) -> list[ChannelStatus]:
+        pending = self.journal.pending()
+        return [
+            ChannelStatus(
+                name=name, type=r.config.type, width=r.config.width, rate=r.config.rate,
+                current_rate=r.bucket.rate, burst=int(r.bucket.burst), in_flight=r.in_flight,
+                pending=pending.get(name, 0), breaker=r.breaker.state.name.lower(),
+                failover=r.config.failover, sent=r.sent, failed=r.failed, retried=r.retried,
+            )
+            for name, r in self.runners.items()
+        ]
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def metrics(self) -> tuple[bytes, str]:
+        return generate_latest(self.telemetry.registry), CONTENT_TYPE_LATEST
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _wake_channel(self, channel: str) -> None:
+        runner = self.runners.get(channel)
+        if runner is not None:
+            runner.wake()
+
+    async def _commit(self, batch: list[Completion]) -> None:
+        await self.journal.complete(self.owner, batch)
+        self.callbacks.wake()
+        requeued = Counter(c.reroute_to or c.channel for c in batch if c.reroute_to)
+        for channel in requeued:
+            self._wake_channel(channel)
+
+    async def _maintain(self) -> None:
+        """Heartbeat our leases; reclaim dead owners' leases; expire overdue messages."""
+        journal_config = self.config.journal
+        lease_ms = int(journal_config.lease_seconds * 1000)
+        ttl_ms = int(self.config.limits.idempotency_ttl_seconds * 1000)
+        tick = min(journal_config.heartbeat_seconds, journal_config.sweep_seconds)
+        next_beat = next_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            if now >= next_beat:
+                await self.journal.renew_leases(self.owner, now_ms() + lease_ms)
+                next_beat = now + journal_config.heartbeat_seconds
+            if now >= next_sweep:
+                swept = await self.journal.sweep(now_ms(), ttl_ms)
+                if swept.reclaimed or swept.expired:
+                    log.info("sweep: %d leases reclaimed, %d messages expired",
+                             swept.reclaimed, swept.expired)
+                    self.callbacks.wake()
+                    for runner in self.runners.values():
+                        runner.wake()
+                next_sweep = now + journal_config.sweep_seconds
+            await asyncio.sleep(tick)
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    def _bind(self) -> socket.socket:
+        host, _, port = self.config.server.listen.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.set_inheritable(True)
+        self.port = sock.getsockname()[1]
+        return sock
+
+    async def run(self) -> None:
+        from sluice.ingress.http import build_app
+
+        sock = self._bind()
+        await self.journal.open()
+        transports = [r.transport for r in self.runners.values()]
+        try:
+            for transport in transports:
+                await transport.start()
+            server = _EmbeddedServer(
+                uvicorn.Config(
+                    build_app(self),  # type: ignore[arg-type]
+                    lifespan="off", log_level="warning", access_log=False,
+                    http="httptools", timeout_graceful_shutdown=5,
+                )
+            )
+            async with asyncio.TaskGroup() as tg:
+                completions = tg.create_task(self.completions.run())
+                callbacks = tg.create_task(self.callbacks.run())
+                runners = [tg.create_task(r.run()) for r in self.runners.values()]
+                maintenance = tg.create_task(self._maintain())
+                http = tg.create_task(server.serve(sockets=[sock]))
+                self._ready = True
+                self.started.set()
+                log.info("sluice serving on %s:%d", sock.getsockname()[0], self.port)
+                await self._stop.wait()
+                log.info("shutting down: no new requests, finishing in-flight work")
+                self._ready = False
+                server.should_exit = True
+                await http
+                for runner in self.runners.values():
+                    runner.stop()
+                _, late = await asyncio.wait(
+                    runners, timeout=self.config.server.shutdown_grace_seconds
+                )
+                for task in late:
+                    task.cancel()
+                self.completions.close()
+                await completions
+                self.callbacks.stop()
+                await callbacks
+                maintenance.cancel()
+            released = await self.journal.release(self.owner, now_ms())
+            if released:
+                log.info("released %d in-flight messages back to the queue", released)
+        finally:
+            for transport in transports:
+                await transport.close()
+            await self.journal.close()
+            sock.close()

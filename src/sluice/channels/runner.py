@@ -1,0 +1,266 @@
+"""The channel runner: keeps one delivery channel exactly as busy as its limits allow.
+
+Work is pulled, never pushed. The runner claims from the journal only as many due messages as
+it has free slots (`width`) and tokens (`rate`) for, urgent first; a share of the width
+(`urgent_reserve`) is never given to lower lanes, so an OTP does not wait behind a broadcast.
+Each message is sent in its own task; its outcome becomes a `Completion` handed to the
+completion stage, which commits many at once.
+
+Outcomes: sent → SENT. Throttled → the rate drops (AIMD) and the message is queued again
+without counting the attempt. Transient → retried with exponential backoff and jitter until
+`max_attempts` or expiry, then FAILED; consecutive transient failures open the breaker, which
+parks the channel (messages stay queued, or move to the failover channel) until a probe
+succeeds. Permanent → FAILED at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+
+from sluice.channels.breaker import BreakerState, CircuitBreaker
+from sluice.channels.rate import AdaptiveRate, TokenBucket
+from sluice.channels.retry import RetryPolicy
+from sluice.channels.transport import SendResult, Transport
+from sluice.config import ChannelConfig
+from sluice.journal.base import Completion, Journal
+from sluice.model import Message, Outcome, Priority, State, now_ms
+from sluice.stage import Stage
+
+log = logging.getLogger("sluice.channel")
+
+#: How far ahead of the token bucket a claim may reach, in seconds of rate. Larger claims
+#: amortise the journal round trip; smaller ones let a newly arrived urgent message overtake.
+CLAIM_HORIZON_SECONDS = 0.1
+#: Longest sleep of an idle runner between looks at the journal (scheduled messages, retries).
+IDLE_POLL_SECONDS = 1.0
+
+
+class ChannelRunner:
+    def __init__(
+        self,
+        name: str,
+        config: ChannelConfig,
+        transport: Transport,
+        journal: Journal,
+        completions: Stage[Completion],
+        *,
+        owner: int,
+        lease_ms: int,
+        max_claim: int,
+        on_failover: Callable[[str], None] = lambda channel: None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        observe_latency: Callable[[str, float], None] = lambda outcome, seconds: None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.transport = transport
+        self._journal = journal
+        self._completions = completions
+        self._owner = owner
+        self._lease_ms = lease_ms
+        self._max_claim = max_claim
+        self._on_failover = on_failover
+        self._clock = clock
+        self._observe = observe_latency
+        burst = config.burst or max(1.0, config.rate / 10)
+        if config.rate > 0:
+            self.adaptive = AdaptiveRate(ceiling=config.rate, floor=min(1.0, config.rate),
+                                         clock=clock)
+        else:  # unlimited until the peer first throttles; then AIMD from a modest start
+            self.adaptive = AdaptiveRate(ceiling=0, start=max(10.0, config.width * 10.0),
+                                         clock=clock)
+        self.bucket = TokenBucket(config.rate, burst, clock)
+        self.breaker = CircuitBreaker(
+            config.breaker.failure_threshold,
+            config.breaker.cooldown_seconds,
+            config.breaker.max_cooldown_seconds,
+            clock,
+        )
+        self.retry = RetryPolicy(
+            config.retry.max_attempts,
+            config.retry.base_seconds,
+            config.retry.max_seconds,
+            config.retry.jitter,
+            rng or random.Random(),
+        )
+        self.reserve = math.ceil(config.width * config.urgent_reserve) if config.width > 1 else 0
+        self.in_flight = 0
+        self.in_flight_non_urgent = 0
+        self.sent = 0
+        self.failed = 0
+        self.retried = 0
+        self.throttled = 0
+        self._kick = asyncio.Event()
+        self._stopping = False
+
+    # ------------------------------------------------------------------ control
+
+    def wake(self) -> None:
+        """New work may be due (an insert, a failover, a freed slot)."""
+        self._kick.set()
+
+    def stop(self) -> None:
+        """Claim nothing more; `run` returns once in-flight sends finish."""
+        self._stopping = True
+        self._kick.set()
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while not self._stopping:
+                self._kick.clear()
+                wait = await self._step(tg)
+                if wait is not None and not self._stopping:
+                    await self._idle(wait)
+
+    async def _idle(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await self._kick.wait()
+        except TimeoutError:
+            pass
+
+    async def _step(self, tg: asyncio.TaskGroup) -> float | None:
+        """Claim and start what can go now; return how long to idle, or None to go on."""
+        state = self.breaker.state
+        if state is BreakerState.OPEN:
+            return await self._parked()
+        free = self.config.width - self.in_flight
+        if state is BreakerState.HALF_OPEN:
+            free = min(free, 1 - self.in_flight)  # one probe at a time
+        if free <= 0:
+            return IDLE_POLL_SECONDS
+        limit = min(free, self._max_claim)
+        if self.bucket.rate > 0:
+            affordable = self.bucket.available() + self.bucket.rate * CLAIM_HORIZON_SECONDS
+            if affordable < 1:
+                return max(self.bucket.delay_for(1), 0.001)
+            limit = min(limit, int(affordable))
+        non_urgent = self.config.width - self.reserve - self.in_flight_non_urgent
+        if state is BreakerState.HALF_OPEN:
+            non_urgent = limit
+        now = now_ms()
+        batch = await self._journal.claim(
+            self.name, limit, max(0, min(limit, non_urgent)), self._owner, now, self._lease_ms
+        )
+        if not batch:
+            return await self._until_due(now)
+        for message in batch:
+            self.in_flight += 1
+            if message.priority != Priority.URGENT:
+                self.in_flight_non_urgent += 1
+            delay = self.bucket.reserve() if self.bucket.rate > 0 else 0.0
+            tg.create_task(self._deliver(message, delay))
+        return None
+
+    async def _until_due(self, now: int) -> float:
+        due = await self._journal.next_due(self.name)
+        if due is None:
+            return IDLE_POLL_SECONDS
+        return min(IDLE_POLL_SECONDS, max(0.0, (due - now) / 1000))
+
+    async def _parked(self) -> float:
+        failover = self.config.failover
+        if failover is not None:
+            moved = await self._journal.reroute(self.name, failover, self._max_claim, now_ms())
+            if moved:
+                log.warning("channel %s parked: %d messages moved to %s", self.name, moved,
+                            failover)
+                self._on_failover(failover)
+                if moved == self._max_claim:
+                    return 0.0
+        retry_at = self.breaker.retry_at()
+        wait = IDLE_POLL_SECONDS if retry_at is None else retry_at - self._clock()
+        return min(max(wait, 0.001), IDLE_POLL_SECONDS)
+
+    # ------------------------------------------------------------------ one message
+
+    async def _deliver(self, message: Message, delay: float) -> None:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not self.breaker.allow():
+                completion = self._requeue(message, self.breaker.retry_at(), "breaker open")
+            else:
+                started = time.perf_counter()
+                try:
+                    result = await self.transport.send(message)
+                except Exception as exc:
+                    log.exception("channel %s: transport raised", self.name)
+                    result = SendResult(Outcome.TRANSIENT, detail=f"transport error: {exc!r}")
+                latency = time.perf_counter() - started
+                self._observe(result.outcome.name.lower(), latency)
+                completion = self._judge(message, result, latency * 1000)
+        except asyncio.CancelledError:
+            self.breaker.release_probe()
+            raise
+        finally:
+            self.in_flight -= 1
+            if message.priority != Priority.URGENT:
+                self.in_flight_non_urgent -= 1
+            self._kick.set()
+        await self._completions.put(completion)
+
+    def _requeue(self, message: Message, at: float | None, why: str) -> Completion:
+        wait = 0.0 if at is None else max(0.0, at - self._clock())
+        return Completion(
+            message.id, State.QUEUED, self.name, message.attempts, Outcome.THROTTLED,
+            detail=why, due_at=now_ms() + int(wait * 1000), uncount=True,
+        )
+
+    def _judge(self, message: Message, result: SendResult, latency_ms: float) -> Completion:
+        outcome = result.outcome
+        if outcome is Outcome.SENT or outcome is Outcome.PERMANENT:
+            self.breaker.record_success()  # the peer is healthy; a refusal is about the message
+            self.bucket.rate = self.adaptive.on_success()
+            if outcome is Outcome.SENT:
+                self.sent += 1
+                state = State.SENT
+            else:
+                self.failed += 1
+                state = State.FAILED
+            return Completion(
+                message.id, state, self.name, message.attempts, outcome, latency_ms,
+                result.provider_id, result.detail,
+            )
+        if outcome is Outcome.THROTTLED:
+            self.breaker.release_probe()
+            self.throttled += 1
+            self.bucket.rate = self.adaptive.on_throttle()
+            wait = result.retry_after if result.retry_after is not None else 0.0
+            completion = self._requeue(message, self._clock() + wait, result.detail or "throttled")
+            return Completion(
+                completion.message_id, State.QUEUED, self.name, message.attempts,
+                Outcome.THROTTLED, latency_ms, result.provider_id, completion.detail,
+                completion.due_at, uncount=True,
+            )
+        self.breaker.record_failure()
+        now = now_ms()
+        due = self.retry.next_due_ms(message.attempts, now, message.expires_at)
+        if result.retry_after is not None and due is not None:
+            due = max(due, now + int(result.retry_after * 1000))
+        if due is None:
+            self.failed += 1
+            why = (
+                "expires before the next attempt"
+                if message.attempts < self.config.retry.max_attempts
+                else f"gave up after {message.attempts} attempts"
+            )
+            return Completion(
+                message.id, State.FAILED, self.name, message.attempts, outcome, latency_ms,
+                result.provider_id, f"{result.detail}; {why}",
+            )
+        self.retried += 1
+        return Completion(
+            message.id, State.QUEUED, self.name, message.attempts, outcome, latency_ms,
+            result.provider_id, result.detail, due,
+        )

@@ -1,0 +1,32 @@
+"""The transport contract: how a channel hands one message to its peer.
+
+A transport knows one protocol (HTTP webhook, SMPP, SMTP …) and nothing of limits, retries or
+the journal: the channel runner owns those. It classifies every answer into an `Outcome`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from sluice.model import Message, Outcome
+
+
+class SendResult(msgspec.Struct, frozen=True):
+    outcome: Outcome
+    provider_id: str | None = None
+    #: The peer's answer in a few words ("HTTP 503", "timed out after 10 s") for the attempt log.
+    detail: str | None = None
+    #: Seconds the peer asked us to wait (Retry-After), if it said.
+    retry_after: float | None = None
+
+
+class Transport(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, message: Message) -> SendResult:
+        """Deliver one message; never raises for a peer's failure, only reports it."""
+        ...

@@ -1,0 +1,181 @@
+"""The `sluice` command: serve, send, status, demo, sim, hash-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+
+from sluice import __version__
+from sluice.config import ConfigError, hash_api_key, load
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _run(coro: Coroutine[Any, Any, int | None]) -> int:
+    import uvloop
+
+    try:
+        return uvloop.run(coro) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from sluice.app import SluiceGateway
+    from sluice.journal.base import JournalBusy, JournalError
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"sluice: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    gateway = SluiceGateway(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.request_stop)
+    try:
+        await gateway.run()
+    except (JournalBusy, JournalError, OSError) as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _send(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    message: dict[str, Any] = {"channel": args.channel, "to": args.to, "body": args.body}
+    if args.sender:
+        message["from"] = args.sender
+    if args.priority:
+        message["priority"] = args.priority
+    if args.callback_url:
+        message["callback_url"] = args.callback_url
+    headers = {"Authorization": f"Bearer {args.key}"}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    payload = {"messages": [message] * args.count} if args.count > 1 else message
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{args.url}/v1/messages", data=msgspec.json.encode(payload), headers=headers
+        ) as resp:
+            body = await resp.read()
+    print(body.decode())
+    return 0 if resp.status < 300 else 1
+
+
+async def _status(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    path = f"/v1/messages/{args.id}" if args.id else "/v1/channels"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"{args.url}{path}", headers={"Authorization": f"Bearer {args.key}"}
+        ) as resp:
+            body = await resp.read()
+    try:
+        print(json.dumps(json.loads(body), indent=2))
+    except ValueError:
+        print(body.decode(errors="replace"))
+    return 0 if resp.status < 300 else 1
+
+
+async def _sim_webhook(args: argparse.Namespace) -> int:
+    from sluice.sim.webhook_sink import run_from_args
+
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await run_from_args(args)
+    except asyncio.CancelledError:
+        return 0
+    except (ValueError, OSError) as exc:
+        print(f"sluice sim webhook: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from sluice.demo import run_demo
+
+    return await run_demo(messages=args.messages, directory=args.dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice", description="Sluice: a high-load message delivery gateway."
+    )
+    parser.add_argument("--version", action="version", version=f"sluice {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", "-c", default="sluice.toml", help="TOML configuration file")
+    serve.set_defaults(handler=_serve)
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL})")
+        p.add_argument("--key", required=True, help="API key (Bearer token)")
+
+    send = commands.add_parser("send", help="submit a message over the HTTP API")
+    client_options(send)
+    send.add_argument("--channel", required=True)
+    send.add_argument("--to", required=True)
+    send.add_argument("--body", required=True)
+    send.add_argument("--from", dest="sender")
+    send.add_argument("--priority", choices=["urgent", "high", "normal", "bulk"])
+    send.add_argument("--callback-url")
+    send.add_argument("--idempotency-key")
+    send.add_argument("--count", type=int, default=1, help="send the message N times in a batch")
+    send.set_defaults(handler=_send)
+
+    status = commands.add_parser("status", help="show a message's timeline, or the channels")
+    client_options(status)
+    status.add_argument("id", nargs="?", help="message id; omit to list channels")
+    status.set_defaults(handler=_status)
+
+    demo = commands.add_parser(
+        "demo", help="run the gateway with a bundled webhook sink and deliver a batch"
+    )
+    demo.add_argument("--messages", type=int, default=2000, help="messages to send")
+    demo.add_argument("--dir", default="var/demo", help="where the demo keeps its journal")
+    demo.set_defaults(handler=_demo)
+
+    sim = commands.add_parser("sim", help="run a simulated peer")
+    peers = sim.add_subparsers(dest="peer", required=True)
+    webhook = peers.add_parser("webhook", help="an HTTP webhook sink")
+    from sluice.sim.webhook_sink import add_arguments
+
+    add_arguments(webhook)
+    webhook.set_defaults(handler=_sim_webhook)
+
+    hash_key = commands.add_parser("hash-key", help="print the config form of an API key")
+    hash_key.add_argument("key")
+    hash_key.set_defaults(handler=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "hash-key":
+        print(hash_api_key(args.key))
+        return 0
+    return _run(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

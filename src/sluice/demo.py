@@ -1,0 +1,208 @@
+"""`sluice demo`: the whole pipeline on its embedded defaults, in one process, in a few seconds.
+
+It starts the bundled webhook sink (with a little latency, some 503s and some 429s, so retries
+and throttling show), starts the gateway on SQLite with a webhook channel pointed at the sink,
+posts a bulk batch and then a few urgent messages over the real HTTP API, watches them drain,
+and prints what happened: states, the sink's tally, urgent vs bulk latency and one timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import aiohttp
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sluice.app import SluiceGateway
+from sluice.config import from_dict, hash_api_key
+from sluice.model import State
+from sluice.sim.webhook_sink import SinkOptions, WebhookSink
+
+DEMO_KEY = "demo-key"
+URGENT_COUNT = 10
+
+
+def demo_config(directory: Path, sink_url: str) -> dict[str, object]:
+    return {
+        "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 5},
+        "journal": {"path": str(directory / "sluice.db")},
+        "channels": {
+            "web": {
+                "type": "webhook",
+                "width": 32,
+                "rate": 2000,
+                "burst": 200,
+                "retry": {"base_seconds": 0.2, "max_seconds": 2, "max_attempts": 6},
+                "webhook": {"url": f"{sink_url}/hook", "secret": "demo-secret"},
+            }
+        },
+        "tenants": {"demo": {"api_keys": [hash_api_key(DEMO_KEY)]}},
+    }
+
+
+async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
+    console = Console()
+    workdir = Path(directory)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    sink = WebhookSink(
+        SinkOptions(
+            latency_ms=5, latency_jitter_ms=5, error_ratio=0.03, throttle_ratio=0.01,
+            secret="demo-secret", seed=7,
+        )
+    )
+    await sink.start()
+    gateway = SluiceGateway(from_dict(demo_config(workdir, sink.url)))
+    console.print(f"[bold]Sluice demo[/]: webhook sink at {sink.url}, journal in {workdir}")
+    try:
+        async with asyncio.TaskGroup() as tg:
+            serving = tg.create_task(gateway.run())
+            await gateway.started.wait()
+            base = f"http://127.0.0.1:{gateway.port}"
+            console.print(f"gateway API at {base} (tenant 'demo', key '{DEMO_KEY}')")
+            try:
+                await _drive(console, gateway, base, sink, messages)
+            finally:
+                gateway.request_stop()
+            await serving
+    finally:
+        await sink.close()
+    return 0
+
+
+async def _post(session: aiohttp.ClientSession, base: str, batch: list[dict[str, object]]
+                ) -> list[str]:
+    async with session.post(
+        f"{base}/v1/messages",
+        data=msgspec.json.encode({"messages": batch}),
+        headers={"Authorization": f"Bearer {DEMO_KEY}", "Content-Type": "application/json"},
+    ) as resp:
+        body = await resp.json()
+        if resp.status != 202:
+            raise RuntimeError(f"the API refused the batch: {resp.status} {body}")
+        return list(body["ids"])
+
+
+async def _drive(
+    console: Console, gateway: SluiceGateway, base: str, sink: WebhookSink, messages: int
+) -> None:
+    callback = f"{sink.url}/callbacks"
+    bulk = [
+        {"channel": "web", "to": f"+1555{i:07d}", "body": f"Breaking news #{i}",
+         "priority": "bulk", "callback_url": callback}
+        for i in range(messages)
+    ]
+    urgent = [
+        {"channel": "web", "to": f"+1666{i:07d}", "body": f"Your code is {100000 + i}",
+         "priority": "urgent", "callback_url": callback}
+        for i in range(URGENT_COUNT)
+    ]
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        bulk_ids = await _post(session, base, bulk)
+        accepted = time.perf_counter() - started
+        console.print(
+            f"accepted {len(bulk_ids):,} bulk messages in {accepted * 1000:.0f} ms "
+            "(committed to disk before the 202)"
+        )
+        await asyncio.sleep(0.2)  # let the bulk backlog start draining before the OTPs arrive
+        urgent_ids = await _post(session, base, urgent)
+        console.print(f"then {len(urgent_ids)} urgent messages while the bulk drains")
+        total = len(bulk_ids) + len(urgent_ids)
+        with Progress(
+            TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as progress:
+            task = progress.add_task("web", total=total)
+            while True:
+                done = total - gateway.backlog()
+                progress.update(task, completed=done)
+                if done >= total:
+                    break
+                await asyncio.sleep(0.1)
+        await sink.wait_for(total, path="/callbacks", timeout=30)
+        await _report(console, gateway, sink, session, base, bulk_ids, urgent_ids)
+
+
+async def _latencies(
+    session: aiohttp.ClientSession, base: str, ids: list[str]
+) -> tuple[list[float], dict[str, object] | None]:
+    latencies: list[float] = []
+    retried: dict[str, object] | None = None
+    for message_id in ids:
+        async with session.get(
+            f"{base}/v1/messages/{message_id}", headers={"Authorization": f"Bearer {DEMO_KEY}"}
+        ) as resp:
+            record = await resp.json()
+        timeline = record["timeline"]
+        sent = [e for e in timeline if e["state"] == "sent"]
+        if sent:
+            latencies.append(_ms(sent[-1]["at"]) - _ms(timeline[0]["at"]))
+        if retried is None and sum(1 for e in timeline if e["state"] == "sending") > 1:
+            retried = record
+    return latencies, retried
+
+
+def _ms(value: object) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(value)).timestamp() * 1000
+
+
+async def _report(
+    console: Console,
+    gateway: SluiceGateway,
+    sink: WebhookSink,
+    session: aiohttp.ClientSession,
+    base: str,
+    bulk_ids: list[str],
+    urgent_ids: list[str],
+) -> None:
+    counts = await gateway.journal.count_by_state()
+    states = Table(title="Messages by state")
+    states.add_column("state")
+    states.add_column("count", justify="right")
+    for state in State:
+        if counts.get(state):
+            states.add_row(state.name.lower(), f"{counts[state]:,}")
+    console.print(states)
+
+    stats = sink.stats()
+    tally = Table(title="What the webhook sink saw")
+    tally.add_column("")
+    tally.add_column("count", justify="right")
+    for status, n in sorted(stats.by_status.items()):
+        tally.add_row(f"HTTP {status}", f"{n:,}")
+    tally.add_row("duplicates", f"{stats.duplicates:,}")
+    tally.add_row("most requests in flight", str(stats.max_in_flight))
+    console.print(tally)
+
+    urgent_ms, _ = await _latencies(session, base, urgent_ids)
+    sample = bulk_ids[:: max(1, len(bulk_ids) // 200)]
+    bulk_ms, retried = await _latencies(session, base, sample)
+    lanes = Table(title="Accept → sent latency")
+    lanes.add_column("lane")
+    lanes.add_column("median ms", justify="right")
+    lanes.add_column("max ms", justify="right")
+    for lane, values in (("urgent", urgent_ms), ("bulk (sample)", bulk_ms)):
+        if values:
+            lanes.add_row(lane, f"{statistics.median(values):.0f}", f"{max(values):.0f}")
+    console.print(lanes)
+    if retried is not None:
+        console.print(f"A message that needed a retry ({retried['id']}):")
+        for event in retried["timeline"]:
+            extra = " ".join(
+                f"{k}={event[k]}" for k in ("attempt", "outcome", "detail") if k in event
+            )
+            console.print(f"  {event['at']}  {event['state']:<9} {extra}")
+    console.print("[bold green]done[/]: every message reached a final state; see the "
+                  "timeline API at GET /v1/messages/{id}")

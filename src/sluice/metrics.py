@@ -1,0 +1,138 @@
+"""Prometheus metrics for one gateway, in a registry of its own (no process-wide state).
+
+Counters that the hot path already keeps (runner and stage tallies, journal commits) are read
+at scrape time by a collector, so measuring costs nothing per message; only send latencies
+are observed as they happen, into a histogram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from sluice.callbacks import CallbackSender
+    from sluice.channels.runner import ChannelRunner
+    from sluice.stage import Stage
+
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.accepted = Counter(
+            "sluice_messages_accepted", "Messages committed to the journal.", ["tenant"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "sluice_requests_rejected", "Requests refused by admission control.", ["reason"],
+            registry=self.registry,
+        )
+        self.send_seconds = Histogram(
+            "sluice_send_seconds", "Time from handing a message to a transport to its answer.",
+            ["channel", "outcome"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def observer(self, channel: str) -> Callable[[str, float], None]:
+        children = {}
+
+        def observe(outcome: str, seconds: float) -> None:
+            child = children.get(outcome)
+            if child is None:
+                child = children[outcome] = self.send_seconds.labels(channel, outcome)
+            child.observe(seconds)
+
+        return observe
+
+    def watch(
+        self,
+        runners: Iterable[ChannelRunner],
+        stages: Iterable[Stage[object]],
+        pending: Callable[[], dict[str, int]],
+        journal_counts: Callable[[], tuple[int, int]],
+        callbacks: CallbackSender,
+    ) -> None:
+        self.registry.register(
+            _LiveCollector(list(runners), list(stages), pending, journal_counts, callbacks)
+        )
+
+
+class _LiveCollector:
+    def __init__(
+        self,
+        runners: list[ChannelRunner],
+        stages: list[Stage[object]],
+        pending: Callable[[], dict[str, int]],
+        journal_counts: Callable[[], tuple[int, int]],
+        callbacks: CallbackSender,
+    ) -> None:
+        self._runners = runners
+        self._stages = stages
+        self._pending = pending
+        self._journal_counts = journal_counts
+        self._callbacks = callbacks
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        pending = self._pending()
+        results = CounterMetricFamily(
+            "sluice_channel_messages", "Attempt outcomes per channel.", labels=["channel", "result"]
+        )
+        gauges = {
+            name: GaugeMetricFamily(f"sluice_channel_{name}", help_text, labels=["channel"])
+            for name, help_text in (
+                ("in_flight", "Messages handed to the transport and not yet answered."),
+                ("pending", "Messages accepted for the channel and not yet final."),
+                ("width", "Configured maximum in flight."),
+                ("rate", "Rate in force (messages/s, 0 = unlimited), after throttling."),
+                ("breaker", "Breaker state: 0 closed, 1 half-open, 2 open."),
+            )
+        }
+        for r in self._runners:
+            for result, value in (
+                ("sent", r.sent), ("failed", r.failed), ("retried", r.retried),
+                ("throttled", r.throttled),
+            ):
+                results.add_metric([r.name, result], value)
+            gauges["in_flight"].add_metric([r.name], r.in_flight)
+            gauges["pending"].add_metric([r.name], pending.get(r.name, 0))
+            gauges["width"].add_metric([r.name], r.config.width)
+            gauges["rate"].add_metric([r.name], r.bucket.rate)
+            gauges["breaker"].add_metric([r.name], BREAKER_VALUES[r.breaker.state.name.lower()])
+        yield results
+        yield from gauges.values()
+        backlog = GaugeMetricFamily("sluice_backlog", "Messages accepted and not yet final.")
+        backlog.add_metric([], sum(pending.values()))
+        yield backlog
+        depth = GaugeMetricFamily("sluice_stage_depth", "Items queued.", labels=["stage"])
+        processed = CounterMetricFamily("sluice_stage_processed", "Items handled.",
+                                        labels=["stage"])
+        batches = CounterMetricFamily("sluice_stage_batches", "Batches handled.", labels=["stage"])
+        wait = CounterMetricFamily("sluice_stage_wait_seconds", "Total queue wait of items.",
+                                   labels=["stage"])
+        busy = CounterMetricFamily("sluice_stage_busy_seconds", "Time spent in the handler.",
+                                   labels=["stage"])
+        for stage in self._stages:
+            s = stage.stats()
+            depth.add_metric([s.name], s.depth)
+            processed.add_metric([s.name], s.processed)
+            batches.add_metric([s.name], s.batches)
+            wait.add_metric([s.name], s.wait_seconds)
+            busy.add_metric([s.name], s.busy_seconds)
+        yield from (depth, processed, batches, wait, busy)
+        commits, ops = self._journal_counts()
+        yield CounterMetricFamily("sluice_journal_commits", "Group commits.", value=commits)
+        yield CounterMetricFamily("sluice_journal_operations", "Operations committed.", value=ops)
+        callbacks = CounterMetricFamily("sluice_callbacks", "Status callbacks by result.",
+                                        labels=["result"])
+        callbacks.add_metric(["delivered"], self._callbacks.delivered)
+        callbacks.add_metric(["retried"], self._callbacks.retried)
+        callbacks.add_metric(["dropped"], self._callbacks.dropped)
+        yield callbacks

@@ -1,0 +1,1 @@
+"""Simulated peers for the demo, integration tests and benchmarks (`sluice sim ...`)."""
