@@ -165,7 +165,7 @@ _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 def _check(config: Config) -> None:
     """Rules that span fields; types and ranges are checked by the schema."""
     host, sep, port = config.server.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(
             f"server.listen: expected host:port, got {config.server.listen!r}"
         )

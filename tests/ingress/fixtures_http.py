@@ -1,0 +1,196 @@
+"""Test doubles for the HTTP API: an honest Gateway over the real SQLite journal, a real
+uvicorn server on a free port, and a clock the tests move by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import prometheus_client
+import uvicorn
+
+from sluice import config as config_module
+from sluice.config import Config
+from sluice.ingress.contract import ChannelStatus
+from sluice.ingress.http import build_app
+from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
+from sluice.journal.sqlite import SqliteJournal
+from sluice.model import IdGenerator, Message, now_ms
+
+KEY_A = "key-for-tenant-a"
+KEY_B = "key-for-tenant-b"
+KEY_SMS = "key-for-tenant-sms-only"
+
+
+def make_config(limits: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None) -> Config:
+    """Two webhook channels (web, sms) and three tenants: a, b (all channels), smsonly."""
+    hook = {"type": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook"}}
+    raw_tenants: dict[str, Any] = {
+        "a": {"api_keys": [config_module.hash_api_key(KEY_A)]},
+        "b": {"api_keys": [config_module.hash_api_key(KEY_B)]},
+        "smsonly": {"api_keys": [config_module.hash_api_key(KEY_SMS)], "channels": ["sms"]},
+    }
+    for name, extra in (tenants or {}).items():
+        raw_tenants[name] = {**raw_tenants[name], **extra}
+    return config_module.from_dict(
+        {
+            "channels": {"web": hook, "sms": {**hook, "rate": 50, "width": 4}},
+            "tenants": raw_tenants,
+            "limits": limits or {},
+        }
+    )
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class JournalGateway:
+    """The Gateway protocol over a real SqliteJournal, with no channels running."""
+
+    def __init__(self, config: Config, journal: SqliteJournal) -> None:
+        self.config = config
+        self.journal = journal
+        self.ids = IdGenerator(node=1)
+        self.is_ready = True
+        self.submits = 0
+        self.registry = prometheus_client.CollectorRegistry()
+        self._accepted = prometheus_client.Counter(
+            "sluice_test_accepted", "Messages accepted", registry=self.registry
+        )
+
+    def next_id(self) -> int:
+        return self.ids.next()
+
+    def backlog(self) -> int:
+        return sum(self.journal.pending().values())
+
+    async def submit(
+        self,
+        tenant: str,
+        messages: list[Message],
+        idempotency_key: str | None = None,
+        digest: bytes | None = None,
+    ) -> SubmitResult:
+        self.submits += 1
+        result = await self.journal.insert(tenant, messages, idempotency_key, digest)
+        if not result.replayed:
+            self._accepted.inc(len(messages))
+        return result
+
+    async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
+        return await self.journal.get(tenant, message_id)
+
+    async def by_recipient(
+        self, tenant: str, recipient: str, before_id: int | None, limit: int
+    ) -> list[MessageRecord]:
+        return await self.journal.by_recipient(tenant, recipient, before_id, limit)
+
+    async def cancel(self, tenant: str, message_id: int) -> CancelResult:
+        return await self.journal.cancel(tenant, message_id, now_ms())
+
+    def channels(self) -> list[ChannelStatus]:
+        pending = self.journal.pending()
+        return [
+            ChannelStatus(
+                name=name,
+                type=channel.type,
+                width=channel.width,
+                rate=channel.rate,
+                current_rate=channel.rate,
+                burst=channel.burst,
+                in_flight=0,
+                pending=pending.get(name, 0),
+                breaker="closed",
+                failover=channel.failover,
+                sent=0,
+                failed=0,
+                retried=0,
+            )
+            for name, channel in self.config.channels.items()
+        ]
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def metrics(self) -> tuple[bytes, str]:
+        return prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST
+
+
+@contextlib.asynccontextmanager
+async def open_gateway(tmp_path: Path, config: Config) -> AsyncIterator[JournalGateway]:
+    journal = SqliteJournal(tmp_path / "journal.db", synchronous="normal")
+    await journal.open()
+    try:
+        yield JournalGateway(config, journal)
+    finally:
+        await journal.close()
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Run `app` on a real uvicorn server on a free port; yields its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=0, loop="asyncio", lifespan="on", log_level="warning"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises why the server did not start
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.005)
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class Api:
+    """A running app, its gateway and a client session, for one test."""
+
+    def __init__(self, base: str, gateway: JournalGateway, session: aiohttp.ClientSession) -> None:
+        self.base = base
+        self.gateway = gateway
+        self.session = session
+
+    def request(
+        self, method: str, path: str, key: str | None = KEY_A, **kwargs: Any
+    ) -> Any:
+        headers = dict(kwargs.pop("headers", {}))
+        if key is not None:
+            headers.setdefault("Authorization", f"Bearer {key}")
+        return self.session.request(method, self.base + path, headers=headers, **kwargs)
+
+    async def call(
+        self, method: str, path: str, key: str | None = KEY_A, **kwargs: Any
+    ) -> tuple[int, Any, Any]:
+        """(status, decoded JSON body or text, headers)."""
+        async with self.request(method, path, key, **kwargs) as response:
+            if response.content_type == "application/json":
+                body = await response.json()
+            else:
+                body = await response.text()
+            return response.status, body, response.headers
+
+
+@contextlib.asynccontextmanager
+async def running_api(
+    tmp_path: Path, config: Config | None = None, clock: Callable[[], float] | None = None
+) -> AsyncIterator[Api]:
+    config = config or make_config()
+    async with open_gateway(tmp_path, config) as gateway:
+        app = build_app(gateway) if clock is None else build_app(gateway, clock)
+        async with serve(app) as base, aiohttp.ClientSession() as session:
+            yield Api(base, gateway, session)

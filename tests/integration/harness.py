@@ -1,0 +1,192 @@
+"""Helpers for integration tests: a real gateway on a real port, talking to real sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from sluice.app import SluiceGateway
+from sluice.config import from_dict, hash_api_key
+
+KEY = "test-key-acme"
+OTHER_KEY = "test-key-other"
+
+
+def gateway_config(
+    tmp_path: Path, channels: dict[str, Any], **sections: Any
+) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 5},
+        "journal": {"path": str(tmp_path / "journal.db"), "synchronous": "normal"},
+        "channels": channels,
+        "tenants": {
+            "acme": {"api_keys": [hash_api_key(KEY)]},
+            "other": {"api_keys": [hash_api_key(OTHER_KEY)]},
+        },
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def webhook_channel(url: str, **options: Any) -> dict[str, Any]:
+    channel: dict[str, Any] = {"type": "webhook", "webhook": {"url": url}}
+    for key, value in options.items():
+        if key in ("secret", "timeout_seconds"):
+            channel["webhook"][key] = value
+        else:
+            channel[key] = value
+    return channel
+
+
+class Running:
+    def __init__(self, gateway: SluiceGateway, client: aiohttp.ClientSession) -> None:
+        self.gateway = gateway
+        self.client = client
+
+    async def post(self, messages: list[dict[str, Any]], key: str = KEY,
+                   headers: dict[str, str] | None = None) -> list[str]:
+        async with self.client.post(
+            "/v1/messages",
+            data=msgspec.json.encode({"messages": messages}),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                     **(headers or {})},
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == 202, body
+            return list(body["ids"])
+
+    async def message(self, message_id: str, key: str = KEY) -> dict[str, Any]:
+        async with self.client.get(
+            f"/v1/messages/{message_id}", headers={"Authorization": f"Bearer {key}"}
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            return dict(body)
+
+    async def channels(self) -> dict[str, dict[str, Any]]:
+        async with self.client.get(
+            "/v1/channels", headers={"Authorization": f"Bearer {KEY}"}
+        ) as resp:
+            body = await resp.json()
+            return {c["name"]: c for c in body["channels"]}
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(raw_config: dict[str, Any]) -> AsyncIterator[Running]:
+    gateway = SluiceGateway(from_dict(raw_config))
+    task = asyncio.create_task(gateway.run())
+    started = asyncio.create_task(gateway.started.wait())
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        started.cancel()
+        task.result()
+        raise AssertionError("gateway stopped before it started")
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as client:
+            yield Running(gateway, client)
+    finally:
+        gateway.request_stop()
+        await task
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Wait until `check` holds, looking every 10 ms (for states only visible by asking)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    """`sluice serve` as a real subprocess, for crash and signal tests."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sluice.cli", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, self.log_path.read_text()
+                try:
+                    async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError("sluice serve did not become ready:\n" + self.log_path.read_text())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    async def terminate(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError("sluice serve ignored SIGTERM")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def stop_quietly(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def to_toml(raw: dict[str, Any], prefix: str = "") -> str:
+    """Write a config dict (tables of scalars and lists) as TOML for `sluice serve`."""
+    scalars, tables = [], []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            scalars.append(f"{key} = {msgspec.json.encode(value).decode()}")
+    out = ""
+    if prefix and scalars:
+        out += f"[{prefix}]\n"
+    out += "".join(line + "\n" for line in scalars)
+    for key, value in tables:
+        out += to_toml(value, f"{prefix}.{key}" if prefix else key)
+    return out
