@@ -33,6 +33,7 @@ def demo_config(directory: Path, sink_url: str) -> dict[str, object]:
     return {
         "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 5},
         "journal": {"path": str(directory / "sluice.db")},
+        "callbacks": {"secret": "demo-secret"},
         "channels": {
             "web": {
                 "type": "webhook",
