@@ -117,8 +117,10 @@ class ChannelConfig(_Base):
     burst: NonNegative = 0
     #: Share of the width kept free for urgent messages so they never wait behind bulk.
     urgent_reserve: Fraction = 0.1
-    #: Channel that takes this channel's messages while its breaker is open or retries run out.
+    #: Channel that takes this channel's messages while its breaker is open.
     failover: str | None = None
+    #: A paused channel claims nothing: its messages wait in the journal (maintenance).
+    paused: bool = False
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     webhook: WebhookConfig | None = None

@@ -26,7 +26,9 @@ KEY_B = "key-for-tenant-b"
 KEY_SMS = "key-for-tenant-sms-only"
 
 
-def make_config(limits: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None) -> Config:
+def make_config(
+    limits: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None
+) -> Config:
     """Two webhook channels (web, sms) and three tenants: a, b (all channels), smsonly."""
     hook = {"type": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook"}}
     raw_tenants: dict[str, Any] = {
@@ -122,7 +124,9 @@ class JournalGateway:
         return self.is_ready
 
     def metrics(self) -> tuple[bytes, str]:
-        return prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST
+        return prometheus_client.generate_latest(
+            self.registry
+        ), prometheus_client.CONTENT_TYPE_LATEST
 
 
 @contextlib.asynccontextmanager
@@ -165,9 +169,7 @@ class Api:
         self.gateway = gateway
         self.session = session
 
-    def request(
-        self, method: str, path: str, key: str | None = KEY_A, **kwargs: Any
-    ) -> Any:
+    def request(self, method: str, path: str, key: str | None = KEY_A, **kwargs: Any) -> Any:
         headers = dict(kwargs.pop("headers", {}))
         if key is not None:
             headers.setdefault("Authorization", f"Bearer {key}")

@@ -131,6 +131,8 @@ class ChannelRunner:
 
     async def _step(self, tg: asyncio.TaskGroup) -> float | None:
         """Claim and start what can go now; return how long to idle, or None to go on."""
+        if self.config.paused:
+            return IDLE_POLL_SECONDS
         state = self.breaker.state
         if state is BreakerState.OPEN:
             return await self._parked()

@@ -38,7 +38,7 @@ class ApiKeys:
                     self._by_digest[bytes.fromhex(entry[len(_PREFIX) :])] = name
 
     def tenant_for(self, authorization: bytes | None) -> str | None:
-        """The tenant of an ``Authorization`` header value, or None (missing, malformed, unknown)."""
+        """The tenant an ``Authorization`` header speaks for; None if missing, bad or unknown."""
         if authorization is None:
             return None
         scheme, _, key = authorization.partition(b" ")

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 
 import msgspec
 
@@ -287,7 +287,7 @@ class HttpApi:
 
     async def _list(self, scope: Scope, receive: Receive) -> _Response:
         tenant = self._tenant(_headers(scope))
-        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        query = _query(scope["query_string"])
         to = _single(query, "to")
         if not to:
             raise ApiError(422, "invalid_parameter", "give the recipient as `to=`", "to")
@@ -337,7 +337,9 @@ class HttpApi:
             raise ApiError(404, "not_found", _NOT_FOUND_MESSAGE)
         state = state_name(record.state)
         body = ErrorBody(
-            error=ErrorDetail("too_late", f"the message is already {state}; it cannot be cancelled"),
+            error=ErrorDetail(
+                "too_late", f"the message is already {state}; it cannot be cancelled"
+            ),
             id=format_id(message_id),
             state=state,
         )
@@ -353,9 +355,7 @@ class HttpApi:
     async def _readyz(self, scope: Scope, receive: Receive) -> _Response:
         if self._gateway.ready():
             return _Response(200, b'{"status":"ready"}')
-        return _Response(
-            503, _error_body("not_ready", "the gateway is starting or shutting down")
-        )
+        return _Response(503, _error_body("not_ready", "the gateway is starting or shutting down"))
 
     async def _metrics(self, scope: Scope, receive: Receive) -> _Response:
         body, content_type = self._gateway.metrics()
@@ -425,6 +425,17 @@ def _message_id(text: str) -> int:
     except ValueError:
         # A malformed id names no message, just like an unknown one.
         raise ApiError(404, "not_found", _NOT_FOUND_MESSAGE) from None
+
+
+def _query(raw: bytes) -> dict[str, list[str]]:
+    """Query parameters, percent-decoded. Unlike HTML forms, "+" stays "+": recipients are
+    phone numbers like +447900000001 far more often than anything with a space."""
+    query: dict[str, list[str]] = {}
+    for pair in raw.decode("latin-1").split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            query.setdefault(unquote(name), []).append(unquote(value))
+    return query
 
 
 def _single(query: dict[str, list[str]], name: str) -> str | None:

@@ -181,8 +181,15 @@ def _schemas(config: Config) -> dict[str, Any]:
             "type": "object",
             "description": "A stored message; fields without a value are omitted.",
             "required": [
-                "id", "channel", "to", "body", "priority", "state", "attempts",
-                "created_at", "updated_at",
+                "id",
+                "channel",
+                "to",
+                "body",
+                "priority",
+                "state",
+                "attempts",
+                "created_at",
+                "updated_at",
             ],
             "properties": {
                 "id": _ref("MessageId"),
@@ -208,9 +215,7 @@ def _schemas(config: Config) -> dict[str, Any]:
                 {
                     "type": "object",
                     "required": ["timeline"],
-                    "properties": {
-                        "timeline": {"type": "array", "items": _ref("TimelineEntry")}
-                    },
+                    "properties": {"timeline": {"type": "array", "items": _ref("TimelineEntry")}},
                 },
             ]
         },
@@ -236,8 +241,19 @@ def _schemas(config: Config) -> dict[str, Any]:
         "ChannelStatus": {
             "type": "object",
             "required": [
-                "name", "type", "width", "rate", "current_rate", "burst", "in_flight",
-                "pending", "breaker", "failover", "sent", "failed", "retried",
+                "name",
+                "type",
+                "width",
+                "rate",
+                "current_rate",
+                "burst",
+                "in_flight",
+                "pending",
+                "breaker",
+                "failover",
+                "sent",
+                "failed",
+                "retried",
             ],
             "properties": {
                 "name": {"type": "string"},
@@ -399,9 +415,7 @@ def _paths(config: Config) -> dict[str, Any]:
                 ],
                 "requestBody": {
                     "required": True,
-                    "content": _json_content(
-                        {"oneOf": [_ref("MessageIn"), _ref("Batch")]}
-                    ),
+                    "content": _json_content({"oneOf": [_ref("MessageIn"), _ref("Batch")]}),
                 },
                 "responses": {
                     "202": {
@@ -428,7 +442,13 @@ def _paths(config: Config) -> dict[str, Any]:
                 "operationId": "listMessages",
                 "summary": "Messages to one recipient, newest first",
                 "parameters": [
-                    {"name": "to", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "to",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                        "description": "The recipient, percent-encoded; a literal + stays +.",
+                    },
                     {
                         "name": "limit",
                         "in": "query",
@@ -562,7 +582,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "title": "Sluice message gateway",
             "version": API_VERSION,
             "description": "Submit messages for durable, rate-limited delivery and follow "
-            "their state. Every error answers {\"error\": {\"code\", \"message\", \"field\"?}}; "
+            'their state. Every error answers {"error": {"code", "message", "field"?}}; '
             "fields without a value are omitted from message views.",
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",

@@ -126,7 +126,9 @@ _json_encoder = msgspec.json.Encoder()
 
 # msgspec ends its errors with " - at `$.messages[3].to`"; the API names fields without "$.".
 _PATH_RE = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-_NAMED_FIELD_RE = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]*)`")
+_NAMED_FIELD_RE = re.compile(
+    r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]*)`"
+)
 
 
 def field_of(error: msgspec.ValidationError) -> tuple[str, str | None]:
