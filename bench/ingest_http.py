@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import batch_body, cpu_seconds, gateway, headers, workdir  # noqa: E402
+from common import batch_body, cpu_seconds, gateway, headers, workdir
 
 
 async def load(base: str, body: bytes, batch: int, connections: int, seconds: float

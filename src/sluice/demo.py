@@ -51,8 +51,7 @@ def demo_config(directory: Path, sink_url: str) -> dict[str, object]:
 async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
     console = Console()
     workdir = Path(directory)
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    await asyncio.to_thread(_fresh_directory, workdir)
     sink = WebhookSink(
         SinkOptions(
             latency_ms=5, latency_jitter_ms=5, error_ratio=0.03, throttle_ratio=0.01,
@@ -76,6 +75,11 @@ async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
     finally:
         await sink.close()
     return 0
+
+
+def _fresh_directory(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
 
 
 async def _post(session: aiohttp.ClientSession, base: str, batch: list[dict[str, object]]

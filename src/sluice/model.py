@@ -56,7 +56,9 @@ class State(enum.IntEnum):
 
 
 #: States after which nothing more happens to a message but a receipt (sent → delivered).
-FINAL_STATES = frozenset({State.SENT, State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED})
+FINAL_STATES = frozenset(
+    {State.SENT, State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED}
+)
 #: States that still owe a delivery attempt; they count towards the backlog.
 PENDING_STATES = frozenset({State.ACCEPTED, State.QUEUED, State.SENDING})
 

@@ -103,10 +103,10 @@ async def running_gateway(raw_config: dict[str, Any]) -> AsyncIterator[Running]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool] | bool], within: float = 20.0, what: str = "condition"
 ) -> None:
     """Wait until `check` holds, looking every 10 ms (for states only visible by asking)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if not isinstance(result, bool):
@@ -114,7 +114,7 @@ async def eventually(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.01)
 
 
@@ -131,19 +131,19 @@ class ServeProcess:
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sluice.cli", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sluice.cli", "serve", "--config", str(self.config_path),
+                stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.log_path.read_text()
+                assert self.proc.returncode is None, self.log_path.read_text()
                 try:
                     async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
                         if resp.status == 200:
@@ -153,26 +153,26 @@ class ServeProcess:
                 await asyncio.sleep(0.05)
         raise AssertionError("sluice serve did not become ready:\n" + self.log_path.read_text())
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        await self.proc.wait()
 
-    async def terminate(self, timeout: float = 20) -> int:
+    async def terminate(self, within: float = 20) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError("sluice serve ignored SIGTERM")
-            await asyncio.sleep(0.05)
-        return self.proc.returncode
-
-    def stop_quietly(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        try:
+            async with asyncio.timeout(within):
+                return await self.proc.wait()
+        except TimeoutError:
             self.proc.kill()
-            self.proc.wait()
+            await self.proc.wait()
+            raise AssertionError("sluice serve ignored SIGTERM") from None
+
+    async def stop_quietly(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
 
 
 def to_toml(raw: dict[str, Any], prefix: str = "") -> str:

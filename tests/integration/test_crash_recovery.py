@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -73,17 +72,17 @@ async def test_sigkill_mid_run_loses_nothing_and_duplicates_are_bounded(tmp_path
             await serve.start()
             acked = await _post_all(port, TOTAL)
             await sink.wait_for(TOTAL // 4, path="/hook")
-            serve.kill()
+            await serve.kill()
             delivered_before = len(set(sink.received("/hook")))
             assert delivered_before < TOTAL, "the crash came too late to prove anything"
             await serve.start()
             await eventually(
-                lambda: set(acked) <= set(sink.received("/hook")), timeout=60,
+                lambda: set(acked) <= set(sink.received("/hook")), within=60,
                 what="every acknowledged message delivered after the restart",
             )
             assert await serve.terminate() == 0
         finally:
-            serve.stop_quietly()
+            await serve.stop_quietly()
         received = sink.received("/hook")
         duplicates = len(received) - len(set(received))
         in_flight_at_crash = _recovered(tmp_path / "journal.db")
@@ -110,11 +109,10 @@ async def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path)
                 ).fetchone()
             assert sending == 0
             await serve.start()
-            await eventually(lambda: set(acked) <= set(sink.received("/hook")), timeout=60,
+            await eventually(lambda: set(acked) <= set(sink.received("/hook")), within=60,
                              what="the rest delivered after the restart")
             assert await serve.terminate() == 0
         finally:
-            serve.stop_quietly()
+            await serve.stop_quietly()
         received = sink.received("/hook")
         assert len(received) == len(set(received)), "a graceful stop must not duplicate"
-        await asyncio.sleep(0)

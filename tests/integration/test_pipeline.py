@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ async def test_retries_back_off_then_succeed(tmp_path: Path) -> None:
             queued = [e for e in record["timeline"] if e.get("outcome") == "transient"]
             assert all(e["detail"] == "HTTP 503" for e in queued)
             times = [_ms(e["at"]) for e in sending]
-            gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             # base 0.2 s doubling, no jitter: 200, 400, 800 ms between attempts
             for i, gap in enumerate(gaps[:3]):
                 assert gap >= 200 * 2**i - 5, gaps

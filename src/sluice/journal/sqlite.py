@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from sluice.journal import recipient_index
 from sluice.journal.base import (
     CallbackJob,
     CancelResult,
@@ -43,6 +44,7 @@ from sluice.journal.base import (
     SweepResult,
     TimelineEntry,
 )
+from sluice.journal.recipient_index import LOOKUP_SQL, RecipientIndex, recipient_key
 from sluice.model import (
     FINAL_STATES,
     STATE_NAMES,
@@ -58,6 +60,10 @@ from sluice.model import (
 log = logging.getLogger("sluice.journal")
 
 SCHEMA_VERSION = 1
+#: How often the checkpoint thread copies the WAL into the database file.
+CHECKPOINT_INTERVAL_SECONDS = 0.2
+#: WAL size (pages of 4 KiB) at which the writer checkpoints by itself: 256 MiB.
+WAL_SAFETY_CHECKPOINT_PAGES = 65_536
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
@@ -84,8 +90,6 @@ CREATE INDEX IF NOT EXISTS messages_leased
     ON messages (lease_until) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS messages_expiring
     ON messages (expires_at) WHERE state = 1 AND expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_recipient
-    ON messages (tenant, recipient, id);
 CREATE TABLE IF NOT EXISTS events (
     message_id INTEGER NOT NULL,
     at INTEGER NOT NULL,
@@ -160,10 +164,12 @@ def _row_to_message(row: tuple[Any, ...]) -> Message:
 class _Transaction:
     """Per-group scratch: pending-count changes applied only if the group commits."""
 
-    __slots__ = ("deltas",)
+    __slots__ = ("deltas", "index_pairs")
 
     def __init__(self) -> None:
         self.deltas: Counter[str] = Counter()
+        #: (recipient key, message id) of the messages inserted, for the group's index run.
+        self.index_pairs: list[tuple[int, int]] = []
 
 
 class SqliteJournal:
@@ -192,7 +198,10 @@ class SqliteJournal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_fd: int | None = None
         self._pending: Counter[str] = Counter()
+        self._index = RecipientIndex()
         self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._open_error: BaseException | None = None
         self.commits = 0
         self.ops = 0
@@ -210,9 +219,18 @@ class SqliteJournal:
             self._release_lock()
             raise JournalError(f"cannot open journal {self._path}: {self._open_error}")
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
+        self._stopped.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="journal-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
         await self._write(_op_recover)
 
     async def close(self) -> None:
+        self._stopped.set()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -246,7 +264,23 @@ class SqliteJournal:
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        # Checkpoints run in their own thread (`_checkpoint_loop`); the writer only checkpoints
+        # itself if that thread falls this far behind.
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_SAFETY_CHECKPOINT_PAGES}")
         return conn
+
+    def _checkpoint_loop(self) -> None:
+        """Copy committed WAL pages into the database off the writer's path (PASSIVE)."""
+        conn = self._connect()
+        try:
+            while not self._stopped.wait(CHECKPOINT_INTERVAL_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.warning("WAL checkpoint failed; the writer will retry", exc_info=True)
+        finally:
+            conn.close()
 
     # ---------------------------------------------------------------- group commit
 
@@ -260,8 +294,9 @@ class SqliteJournal:
     def _write_loop(self) -> None:
         try:
             conn = self._connect()
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + recipient_index.SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._index.load(conn)
         except BaseException as exc:
             self._open_error = exc
             self._ready.set()
@@ -301,18 +336,22 @@ class SqliteJournal:
                         conn.execute("ROLLBACK")
                         conn.execute("BEGIN IMMEDIATE")
                         tx.deltas.clear()
+                        tx.index_pairs.clear()
                     continue
                 conn.execute("SAVEPOINT op")
                 before = Counter(tx.deltas)
+                indexed = len(tx.index_pairs)
                 try:
                     value = op(conn, tx, *args)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     tx.deltas = before
+                    del tx.index_pairs[indexed:]
                     results.append((future, None, exc))
                 else:
                     results.append((future, value, None))
                 conn.execute("RELEASE op")
+            run = self._index.write_run(conn, tx.index_pairs) if tx.index_pairs else None
             conn.execute("COMMIT")
         except Exception as exc:
             log.exception("journal commit failed")
@@ -324,8 +363,19 @@ class SqliteJournal:
             self._pending.update(tx.deltas)
             self.commits += 1
             self.ops += len(group)
+            if run is not None:
+                self._index.committed(run)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve, results)
+        self._merge_index_runs(conn)
+
+    def _merge_index_runs(self, conn: sqlite3.Connection) -> None:
+        try:
+            while (merge := self._index.due()) is not None:
+                self._index.merge(conn, merge)
+        except sqlite3.Error:
+            # The runs stay as they were; lookups stay correct, only slower. Next group retries.
+            log.exception("merging recipient index runs failed")
 
     # ---------------------------------------------------------------- reads
 
@@ -403,13 +453,15 @@ class SqliteJournal:
     async def by_recipient(
         self, tenant: str, recipient: str, before_id: int | None, limit: int
     ) -> list[MessageRecord]:
-        where = "WHERE tenant = ? AND recipient = ?"
-        params: tuple[Any, ...] = (tenant, recipient)
-        if before_id is not None:
-            where += " AND id < ?"
-            params += (before_id,)
-        where += " ORDER BY id DESC LIMIT ?"
-        records: list[MessageRecord] = await self._read(_read_records, where, (*params, limit))
+        where = (
+            f"WHERE id IN ({LOOKUP_SQL}) AND tenant = ? AND recipient = ? "
+            "ORDER BY id DESC LIMIT ?"
+        )
+        params = (
+            recipient_key(tenant, recipient), before_id if before_id is not None else (1 << 63) - 1,
+            tenant, recipient, limit,
+        )
+        records: list[MessageRecord] = await self._read(_read_records, where, params)
         return records
 
     async def next_due(self, channel: str) -> int | None:
@@ -511,8 +563,10 @@ def _op_insert(
             (tenant, key, digest, msgspec.msgpack.encode(ids), now),
         )
     deltas = tx.deltas
+    pairs = tx.index_pairs
     for m in messages:
         deltas[m.channel] += 1
+        pairs.append((recipient_key(tenant, m.recipient), m.id))
     return SubmitResult(ids, False)
 
 
