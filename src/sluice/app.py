@@ -98,8 +98,7 @@ class SluiceGateway:
         self.telemetry.watch(
             self.runners.values(),
             [self.completions],  # type: ignore[list-item]
-            self.journal.pending,
-            lambda: (self.journal.commits, self.journal.ops),
+            self.journal,
             self.callbacks,
         )
         self._stop = asyncio.Event()
@@ -154,6 +153,9 @@ class SluiceGateway:
             )
             for name, r in self.runners.items()
         ]
+
+    def refused(self, code: str) -> None:
+        self.telemetry.refused.labels(code).inc()
 
     def ready(self) -> bool:
         return self._ready

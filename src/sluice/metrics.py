@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 if TYPE_CHECKING:
     from sluice.callbacks import CallbackSender
     from sluice.channels.runner import ChannelRunner
+    from sluice.journal.sqlite import SqliteJournal
     from sluice.stage import Stage
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -28,9 +29,10 @@ class GatewayMetrics:
             "sluice_messages_accepted", "Messages committed to the journal.", ["tenant"],
             registry=self.registry,
         )
-        self.rejected = Counter(
-            "sluice_requests_rejected", "Requests refused by admission control.", ["reason"],
-            registry=self.registry,
+        self.refused = Counter(
+            "sluice_requests_refused",
+            "API requests refused, by error code (rate_limited, backlog_full, invalid_message …).",
+            ["code"], registry=self.registry,
         )
         self.send_seconds = Histogram(
             "sluice_send_seconds", "Time from handing a message to a transport to its answer.",
@@ -53,13 +55,10 @@ class GatewayMetrics:
         self,
         runners: Iterable[ChannelRunner],
         stages: Iterable[Stage[object]],
-        pending: Callable[[], dict[str, int]],
-        journal_counts: Callable[[], tuple[int, int]],
+        journal: SqliteJournal,
         callbacks: CallbackSender,
     ) -> None:
-        self.registry.register(
-            _LiveCollector(list(runners), list(stages), pending, journal_counts, callbacks)
-        )
+        self.registry.register(_LiveCollector(list(runners), list(stages), journal, callbacks))
 
 
 class _LiveCollector:
@@ -67,21 +66,19 @@ class _LiveCollector:
         self,
         runners: list[ChannelRunner],
         stages: list[Stage[object]],
-        pending: Callable[[], dict[str, int]],
-        journal_counts: Callable[[], tuple[int, int]],
+        journal: SqliteJournal,
         callbacks: CallbackSender,
     ) -> None:
         self._runners = runners
         self._stages = stages
-        self._pending = pending
-        self._journal_counts = journal_counts
+        self._journal = journal
         self._callbacks = callbacks
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        pending = self._pending()
+        pending = self._journal.pending()
         results = CounterMetricFamily(
             "sluice_channel_messages", "Attempt outcomes per channel.", labels=["channel", "result"]
         )
@@ -127,9 +124,17 @@ class _LiveCollector:
             wait.add_metric([s.name], s.wait_seconds)
             busy.add_metric([s.name], s.busy_seconds)
         yield from (depth, processed, batches, wait, busy)
-        commits, ops = self._journal_counts()
-        yield CounterMetricFamily("sluice_journal_commits", "Group commits.", value=commits)
-        yield CounterMetricFamily("sluice_journal_operations", "Operations committed.", value=ops)
+        journal = self._journal
+        yield CounterMetricFamily("sluice_journal_commits", "Group commits.",
+                                  value=journal.commits)
+        yield CounterMetricFamily("sluice_journal_operations", "Operations committed.",
+                                  value=journal.ops)
+        yield CounterMetricFamily("sluice_journal_busy_seconds",
+                                  "Time the journal writer spent in transactions.",
+                                  value=journal.busy_seconds)
+        yield GaugeMetricFamily("sluice_journal_queue_depth",
+                                "Operations waiting for the journal writer.",
+                                value=journal.queue_depth())
         callbacks = CounterMetricFamily("sluice_callbacks", "Status callbacks by result.",
                                         labels=["result"])
         callbacks.add_metric(["delivered"], self._callbacks.delivered)

@@ -62,6 +62,7 @@ class JournalGateway:
         self.config = config
         self.journal = journal
         self.ids = IdGenerator(node=1)
+        self.refusals: dict[str, int] = {}
         self.is_ready = True
         self.submits = 0
         self.registry = prometheus_client.CollectorRegistry()
@@ -71,6 +72,9 @@ class JournalGateway:
 
     def next_id(self) -> int:
         return self.ids.next()
+
+    def refused(self, code: str) -> None:
+        self.refusals[code] = self.refusals.get(code, 0) + 1
 
     def backlog(self) -> int:
         return sum(self.journal.pending().values())

@@ -64,6 +64,10 @@ class Gateway(Protocol):
 
     def channels(self) -> list[ChannelStatus]: ...
 
+    def refused(self, code: str) -> None:
+        """Count a request refused with this error code (metrics)."""
+        ...
+
     def ready(self) -> bool:
         """True once the journal is open and the channels run; False while shutting down."""
         ...

@@ -165,6 +165,7 @@ class HttpApi:
                 )
             response = await handler(scope, receive, *args)
         except ApiError as error:
+            self._gateway.refused(error.code)
             response = _Response(
                 error.status,
                 _error_body(error.code, error.message, error.field),

@@ -24,6 +24,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -205,6 +206,9 @@ class SqliteJournal:
         self._open_error: BaseException | None = None
         self.commits = 0
         self.ops = 0
+        #: Seconds the writer spent in transactions, and the queue wait of committed operations.
+        self.busy_seconds = 0.0
+        self.largest_group = 0
 
     # ---------------------------------------------------------------- life cycle
 
@@ -324,6 +328,7 @@ class SqliteJournal:
         self, conn: sqlite3.Connection, group: list[tuple[Op, tuple[Any, ...], asyncio.Future[Any]]]
     ) -> None:
         tx = _Transaction()
+        started = time.perf_counter()
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -363,6 +368,8 @@ class SqliteJournal:
             self._pending.update(tx.deltas)
             self.commits += 1
             self.ops += len(group)
+            self.largest_group = max(self.largest_group, len(group))
+            self.busy_seconds += time.perf_counter() - started
             if run is not None:
                 self._index.committed(run)
         assert self._loop is not None
@@ -467,6 +474,10 @@ class SqliteJournal:
     async def next_due(self, channel: str) -> int | None:
         due: int | None = await self._read(_read_next_due, channel)
         return due
+
+    def queue_depth(self) -> int:
+        """Operations waiting for the writer (the journal stage's queue)."""
+        return self._queue.qsize()
 
     def pending(self) -> dict[str, int]:
         return {channel: n for channel, n in self._pending.items() if n}
