@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 
 from sluice.config import hash_api_key
@@ -92,6 +94,13 @@ def gateway(
 
 @contextlib.contextmanager
 def sink(*args: str) -> Iterator[str]:
+    with sink_process(*args) as (_, base):
+        yield base
+
+
+@contextlib.contextmanager
+def sink_process(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`sink`, also yielding the process (for its CPU time)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli", "sim", "webhook", "--port", str(port), *args],
@@ -100,7 +109,7 @@ def sink(*args: str) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/_sink/stats")
-        yield base
+        yield proc, base
     finally:
         stop(proc)
 
@@ -128,15 +137,84 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def batch_body(n: int, channel: str = "web", priority: str = "normal") -> bytes:
+def batch_body(n: int, channel: str = "web", priority: str = "normal", start: int = 0) -> bytes:
     return msgspec.json.encode({
         "messages": [
             {"channel": channel, "to": f"+1555{i:07d}", "body": f"Benchmark message number {i}",
              "priority": priority}
-            for i in range(n)
+            for i in range(start, start + n)
         ]
     })
 
 
 def headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's highest RSS so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def get_json(url: str, auth: bool = False) -> Any:
+    request = urllib.request.Request(url, headers=headers() if auth else {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return msgspec.json.decode(resp.read())
+
+
+def journal_mb(directory: Path) -> dict[str, float]:
+    """Sizes of the journal's files (database, WAL, shared memory) that exist, in MB."""
+    sizes = {}
+    for suffix in ("", "-wal", "-shm"):
+        path = directory / f"journal.db{suffix}"
+        if path.exists():
+            sizes[path.name] = path.stat().st_size / 1e6
+    return sizes
+
+
+#: Words that mark a serve.log line worth showing after a run.
+_LOG_PROBLEMS = ("ERROR", "WARNING", "CRITICAL", "Traceback", "Exception")
+
+
+def log_problems(directory: Path, limit: int = 20) -> list[str]:
+    """The first `limit` lines of the gateway's serve.log that report a problem."""
+    path = directory / "serve.log"
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    return [line for line in lines if any(word in line for word in _LOG_PROBLEMS)][:limit]
+
+
+async def post_batches(
+    base: str, total: int, batch: int, connections: int
+) -> tuple[int, int, dict[int, int]]:
+    """POST ``total`` messages in batches, each batch with distinct recipients, over
+    ``connections`` concurrent connections. Returns (accepted, refused batches, statuses).
+    A refused batch is not retried."""
+    accepted = refused = 0
+    statuses: dict[int, int] = {}
+    starts = iter(range(0, total, batch))
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            nonlocal accepted, refused
+            for start in starts:
+                n = min(batch, total - start)
+                body = batch_body(n, start=start)
+                async with session.post(f"{base}/v1/messages", data=body,
+                                        headers=headers()) as resp:
+                    await resp.read()
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                    if resp.status == 202:
+                        accepted += n
+                    else:
+                        refused += 1
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(connections):
+                tg.create_task(client())
+    return accepted, refused, statuses

@@ -201,7 +201,11 @@ class ChannelRunner:
                     result = SendResult(Outcome.TRANSIENT, detail=f"transport error: {exc!r}")
                 latency = time.perf_counter() - started
                 self._observe(result.outcome.name.lower(), latency)
-                completion = self._judge(message, result, latency * 1000)
+                try:
+                    completion = self._judge(message, result, latency * 1000)
+                except Exception:  # a bug here must not take the channel down with it
+                    log.exception("channel %s: judging an outcome failed", self.name)
+                    completion = self._requeue(message, None, "internal error; retried")
         except asyncio.CancelledError:
             self.breaker.release_probe()
             raise

@@ -61,6 +61,9 @@ from sluice.model import (
 log = logging.getLogger("sluice.journal")
 
 SCHEMA_VERSION = 1
+#: SQLite page cache per connection: the writer's holds the hot ends of the indexes.
+WRITER_CACHE_KIB = 64 * 1024
+READER_CACHE_KIB = 16 * 1024
 #: How often the checkpoint thread copies the WAL into the database file.
 CHECKPOINT_INTERVAL_SECONDS = 0.2
 #: WAL size (pages of 4 KiB) at which the writer checkpoints by itself: 256 MiB.
@@ -262,12 +265,12 @@ class SqliteJournal:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, cache_kib: int = WRITER_CACHE_KIB) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute(f"PRAGMA cache_size=-{cache_kib}")
         conn.execute("PRAGMA temp_store=MEMORY")
         # Checkpoints run in their own thread (`_checkpoint_loop`); the writer only checkpoints
         # itself if that thread falls this far behind.
@@ -276,7 +279,7 @@ class SqliteJournal:
 
     def _checkpoint_loop(self) -> None:
         """Copy committed WAL pages into the database off the writer's path (PASSIVE)."""
-        conn = self._connect()
+        conn = self._connect(cache_kib=1024)
         try:
             while not self._stopped.wait(CHECKPOINT_INTERVAL_SECONDS):
                 try:
@@ -389,7 +392,7 @@ class SqliteJournal:
     def _reader_conn(self) -> sqlite3.Connection:
         conn = getattr(self._reader_local, "conn", None)
         if conn is None:
-            conn = self._connect()
+            conn = self._connect(cache_kib=READER_CACHE_KIB)
             self._reader_local.conn = conn
         return conn
 
@@ -528,8 +531,11 @@ def _op_recover(conn: sqlite3.Connection, tx: _Transaction) -> None:
     )
     if rows:
         log.warning("recovered %d messages left in flight by a previous run", len(rows))
+    # Nothing is `sending` now and nothing stays `accepted` past its insert, so the pending
+    # messages are the queued ones: counted from the small partial index, not the table.
     counts = conn.execute(
-        "SELECT channel, COUNT(*) FROM messages WHERE state IN (0, 1, 2) GROUP BY channel"
+        "SELECT channel, COUNT(*) FROM messages INDEXED BY messages_due WHERE state = 1 "
+        "GROUP BY channel"
     ).fetchall()
     tx.deltas.update(dict(counts))
 
