@@ -32,7 +32,7 @@ from sluice.ingress.contract import ChannelStatus
 from sluice.journal.base import CancelResult, Completion, MessageRecord, SubmitResult
 from sluice.journal.sqlite import SqliteJournal
 from sluice.metrics import GatewayMetrics
-from sluice.model import IdGenerator, Message, now_ms
+from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.stage import Stage
 
 log = logging.getLogger("sluice")
@@ -124,8 +124,11 @@ class SluiceGateway:
         result = await self.journal.insert(tenant, messages, idempotency_key, digest)
         if not result.replayed:
             self.telemetry.accepted.labels(tenant).inc(len(messages))
+            urgent = {m.channel for m in messages if m.priority == Priority.URGENT}
             for channel in {m.channel for m in messages}:
-                self._wake_channel(channel)
+                runner = self.runners.get(channel)
+                if runner is not None:
+                    runner.wake(urgent=channel in urgent)
         return result
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:

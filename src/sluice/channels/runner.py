@@ -36,6 +36,8 @@ log = logging.getLogger("sluice.channel")
 #: How far ahead of the token bucket a claim may reach, in seconds of rate. Larger claims
 #: amortise the journal round trip; smaller ones let a newly arrived urgent message overtake.
 CLAIM_HORIZON_SECONDS = 0.1
+#: Most free slots a runner waits for before claiming again while it has work in flight.
+CLAIM_MIN_CAP = 16
 #: Longest sleep of an idle runner between looks at the journal (scheduled messages, retries).
 IDLE_POLL_SECONDS = 1.0
 
@@ -98,11 +100,17 @@ class ChannelRunner:
         self.throttled = 0
         self._kick = asyncio.Event()
         self._stopping = False
+        self._urgent_waiting = False
+        #: Claim only when this many slots are free (unless idle or an urgent message waits):
+        #: one claim per answer would cost a journal round trip per message.
+        self._claim_min = max(1, min(config.width // 8, CLAIM_MIN_CAP))
 
     # ------------------------------------------------------------------ control
 
-    def wake(self) -> None:
+    def wake(self, urgent: bool = False) -> None:
         """New work may be due (an insert, a failover, a freed slot)."""
+        if urgent:
+            self._urgent_waiting = True
         self._kick.set()
 
     def stop(self) -> None:
@@ -141,6 +149,9 @@ class ChannelRunner:
             free = min(free, 1 - self.in_flight)  # one probe at a time
         if free <= 0:
             return IDLE_POLL_SECONDS
+        if free < self._claim_min and self.in_flight and not self._urgent_waiting:
+            return IDLE_POLL_SECONDS  # a few more answers first: claim in batches
+        self._urgent_waiting = False
         limit = min(free, self._max_claim)
         if self.bucket.rate > 0:
             affordable = self.bucket.available() + self.bucket.rate * CLAIM_HORIZON_SECONDS
@@ -155,6 +166,9 @@ class ChannelRunner:
             self.name, limit, max(0, min(limit, non_urgent)), self._owner, now, self._lease_ms
         )
         if not batch:
+            if non_urgent < limit:
+                # The lower lanes are full; a freed slot or an urgent arrival wakes us.
+                return IDLE_POLL_SECONDS
             return await self._until_due(now)
         for message in batch:
             self.in_flight += 1

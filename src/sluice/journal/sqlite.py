@@ -919,8 +919,16 @@ def _read_records(
 
 
 def _read_next_due(conn: sqlite3.Connection, channel: str) -> int | None:
-    row = conn.execute(
-        "SELECT MIN(due_at) FROM messages INDEXED BY messages_due WHERE state = 1 AND channel = ?",
-        (channel,),
-    ).fetchone()
-    return row[0] if row else None
+    # One MIN per priority: each is a single index seek on (channel, priority, due_at), where a
+    # MIN over the whole channel would walk every queued message.
+    dues = [
+        row[0]
+        for priority in _PRIORITIES
+        for row in conn.execute(
+            "SELECT MIN(due_at) FROM messages INDEXED BY messages_due "
+            "WHERE state = 1 AND channel = ? AND priority = ?",
+            (channel, priority),
+        )
+        if row[0] is not None
+    ]
+    return min(dues) if dues else None
