@@ -3,8 +3,9 @@
 Every limit the gateway enforces is a field here with its default. A bad file is refused with
 the dotted key and the reason (`channels.sms.width: expected >= 1, got 0`).
 
-Environment overrides use ``SLUICE__`` and double underscores between keys, and their values
-are read as TOML values when they parse as one (numbers, booleans, arrays), else as strings:
+Environment overrides use ``SLUICE__`` and double underscores between keys. Their values are
+converted to the type of the key they set (numbers, booleans); arrays and tables are written
+as in TOML:
 
 Examples:
     SLUICE__SERVER__LISTEN=0.0.0.0:8080
@@ -167,7 +168,8 @@ _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 def _check(config: Config) -> None:
     """Rules that span fields; types and ranges are checked by the schema."""
     host, sep, port = config.server.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
+    if not sep or not host or not valid_port:
         raise ConfigError(
             f"server.listen: expected host:port, got {config.server.listen!r}"
         )
@@ -214,10 +216,14 @@ def _check(config: Config) -> None:
 
 
 def _env_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    """Arrays and tables parse as TOML; anything else stays a string, and the schema converts
+    it to the field's type (so "250" becomes 250 for a number and stays "250" for a secret)."""
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            return text
+    return text
 
 
 def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -250,12 +256,13 @@ def _deep_copy(value: Any) -> Any:
 
 
 _CHANNEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]*)`$")
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
 def _convert(raw: Any, kind: type[Any], prefix: str) -> Any:
     try:
-        return msgspec.convert(raw, kind)
+        return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
         message = str(exc)
         match = _PATH_RE.search(message)
@@ -263,6 +270,10 @@ def _convert(raw: Any, kind: type[Any], prefix: str) -> Any:
         if match is not None:
             path = match.group("path").replace("['", ".").replace("']", "").lstrip(".")
             reason = message[: match.start()]
+        unknown = _UNKNOWN_RE.match(reason)
+        if unknown is not None:
+            path = ".".join(part for part in (path, unknown.group(1)) if part)
+            reason = "unknown key"
         key = ".".join(part for part in (prefix, path) if part)
         raise ConfigError(f"{key or '(top level)'}: {reason}") from None
 
@@ -308,6 +319,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         return loads(text, environ)
     except ConfigError as exc:

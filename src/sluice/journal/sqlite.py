@@ -60,7 +60,7 @@ from sluice.model import (
 
 log = logging.getLogger("sluice.journal")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: SQLite page cache per connection: the writer's holds the hot ends of the indexes.
 WRITER_CACHE_KIB = 64 * 1024
 READER_CACHE_KIB = 16 * 1024
@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS messages (
     priority INTEGER NOT NULL,
     state INTEGER NOT NULL,
     due_at INTEGER NOT NULL,
+    not_before INTEGER,
     expires_at INTEGER,
     callback_url TEXT,
     metadata BLOB,
@@ -202,9 +203,11 @@ class SqliteJournal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_fd: int | None = None
         self._pending: Counter[str] = Counter()
+        self._pending_view: dict[str, int] = {}
         self._index = RecipientIndex()
         self._ready = threading.Event()
         self._stopped = threading.Event()
+        self._closing = False
         self._checkpointer: threading.Thread | None = None
         self._open_error: BaseException | None = None
         self.commits = 0
@@ -216,6 +219,11 @@ class SqliteJournal:
     # ---------------------------------------------------------------- life cycle
 
     async def open(self) -> None:
+        self._pending.clear()
+        self._pending_view = {}
+        self._closing = False
+        self._ready.clear()
+        self._open_error = None
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         self._loop = asyncio.get_running_loop()
@@ -223,6 +231,7 @@ class SqliteJournal:
         self._writer.start()
         await asyncio.to_thread(self._ready.wait)
         if self._open_error is not None:
+            self._writer = None
             self._release_lock()
             raise JournalError(f"cannot open journal {self._path}: {self._open_error}")
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
@@ -234,6 +243,7 @@ class SqliteJournal:
         await self._write(_op_recover)
 
     async def close(self) -> None:
+        self._closing = True  # before the writer's stop marker: nothing may queue behind it
         self._stopped.set()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
@@ -292,7 +302,7 @@ class SqliteJournal:
     # ---------------------------------------------------------------- group commit
 
     async def _write(self, op: Op, *args: Any) -> Any:
-        if self._writer is None or self._loop is None:
+        if self._writer is None or self._loop is None or self._closing:
             raise JournalError("journal is not open")
         future: asyncio.Future[Any] = self._loop.create_future()
         self._queue.put((op, args, future))
@@ -302,6 +312,7 @@ class SqliteJournal:
         try:
             conn = self._connect()
             conn.executescript(_SCHEMA + recipient_index.SCHEMA)
+            _migrate(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._index.load(conn)
         except BaseException as exc:
@@ -368,7 +379,10 @@ class SqliteJournal:
             error = JournalError(f"journal commit failed: {exc}")
             results = [(future, None, error) for _, _, future in group]
         else:
-            self._pending.update(tx.deltas)
+            if tx.deltas:
+                self._pending.update(tx.deltas)
+                # Readers on the event loop get a fresh dict, never one being changed.
+                self._pending_view = {k: v for k, v in self._pending.items() if v}
             self.commits += 1
             self.ops += len(group)
             self.largest_group = max(self.largest_group, len(group))
@@ -483,7 +497,7 @@ class SqliteJournal:
         return self._queue.qsize()
 
     def pending(self) -> dict[str, int]:
-        return {channel: n for channel, n in self._pending.items() if n}
+        return self._pending_view
 
     async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]:
         jobs: list[CallbackJob] = await self._write(_op_claim_callbacks, limit, now, lease_ms)
@@ -502,6 +516,18 @@ class SqliteJournal:
             ).fetchall()
         )
         return {State(state): n for state, n in rows}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a journal written by an older version up to `SCHEMA_VERSION`."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"journal schema version {version} is newer than this Sluice ({SCHEMA_VERSION})"
+        )
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "not_before" not in columns:  # version 1 → 2
+        conn.execute("ALTER TABLE messages ADD COLUMN not_before INTEGER")
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -562,12 +588,12 @@ def _op_insert(
     encode = _metadata_encoder.encode
     conn.executemany(
         "INSERT INTO messages (id, tenant, channel, recipient, sender, body, priority, state, "
-        "due_at, expires_at, callback_url, metadata, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+        "due_at, not_before, expires_at, callback_url, metadata, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
         [
             (
                 m.id, tenant, m.channel, m.recipient, m.sender, m.body, m.priority,
-                m.not_before or now, m.expires_at, m.callback_url,
+                m.not_before or now, m.not_before, m.expires_at, m.callback_url,
                 encode(m.metadata) if m.metadata else None, now,
             )
             for m in messages
@@ -713,13 +739,19 @@ def _op_complete(
                 tx.deltas[c.channel] -= 1
                 tx.deltas[channel] += 1
         elif state == State.DELIVERED:
+            # A receipt can overtake the commit of its own SENT outcome: from SENDING too.
             row = conn.execute(
-                "UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND state IN (2, 3) "
-                "RETURNING tenant, channel, recipient, attempts, callback_url, metadata, state",
-                (int(state), now, c.message_id),
+                "SELECT tenant, channel, recipient, attempts, callback_url, metadata, state "
+                "FROM messages WHERE id = ? AND state IN (2, 3)",
+                (c.message_id,),
             ).fetchone()
             if row is None:
                 continue
+            conn.execute(
+                "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL, "
+                "provider_id = COALESCE(provider_id, ?), updated_at = ? WHERE id = ?",
+                (int(state), c.provider_id, now, c.message_id),
+            )
             if row[6] == _SENDING:
                 tx.deltas[row[1]] -= 1
             _final_callback(conn, c, row, now)
@@ -880,7 +912,8 @@ def _read_records(
     conn: sqlite3.Connection, where: str, params: tuple[Any, ...]
 ) -> list[MessageRecord]:
     rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS}, state, updated_at, provider_id FROM messages {where}",
+        f"SELECT {_MESSAGE_COLUMNS}, state, updated_at, provider_id, not_before FROM messages "
+        f"{where}",
         params,
     ).fetchall()
     if not rows:
@@ -904,7 +937,7 @@ def _read_records(
         message = _row_to_message(row[:12])
         created = id_time_ms(message.id)
         due_at = row[7]
-        message.not_before = due_at if due_at > created and message.attempts == 0 else None
+        message.not_before = row[15]
         accepted = [
             TimelineEntry(created, State.ACCEPTED, message.channel),
             TimelineEntry(created, State.QUEUED, message.channel),
