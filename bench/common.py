@@ -81,7 +81,8 @@ def gateway(
     log = open(directory / "serve.log", "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli", "serve", "--config", str(config)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     log.close()
     base = f"http://127.0.0.1:{port}"
@@ -104,7 +105,8 @@ def sink_process(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli", "sim", "webhook", "--port", str(port), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -138,13 +140,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def batch_body(n: int, channel: str = "web", priority: str = "normal", start: int = 0) -> bytes:
-    return msgspec.json.encode({
-        "messages": [
-            {"channel": channel, "to": f"+1555{i:07d}", "body": f"Benchmark message number {i}",
-             "priority": priority}
-            for i in range(start, start + n)
-        ]
-    })
+    return msgspec.json.encode(
+        {
+            "messages": [
+                {
+                    "channel": channel,
+                    "to": f"+1555{i:07d}",
+                    "body": f"Benchmark message number {i}",
+                    "priority": priority,
+                }
+                for i in range(start, start + n)
+            ]
+        }
+    )
 
 
 def headers() -> dict[str, str]:
@@ -205,8 +213,9 @@ async def post_batches(
             for start in starts:
                 n = min(batch, total - start)
                 body = batch_body(n, start=start)
-                async with session.post(f"{base}/v1/messages", data=body,
-                                        headers=headers()) as resp:
+                async with session.post(
+                    f"{base}/v1/messages", data=body, headers=headers()
+                ) as resp:
                     await resp.read()
                     statuses[resp.status] = statuses.get(resp.status, 0) + 1
                     if resp.status == 202:

@@ -60,8 +60,14 @@ MAX_BATCH = 10_000
 
 
 def channels(sink_base: str, width: int) -> dict[str, Any]:
-    return {"web": {"type": "webhook", "width": width, "rate": 0,
-                    "webhook": {"url": f"{sink_base}{HOOK_PATH}"}}}
+    return {
+        "web": {
+            "type": "webhook",
+            "width": width,
+            "rate": 0,
+            "webhook": {"url": f"{sink_base}{HOOK_PATH}"},
+        }
+    }
 
 
 def sink_args(args: argparse.Namespace) -> list[str]:
@@ -94,8 +100,10 @@ def wait_delivered(sink_base: str, count: int) -> float:
 
 def sink_summary(sink_base: str) -> str:
     stats = get_json(f"{sink_base}/_sink/stats")
-    return (f"sink: received {stats['received']:,}, duplicates {stats['duplicates']}, "
-            f"statuses {stats['by_status']}, max in flight {stats['max_in_flight']}")
+    return (
+        f"sink: received {stats['received']:,}, duplicates {stats['duplicates']}, "
+        f"statuses {stats['by_status']}, max in flight {stats['max_in_flight']}"
+    )
 
 
 def percentile(ordered: list[int], q: float) -> int:
@@ -104,9 +112,11 @@ def percentile(ordered: list[int], q: float) -> int:
 
 
 def throughput(args: argparse.Namespace) -> float:
-    with workdir() as directory, sink_process(*sink_args(args)) as (sink_proc, sink_base), gateway(
-        directory, channels(sink_base, args.width), args.synchronous
-    ) as (proc, base):
+    with (
+        workdir() as directory,
+        sink_process(*sink_args(args)) as (sink_proc, sink_base),
+        gateway(directory, channels(sink_base, args.width), args.synchronous) as (proc, base),
+    ):
         cpu0, sink_cpu0 = cpu_seconds(proc.pid), cpu_seconds(sink_proc.pid)
         t0 = time.perf_counter()
         accepted, refused, statuses = asyncio.run(
@@ -120,14 +130,20 @@ def throughput(args: argparse.Namespace) -> float:
         problems = log_problems(directory)
     elapsed = done - t0
     rate = accepted / elapsed
-    print(f"phase 1, throughput: {args.messages:,} messages in batches of {args.batch:,} over "
-          f"{args.connections} connections, width {args.width}, synchronous={args.synchronous}")
-    print(f"  accepted {accepted:,} in {posted - t0:.2f} s ({accepted / (posted - t0):,.0f} "
-          f"msgs/s ingest); refused batches {refused}; statuses {statuses}")
+    print(
+        f"phase 1, throughput: {args.messages:,} messages in batches of {args.batch:,} over "
+        f"{args.connections} connections, width {args.width}, synchronous={args.synchronous}"
+    )
+    print(
+        f"  accepted {accepted:,} in {posted - t0:.2f} s ({accepted / (posted - t0):,.0f} "
+        f"msgs/s ingest); refused batches {refused}; statuses {statuses}"
+    )
     print(f"  all at the sink after {elapsed:.2f} s: {rate:,.0f} messages/s end to end")
-    print(f"  gateway CPU {cpu:.1f} s = {cpu / accepted * 1e6:.0f} µs per message "
-          f"({cpu / elapsed:.2f} cores); "
-          f"sink CPU {sink_cpu:.1f} s ({sink_cpu / elapsed:.2f} cores)")
+    print(
+        f"  gateway CPU {cpu:.1f} s = {cpu / accepted * 1e6:.0f} µs per message "
+        f"({cpu / elapsed:.2f} cores); "
+        f"sink CPU {sink_cpu:.1f} s ({sink_cpu / elapsed:.2f} cores)"
+    )
     print(f"  {summary}")
     for line in problems:
         print(f"  serve.log: {line}")
@@ -143,8 +159,9 @@ async def paced(base: str, rate: float, seconds: float) -> tuple[int, int, float
         async def post(start: int, n: int) -> None:
             nonlocal accepted, refused
             try:
-                async with session.post(f"{base}/v1/messages", data=batch_body(n, start=start),
-                                        headers=headers()) as resp:
+                async with session.post(
+                    f"{base}/v1/messages", data=batch_body(n, start=start), headers=headers()
+                ) as resp:
                     await resp.read()
                     if resp.status == 202:
                         accepted += n
@@ -189,9 +206,10 @@ def read_latencies(database: Path) -> tuple[int, list[int], list[int]]:
 
 def latency(args: argparse.Namespace, rate: float) -> None:
     with workdir() as directory:
-        with sink_process(*sink_args(args)) as (sink_proc, sink_base), gateway(
-            directory, channels(sink_base, args.width), args.synchronous
-        ) as (proc, base):
+        with (
+            sink_process(*sink_args(args)) as (sink_proc, sink_base),
+            gateway(directory, channels(sink_base, args.width), args.synchronous) as (proc, base),
+        ):
             cpu0, sink_cpu0 = cpu_seconds(proc.pid), cpu_seconds(sink_proc.pid)
             accepted, refused, elapsed = asyncio.run(paced(base, rate, args.seconds))
             t_posted = time.perf_counter()
@@ -202,22 +220,32 @@ def latency(args: argparse.Namespace, rate: float) -> None:
         # Both processes are stopped: the journal is read as it was left on disk.
         total, claimed, sent = read_latencies(directory / "journal.db")
         problems = log_problems(directory)
-    print(f"phase 2, latency: target {rate:,.0f} msgs/s for {args.seconds:g} s, a post every "
-          f"{TICK_SECONDS * 1000:.0f} ms, width {args.width}")
-    print(f"  accepted {accepted:,} in {elapsed:.2f} s: {accepted / elapsed:,.0f} msgs/s "
-          f"achieved; refused {refused}; last delivery {drain * 1000:.0f} ms after the last post")
+    print(
+        f"phase 2, latency: target {rate:,.0f} msgs/s for {args.seconds:g} s, a post every "
+        f"{TICK_SECONDS * 1000:.0f} ms, width {args.width}"
+    )
+    print(
+        f"  accepted {accepted:,} in {elapsed:.2f} s: {accepted / elapsed:,.0f} msgs/s "
+        f"achieved; refused {refused}; last delivery {drain * 1000:.0f} ms after the last post"
+    )
     print(f"  journal: {total:,} messages, {len(sent):,} with a SENT event")
     if sent:
-        print("  accept → sent   " + ", ".join(
-            f"p{q * 100:g} {percentile(sent, q)} ms" for q in (0.5, 0.9, 0.99)
-        ) + f", max {sent[-1]} ms")
+        print(
+            "  accept → sent   "
+            + ", ".join(f"p{q * 100:g} {percentile(sent, q)} ms" for q in (0.5, 0.9, 0.99))
+            + f", max {sent[-1]} ms"
+        )
     if claimed:
-        print("  accept → claimed " + ", ".join(
-            f"p{q * 100:g} {percentile(claimed, q)} ms" for q in (0.5, 0.9, 0.99)
-        ) + f", max {claimed[-1]} ms")
+        print(
+            "  accept → claimed "
+            + ", ".join(f"p{q * 100:g} {percentile(claimed, q)} ms" for q in (0.5, 0.9, 0.99))
+            + f", max {claimed[-1]} ms"
+        )
     busy = elapsed + drain
-    print(f"  gateway CPU {cpu:.1f} s = {cpu / max(accepted, 1) * 1e6:.0f} µs per message "
-          f"({cpu / busy:.2f} cores); sink CPU {sink_cpu:.1f} s ({sink_cpu / busy:.2f} cores)")
+    print(
+        f"  gateway CPU {cpu:.1f} s = {cpu / max(accepted, 1) * 1e6:.0f} µs per message "
+        f"({cpu / busy:.2f} cores); sink CPU {sink_cpu:.1f} s ({sink_cpu / busy:.2f} cores)"
+    )
     print(f"  {summary}")
     for line in problems:
         print(f"  serve.log: {line}")
@@ -225,17 +253,26 @@ def latency(args: argparse.Namespace, rate: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=50_000,
-                        help="phase 1 messages; 0 skips phase 1 (then give --rate)")
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=50_000,
+        help="phase 1 messages; 0 skips phase 1 (then give --rate)",
+    )
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=4, help="phase 1 connections")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10, help="phase 2 duration")
-    parser.add_argument("--rate", type=float, default=0,
-                        help="phase 2 messages/s; default half the phase 1 figure")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="phase 2 messages/s; default half the phase 1 figure"
+    )
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
-    parser.add_argument("--sink-latency-ms", type=float, default=0,
-                        help="the sink holds every answer back this long (%(default)s)")
+    parser.add_argument(
+        "--sink-latency-ms",
+        type=float,
+        default=0,
+        help="the sink holds every answer back this long (%(default)s)",
+    )
     args = parser.parse_args()
     if args.messages <= 0 and args.rate <= 0:
         parser.error("--messages 0 skips phase 1, so give the phase 2 --rate")

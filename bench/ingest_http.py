@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import batch_body, cpu_seconds, gateway, headers, workdir
 
 
-async def load(base: str, body: bytes, batch: int, connections: int, seconds: float
-               ) -> tuple[int, list[float], int]:
+async def load(
+    base: str, body: bytes, batch: int, connections: int, seconds: float
+) -> tuple[int, list[float], int]:
     accepted = 0
     refused = 0
     latencies: list[float] = []
@@ -34,8 +35,9 @@ async def load(base: str, body: bytes, batch: int, connections: int, seconds: fl
             nonlocal accepted, refused
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
-                async with session.post(f"{base}/v1/messages", data=body,
-                                        headers=headers()) as resp:
+                async with session.post(
+                    f"{base}/v1/messages", data=body, headers=headers()
+                ) as resp:
                     await resp.read()
                     if resp.status == 202:
                         accepted += batch
@@ -57,8 +59,9 @@ def main() -> None:
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     args = parser.parse_args()
     body = batch_body(args.batch)
-    channels = {"web": {"type": "webhook", "paused": True,
-                        "webhook": {"url": "http://127.0.0.1:9/unused"}}}
+    channels = {
+        "web": {"type": "webhook", "paused": True, "webhook": {"url": "http://127.0.0.1:9/unused"}}
+    }
     with workdir() as directory, gateway(directory, channels, args.synchronous) as (proc, base):
         asyncio.run(load(base, body, args.batch, args.connections, 1.0))  # warm up
         cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
@@ -70,8 +73,10 @@ def main() -> None:
     latencies.sort()
     print(f"batch={args.batch} connections={args.connections} synchronous={args.synchronous}")
     print(f"accepted {accepted:,} messages in {elapsed:.1f} s: {accepted / elapsed:,.0f} msgs/s")
-    print(f"request latency p50 {statistics.median(latencies) * 1000:.1f} ms, "
-          f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms; refused {refused}")
+    print(
+        f"request latency p50 {statistics.median(latencies) * 1000:.1f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms; refused {refused}"
+    )
     print(f"server CPU {cpu:.1f} s = {cpu / accepted * 1e6:.1f} µs per message")
 
 

@@ -32,8 +32,9 @@ from common import (
 )
 
 GOAL_RSS_MB = 250
-CHANNELS = {"web": {"type": "webhook", "paused": True,
-                    "webhook": {"url": "http://127.0.0.1:9/unused"}}}
+CHANNELS = {
+    "web": {"type": "webhook", "paused": True, "webhook": {"url": "http://127.0.0.1:9/unused"}}
+}
 
 
 def verdict(mb: float) -> str:
@@ -57,8 +58,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     args = parser.parse_args()
-    print(f"messages={args.messages:,} batch={args.batch:,} connections={args.connections} "
-          f"synchronous={args.synchronous}")
+    print(
+        f"messages={args.messages:,} batch={args.batch:,} connections={args.connections} "
+        f"synchronous={args.synchronous}"
+    )
     with workdir() as directory:
         with gateway(directory, CHANNELS, args.synchronous) as (proc, base):
             idle = rss_mb(proc.pid)
@@ -69,23 +72,31 @@ def main() -> None:
             elapsed = time.perf_counter() - t0
             after, peak = rss_mb(proc.pid), peak_rss_mb(proc.pid)
             queued = pending(base)
-            print(f"ingest: {accepted:,} accepted in {elapsed:.1f} s "
-                  f"({accepted / elapsed:,.0f} msgs/s); refused batches {refused}; "
-                  f"statuses {statuses}")
-            print(f"RSS idle {idle:.0f} MB; after ingest {after:.0f} MB, peak {peak:.0f} MB "
-                  f"({verdict(after)}); channel pending {queued:,}")
+            print(
+                f"ingest: {accepted:,} accepted in {elapsed:.1f} s "
+                f"({accepted / elapsed:,.0f} msgs/s); refused batches {refused}; "
+                f"statuses {statuses}"
+            )
+            print(
+                f"RSS idle {idle:.0f} MB; after ingest {after:.0f} MB, peak {peak:.0f} MB "
+                f"({verdict(after)}); channel pending {queued:,}"
+            )
             print(f"journal on disk after ingest: {sizes(directory)}")
             stopping = time.perf_counter()
         stopped = time.perf_counter() - stopping
-        print(f"SIGTERM: exited with code {proc.returncode} after {stopped:.1f} s; "
-              f"journal {sizes(directory)}")
+        print(
+            f"SIGTERM: exited with code {proc.returncode} after {stopped:.1f} s; "
+            f"journal {sizes(directory)}"
+        )
         t1 = time.perf_counter()
         with gateway(directory, CHANNELS, args.synchronous) as (proc, base):
             ready = time.perf_counter() - t1
             restarted, peak = rss_mb(proc.pid), peak_rss_mb(proc.pid)
             queued = pending(base)
-            print(f"restart: ready in {ready:.2f} s; RSS {restarted:.0f} MB, peak {peak:.0f} MB "
-                  f"({verdict(max(restarted, peak))}); channel pending {queued:,}")
+            print(
+                f"restart: ready in {ready:.2f} s; RSS {restarted:.0f} MB, peak {peak:.0f} MB "
+                f"({verdict(max(restarted, peak))}); channel pending {queued:,}"
+            )
         print(f"journal on disk after the second stop: {sizes(directory)}")
         for line in log_problems(directory):
             print(f"serve.log: {line}")

@@ -41,8 +41,16 @@ def lua_script(body: bytes) -> str:
 
 
 def run_wrk(script: Path, url: str, threads: int, connections: int, seconds: float) -> str:
-    command = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-               "-s", str(script), url]
+    command = [
+        WRK,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
@@ -82,8 +90,9 @@ def main() -> None:
     body = msgspec.json.encode(
         {"channel": "web", "to": "+15550000001", "body": "Benchmark message number 1"}
     )
-    channels = {"web": {"type": "webhook", "paused": True,
-                        "webhook": {"url": "http://127.0.0.1:9/unused"}}}
+    channels = {
+        "web": {"type": "webhook", "paused": True, "webhook": {"url": "http://127.0.0.1:9/unused"}}
+    }
     with workdir() as directory:
         script = directory / "post.lua"
         script.write_text(lua_script(body))
@@ -102,24 +111,39 @@ def main() -> None:
     requests = int(figures.get("requests", figures["rps"] * args.seconds))
     ok = requests - int(figures["non_2xx"])
     verdict = "meets" if figures["rps"] >= GOAL_REQUESTS_PER_SECOND else "below"
-    print(f"connections={args.connections} wrk-threads={args.threads} "
-          f"synchronous={args.synchronous} seconds={args.seconds:g}")
-    print(f"{requests:,} requests in {figures.get('elapsed_s', elapsed):.1f} s: "
-          f"{figures['rps']:,.0f} requests/s "
-          f"(goal >= {GOAL_REQUESTS_PER_SECOND:,}: {verdict})")
-    print("latency " + ", ".join(
-        f"{name} {figures[name]:.2f} ms" for name in ("p50", "p75", "p90", "p99") if name in figures
-    ))
-    print(f"non-2xx responses {int(figures['non_2xx'])}, socket errors "
-          f"{int(figures['socket_errors'])}")
-    print(f"server CPU {cpu:.1f} s = {cpu / max(ok, 1) * 1e6:.0f} µs per accepted request "
-          f"({cpu / elapsed:.2f} cores)")
+    print(
+        f"connections={args.connections} wrk-threads={args.threads} "
+        f"synchronous={args.synchronous} seconds={args.seconds:g}"
+    )
+    print(
+        f"{requests:,} requests in {figures.get('elapsed_s', elapsed):.1f} s: "
+        f"{figures['rps']:,.0f} requests/s "
+        f"(goal >= {GOAL_REQUESTS_PER_SECOND:,}: {verdict})"
+    )
+    print(
+        "latency "
+        + ", ".join(
+            f"{name} {figures[name]:.2f} ms"
+            for name in ("p50", "p75", "p90", "p99")
+            if name in figures
+        )
+    )
+    print(
+        f"non-2xx responses {int(figures['non_2xx'])}, socket errors "
+        f"{int(figures['socket_errors'])}"
+    )
+    print(
+        f"server CPU {cpu:.1f} s = {cpu / max(ok, 1) * 1e6:.0f} µs per accepted request "
+        f"({cpu / elapsed:.2f} cores)"
+    )
     expected = ok + int(warm.get("requests", 0)) - int(warm["non_2xx"])
     # wrk does not count the requests still in flight at its deadline (up to --connections per
     # run), yet the gateway may have committed them, so the journal can hold slightly more.
-    print(f"journal pending for the channel: {channel['pending']:,} "
-          f"(2xx counted by wrk incl. 1 s warm-up: {expected:,}; "
-          f"up to {2 * args.connections} more were cut off in flight)")
+    print(
+        f"journal pending for the channel: {channel['pending']:,} "
+        f"(2xx counted by wrk incl. 1 s warm-up: {expected:,}; "
+        f"up to {2 * args.connections} more were cut off in flight)"
+    )
     for line in problems:
         print(f"serve.log: {line}")
 

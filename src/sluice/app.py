@@ -59,14 +59,12 @@ class _EmbeddedServer(uvicorn.Server):
 
 class SluiceGateway:
     """Examples:
-        gateway = SluiceGateway(config.load("sluice.toml"))
-        loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
-        await gateway.run()
+    gateway = SluiceGateway(config.load("sluice.toml"))
+    loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
+    await gateway.run()
     """
 
-    def __init__(
-        self, config: Config, *, transports: dict[str, Transport] | None = None
-    ) -> None:
+    def __init__(self, config: Config, *, transports: dict[str, Transport] | None = None) -> None:
         self.config = config
         self.owner = int.from_bytes(os.urandom(8), "big") >> 2
         self._ids = IdGenerator(config.server.node)
@@ -149,10 +147,19 @@ class SluiceGateway:
         pending = self.journal.pending()
         return [
             ChannelStatus(
-                name=name, type=r.config.type, width=r.config.width, rate=r.config.rate,
-                current_rate=r.bucket.rate, burst=int(r.bucket.burst), in_flight=r.in_flight,
-                pending=pending.get(name, 0), breaker=r.breaker.state.name.lower(),
-                failover=r.config.failover, sent=r.sent, failed=r.failed, retried=r.retried,
+                name=name,
+                type=r.config.type,
+                width=r.config.width,
+                rate=r.config.rate,
+                current_rate=r.bucket.rate,
+                burst=int(r.bucket.burst),
+                in_flight=r.in_flight,
+                pending=pending.get(name, 0),
+                breaker=r.breaker.state.name.lower(),
+                failover=r.config.failover,
+                sent=r.sent,
+                failed=r.failed,
+                retried=r.retried,
             )
             for name, r in self.runners.items()
         ]
@@ -196,8 +203,11 @@ class SluiceGateway:
             if now >= next_sweep:
                 swept = await self.journal.sweep(now_ms(), ttl_ms)
                 if swept.reclaimed or swept.expired:
-                    log.info("sweep: %d leases reclaimed, %d messages expired",
-                             swept.reclaimed, swept.expired)
+                    log.info(
+                        "sweep: %d leases reclaimed, %d messages expired",
+                        swept.reclaimed,
+                        swept.expired,
+                    )
                     self.callbacks.wake()
                     for runner in self.runners.values():
                         runner.wake()
@@ -231,8 +241,11 @@ class SluiceGateway:
             server = _EmbeddedServer(
                 uvicorn.Config(
                     build_app(self),  # type: ignore[arg-type]
-                    lifespan="off", log_level="warning", access_log=False,
-                    http="httptools", timeout_graceful_shutdown=5,
+                    lifespan="off",
+                    log_level="warning",
+                    access_log=False,
+                    http="httptools",
+                    timeout_graceful_shutdown=5,
                 )
             )
             async with asyncio.TaskGroup() as tg:

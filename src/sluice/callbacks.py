@@ -80,7 +80,10 @@ class CallbackSender:
             if due is None:
                 log.warning(
                     "callback for %s to %s dropped after %d attempts: %s",
-                    format_id(job.message_id), job.url, job.attempts, why,
+                    format_id(job.message_id),
+                    job.url,
+                    job.attempts,
+                    why,
                 )
                 dropped.append(job.id)
             else:

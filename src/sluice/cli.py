@@ -63,9 +63,12 @@ async def _send(args: argparse.Namespace) -> int:
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
     payload = {"messages": [message] * args.count} if args.count > 1 else message
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{args.url}/v1/messages", data=msgspec.json.encode(payload), headers=headers
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{args.url}/v1/messages", data=msgspec.json.encode(payload), headers=headers
+        ) as resp,
+    ):
         body = await resp.read()
     print(body.decode())
     return 0 if resp.status < 300 else 1
@@ -75,9 +78,10 @@ async def _status(args: argparse.Namespace) -> int:
     import aiohttp
 
     path = f"/v1/messages/{args.id}" if args.id else "/v1/channels"
-    async with aiohttp.ClientSession() as session, session.get(
-        f"{args.url}{path}", headers={"Authorization": f"Bearer {args.key}"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{args.url}{path}", headers={"Authorization": f"Bearer {args.key}"}) as resp,
+    ):
         body = await resp.read()
     try:
         print(json.dumps(json.loads(body), indent=2))

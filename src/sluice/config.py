@@ -170,9 +170,7 @@ def _check(config: Config) -> None:
     host, sep, port = config.server.listen.rpartition(":")
     valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
     if not sep or not host or not valid_port:
-        raise ConfigError(
-            f"server.listen: expected host:port, got {config.server.listen!r}"
-        )
+        raise ConfigError(f"server.listen: expected host:port, got {config.server.listen!r}")
     if config.journal.heartbeat_seconds >= config.journal.lease_seconds:
         raise ConfigError(
             "journal.heartbeat_seconds: must be shorter than journal.lease_seconds "
@@ -185,8 +183,9 @@ def _check(config: Config) -> None:
         if channel.webhook is not None and not channel.webhook.url.startswith(
             ("http://", "https://")
         ):
-            raise ConfigError(f"{key}.webhook.url: expected an http(s) URL, got "
-                              f"{channel.webhook.url!r}")
+            raise ConfigError(
+                f"{key}.webhook.url: expected an http(s) URL, got {channel.webhook.url!r}"
+            )
         if channel.failover is not None:
             if channel.failover == name:
                 raise ConfigError(f"{key}.failover: a channel cannot fail over to itself")
@@ -232,7 +231,7 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
             raise ConfigError(f"environment variable {name}: empty key in the path")
         node = merged
@@ -298,9 +297,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
             )
     tenants = _convert_table(raw, "tenants", TenantConfig)
     rest = {k: v for k, v in raw.items() if k not in ("channels", "tenants")}
-    config = msgspec.structs.replace(
-        _convert(rest, Config, ""), channels=channels, tenants=tenants
-    )
+    config = msgspec.structs.replace(_convert(rest, Config, ""), channels=channels, tenants=tenants)
     _check(config)
     return config
 

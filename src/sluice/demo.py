@@ -54,8 +54,12 @@ async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
     await asyncio.to_thread(_fresh_directory, workdir)
     sink = WebhookSink(
         SinkOptions(
-            latency_ms=5, latency_jitter_ms=5, error_ratio=0.03, throttle_ratio=0.01,
-            secret="demo-secret", seed=7,
+            latency_ms=5,
+            latency_jitter_ms=5,
+            error_ratio=0.03,
+            throttle_ratio=0.01,
+            secret="demo-secret",
+            seed=7,
         )
     )
     await sink.start()
@@ -82,8 +86,9 @@ def _fresh_directory(path: Path) -> None:
     path.mkdir(parents=True)
 
 
-async def _post(session: aiohttp.ClientSession, base: str, batch: list[dict[str, object]]
-                ) -> list[str]:
+async def _post(
+    session: aiohttp.ClientSession, base: str, batch: list[dict[str, object]]
+) -> list[str]:
     async with session.post(
         f"{base}/v1/messages",
         data=msgspec.json.encode({"messages": batch}),
@@ -100,13 +105,23 @@ async def _drive(
 ) -> None:
     callback = f"{sink.url}/callbacks"
     bulk = [
-        {"channel": "web", "to": f"+1555{i:07d}", "body": f"Breaking news #{i}",
-         "priority": "bulk", "callback_url": callback}
+        {
+            "channel": "web",
+            "to": f"+1555{i:07d}",
+            "body": f"Breaking news #{i}",
+            "priority": "bulk",
+            "callback_url": callback,
+        }
         for i in range(messages)
     ]
     urgent = [
-        {"channel": "web", "to": f"+1666{i:07d}", "body": f"Your code is {100000 + i}",
-         "priority": "urgent", "callback_url": callback}
+        {
+            "channel": "web",
+            "to": f"+1666{i:07d}",
+            "body": f"Your code is {100000 + i}",
+            "priority": "urgent",
+            "callback_url": callback,
+        }
         for i in range(URGENT_COUNT)
     ]
     async with aiohttp.ClientSession() as session:
@@ -122,8 +137,12 @@ async def _drive(
         console.print(f"then {len(urgent_ids)} urgent messages while the bulk drains")
         total = len(bulk_ids) + len(urgent_ids)
         with Progress(
-            TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=False,
+            TextColumn("delivering"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         ) as progress:
             task = progress.add_task("web", total=total)
             while True:
@@ -209,5 +228,7 @@ async def _report(
                 f"{k}={event[k]}" for k in ("attempt", "outcome", "detail") if k in event
             )
             console.print(f"  {event['at']}  {event['state']:<9} {extra}")
-    console.print("[bold green]done[/]: every message reached a final state; see the "
-                  "timeline API at GET /v1/messages/{id}")
+    console.print(
+        "[bold green]done[/]: every message reached a final state; see the "
+        "timeline API at GET /v1/messages/{id}"
+    )

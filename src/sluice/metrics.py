@@ -26,17 +26,22 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.accepted = Counter(
-            "sluice_messages_accepted", "Messages committed to the journal.", ["tenant"],
+            "sluice_messages_accepted",
+            "Messages committed to the journal.",
+            ["tenant"],
             registry=self.registry,
         )
         self.refused = Counter(
             "sluice_requests_refused",
             "API requests refused, by error code (rate_limited, backlog_full, invalid_message …).",
-            ["code"], registry=self.registry,
+            ["code"],
+            registry=self.registry,
         )
         self.send_seconds = Histogram(
-            "sluice_send_seconds", "Time from handing a message to a transport to its answer.",
-            ["channel", "outcome"], registry=self.registry,
+            "sluice_send_seconds",
+            "Time from handing a message to a transport to its answer.",
+            ["channel", "outcome"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
 
@@ -94,7 +99,9 @@ class _LiveCollector:
         }
         for r in self._runners:
             for result, value in (
-                ("sent", r.sent), ("failed", r.failed), ("retried", r.retried),
+                ("sent", r.sent),
+                ("failed", r.failed),
+                ("retried", r.retried),
                 ("throttled", r.throttled),
             ):
                 results.add_metric([r.name, result], value)
@@ -109,13 +116,16 @@ class _LiveCollector:
         backlog.add_metric([], sum(pending.values()))
         yield backlog
         depth = GaugeMetricFamily("sluice_stage_depth", "Items queued.", labels=["stage"])
-        processed = CounterMetricFamily("sluice_stage_processed", "Items handled.",
-                                        labels=["stage"])
+        processed = CounterMetricFamily(
+            "sluice_stage_processed", "Items handled.", labels=["stage"]
+        )
         batches = CounterMetricFamily("sluice_stage_batches", "Batches handled.", labels=["stage"])
-        wait = CounterMetricFamily("sluice_stage_wait_seconds", "Total queue wait of items.",
-                                   labels=["stage"])
-        busy = CounterMetricFamily("sluice_stage_busy_seconds", "Time spent in the handler.",
-                                   labels=["stage"])
+        wait = CounterMetricFamily(
+            "sluice_stage_wait_seconds", "Total queue wait of items.", labels=["stage"]
+        )
+        busy = CounterMetricFamily(
+            "sluice_stage_busy_seconds", "Time spent in the handler.", labels=["stage"]
+        )
         for stage in self._stages:
             s = stage.stats()
             depth.add_metric([s.name], s.depth)
@@ -125,18 +135,23 @@ class _LiveCollector:
             busy.add_metric([s.name], s.busy_seconds)
         yield from (depth, processed, batches, wait, busy)
         journal = self._journal
-        yield CounterMetricFamily("sluice_journal_commits", "Group commits.",
-                                  value=journal.commits)
-        yield CounterMetricFamily("sluice_journal_operations", "Operations committed.",
-                                  value=journal.ops)
-        yield CounterMetricFamily("sluice_journal_busy_seconds",
-                                  "Time the journal writer spent in transactions.",
-                                  value=journal.busy_seconds)
-        yield GaugeMetricFamily("sluice_journal_queue_depth",
-                                "Operations waiting for the journal writer.",
-                                value=journal.queue_depth())
-        callbacks = CounterMetricFamily("sluice_callbacks", "Status callbacks by result.",
-                                        labels=["result"])
+        yield CounterMetricFamily("sluice_journal_commits", "Group commits.", value=journal.commits)
+        yield CounterMetricFamily(
+            "sluice_journal_operations", "Operations committed.", value=journal.ops
+        )
+        yield CounterMetricFamily(
+            "sluice_journal_busy_seconds",
+            "Time the journal writer spent in transactions.",
+            value=journal.busy_seconds,
+        )
+        yield GaugeMetricFamily(
+            "sluice_journal_queue_depth",
+            "Operations waiting for the journal writer.",
+            value=journal.queue_depth(),
+        )
+        callbacks = CounterMetricFamily(
+            "sluice_callbacks", "Status callbacks by result.", labels=["result"]
+        )
         callbacks.add_metric(["delivered"], self._callbacks.delivered)
         callbacks.add_metric(["retried"], self._callbacks.retried)
         callbacks.add_metric(["dropped"], self._callbacks.dropped)

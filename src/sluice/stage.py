@@ -147,7 +147,9 @@ class Stage(Generic[T]):
                 if attempt == self._retries:
                     log.exception(
                         "stage %s dropped a batch of %d after %d tries",
-                        self.name, len(batch), attempt + 1,
+                        self.name,
+                        len(batch),
+                        attempt + 1,
                     )
                     self._dropped += len(batch)
                     return
@@ -160,6 +162,14 @@ class Stage(Generic[T]):
 
     def stats(self) -> StageStats:
         return StageStats(
-            self.name, len(self._items), self._capacity, self._width, self._processed,
-            self._batches, self._dropped, self._busy, self._wait, self._max_wait,
+            self.name,
+            len(self._items),
+            self._capacity,
+            self._width,
+            self._processed,
+            self._batches,
+            self._dropped,
+            self._busy,
+            self._wait,
+            self._max_wait,
         )

@@ -24,9 +24,7 @@ KEY = "test-key-acme"
 OTHER_KEY = "test-key-other"
 
 
-def gateway_config(
-    tmp_path: Path, channels: dict[str, Any], **sections: Any
-) -> dict[str, Any]:
+def gateway_config(tmp_path: Path, channels: dict[str, Any], **sections: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 5},
         "journal": {"path": str(tmp_path / "journal.db"), "synchronous": "normal"},
@@ -56,13 +54,17 @@ class Running:
         self.gateway = gateway
         self.client = client
 
-    async def post(self, messages: list[dict[str, Any]], key: str = KEY,
-                   headers: dict[str, str] | None = None) -> list[str]:
+    async def post(
+        self, messages: list[dict[str, Any]], key: str = KEY, headers: dict[str, str] | None = None
+    ) -> list[str]:
         async with self.client.post(
             "/v1/messages",
             data=msgspec.json.encode({"messages": messages}),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                     **(headers or {})},
+            headers={
+                "Authorization": f"Bearer {key}",
+                "Content-Type": "application/json",
+                **(headers or {}),
+            },
         ) as resp:
             body = await resp.json()
             assert resp.status == 202, body
@@ -136,8 +138,14 @@ class ServeProcess:
     async def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sluice.cli", "serve", "--config", str(self.config_path),
-                stdout=log, stderr=subprocess.STDOUT,
+                sys.executable,
+                "-m",
+                "sluice.cli",
+                "serve",
+                "--config",
+                str(self.config_path),
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         async with aiohttp.ClientSession() as session:

@@ -43,8 +43,10 @@ async def _post_all(port: int, total: int) -> list[str]:
     ids: list[str] = []
     async with aiohttp.ClientSession() as session:
         for start in range(0, total, 500):
-            batch = [{"channel": "web", "to": f"+1555{i:06d}", "body": f"m{i}"}
-                     for i in range(start, min(total, start + 500))]
+            batch = [
+                {"channel": "web", "to": f"+1555{i:06d}", "body": f"m{i}"}
+                for i in range(start, min(total, start + 500))
+            ]
             async with session.post(
                 f"http://127.0.0.1:{port}/v1/messages",
                 data=msgspec.json.encode({"messages": batch}),
@@ -77,7 +79,8 @@ async def test_sigkill_mid_run_loses_nothing_and_duplicates_are_bounded(tmp_path
             assert delivered_before < TOTAL, "the crash came too late to prove anything"
             await serve.start()
             await eventually(
-                lambda: set(acked) <= set(sink.received("/hook")), within=60,
+                lambda: set(acked) <= set(sink.received("/hook")),
+                within=60,
                 what="every acknowledged message delivered after the restart",
             )
             assert await serve.terminate() == 0
@@ -109,8 +112,11 @@ async def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path)
                 ).fetchone()
             assert sending == 0
             await serve.start()
-            await eventually(lambda: set(acked) <= set(sink.received("/hook")), within=60,
-                             what="the rest delivered after the restart")
+            await eventually(
+                lambda: set(acked) <= set(sink.received("/hook")),
+                within=60,
+                what="the rest delivered after the restart",
+            )
             assert await serve.terminate() == 0
         finally:
             await serve.stop_quietly()

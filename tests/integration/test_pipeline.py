@@ -24,8 +24,13 @@ async def test_messages_reach_the_sink_signed_and_callbacks_arrive(tmp_path: Pat
         config = gateway_config(tmp_path, channels, callbacks={"secret": "s3cret"})
         async with running_gateway(config) as run:
             messages = [
-                {"channel": "web", "to": f"+1555{i:04d}", "body": f"hello {i}",
-                 "metadata": {"n": str(i)}, "callback_url": f"{sink.url}/callbacks"}
+                {
+                    "channel": "web",
+                    "to": f"+1555{i:04d}",
+                    "body": f"hello {i}",
+                    "metadata": {"n": str(i)},
+                    "callback_url": f"{sink.url}/callbacks",
+                }
                 for i in range(200)
             ]
             ids = await run.post(messages)
@@ -51,8 +56,7 @@ async def test_messages_reach_the_sink_signed_and_callbacks_arrive(tmp_path: Pat
 async def test_a_slow_sink_never_sees_more_than_width_or_rate(tmp_path: Path) -> None:
     rate, burst, width = 40, 4, 3
     async with WebhookSink(SinkOptions(latency_ms=30)) as sink:
-        channels = {"web": webhook_channel(f"{sink.url}/hook", width=width, rate=rate,
-                                           burst=burst)}
+        channels = {"web": webhook_channel(f"{sink.url}/hook", width=width, rate=rate, burst=burst)}
         async with running_gateway(gateway_config(tmp_path, channels)) as run:
             ids = await run.post(
                 [{"channel": "web", "to": "+1555", "body": str(i)} for i in range(60)]
@@ -69,13 +73,17 @@ async def test_urgent_messages_overtake_a_bulk_backlog(tmp_path: Path) -> None:
         channels = {"web": webhook_channel(f"{sink.url}/hook", width=4, rate=100, burst=5)}
         async with running_gateway(gateway_config(tmp_path, channels)) as run:
             bulk = await run.post(
-                [{"channel": "web", "to": "+1", "body": "news", "priority": "bulk"}
-                 for _ in range(1000)]
+                [
+                    {"channel": "web", "to": "+1", "body": "news", "priority": "bulk"}
+                    for _ in range(1000)
+                ]
             )
             await sink.wait_for(20, path="/hook")
             urgent = await run.post(
-                [{"channel": "web", "to": "+2", "body": "otp", "priority": "urgent"}
-                 for _ in range(5)]
+                [
+                    {"channel": "web", "to": "+2", "body": "otp", "priority": "urgent"}
+                    for _ in range(5)
+                ]
             )
             await eventually(
                 lambda: set(urgent) <= set(sink.received("/hook")), what="urgent delivered"
@@ -135,15 +143,17 @@ async def test_breaker_opens_parks_the_channel_then_closes(tmp_path: Path) -> No
     async with WebhookSink(SinkOptions(fail_status=503)) as sink:
         channels = {
             "web": webhook_channel(
-                f"{sink.url}/hook", width=1,
+                f"{sink.url}/hook",
+                width=1,
                 breaker={"failure_threshold": 3, "cooldown_seconds": 0.5},
                 retry={"base_seconds": 0.01, "max_seconds": 0.02, "max_attempts": 100},
             )
         }
         async with running_gateway(gateway_config(tmp_path, channels)) as run:
             runner = run.gateway.runners["web"]
-            ids = await run.post([{"channel": "web", "to": "+1", "body": str(i)}
-                                  for i in range(10)])
+            ids = await run.post(
+                [{"channel": "web", "to": "+1", "body": str(i)} for i in range(10)]
+            )
             await eventually(lambda: runner.breaker.state.name == "OPEN", what="breaker open")
             assert (await run.channels())["web"]["breaker"] == "open"
             seen = sink.stats().received
@@ -164,39 +174,54 @@ async def test_failover_takes_the_queue_of_a_parked_channel(tmp_path: Path) -> N
     ):
         channels = {
             "main": webhook_channel(
-                f"{primary.url}/hook", width=1, failover="backup",
+                f"{primary.url}/hook",
+                width=1,
+                failover="backup",
                 breaker={"failure_threshold": 2, "cooldown_seconds": 30},
                 retry={"base_seconds": 0.01, "max_seconds": 0.02, "max_attempts": 100},
             ),
             "backup": webhook_channel(f"{backup.url}/hook", width=4),
         }
         async with running_gateway(gateway_config(tmp_path, channels)) as run:
-            ids = await run.post([{"channel": "main", "to": "+1", "body": str(i)}
-                                  for i in range(20)])
+            ids = await run.post(
+                [{"channel": "main", "to": "+1", "body": str(i)} for i in range(20)]
+            )
             await backup.wait_for(20, path="/hook")
             assert sorted(backup.received("/hook")) == sorted(ids)
             record = await run.message(ids[-1])
             assert record["state"] == "sent"
             assert record["channel"] == "backup"
-            assert any("failover from main" in (e.get("detail") or "")
-                       for e in record["timeline"])
+            assert any("failover from main" in (e.get("detail") or "") for e in record["timeline"])
 
 
 async def test_cancel_a_scheduled_message_and_expire_a_stuck_one(tmp_path: Path) -> None:
     async with WebhookSink() as sink:
         channels = {"web": webhook_channel(f"{sink.url}/hook", rate=0.01, burst=1)}
-        config = gateway_config(tmp_path, channels, journal={"sweep_seconds": 0.1,
-                                                               "heartbeat_seconds": 0.1})
+        config = gateway_config(
+            tmp_path, channels, journal={"sweep_seconds": 0.1, "heartbeat_seconds": 0.1}
+        )
         async with running_gateway(config) as run:
             callback = f"{sink.url}/callbacks"
             [first] = await run.post([{"channel": "web", "to": "+1", "body": "takes the token"}])
             await sink.wait_for(1, path="/hook")
-            [later, stuck] = await run.post([
-                {"channel": "web", "to": "+1", "body": "later", "callback_url": callback,
-                 "not_before": "2099-01-01T00:00:00Z"},
-                {"channel": "web", "to": "+1", "body": "stuck", "callback_url": callback,
-                 "expires_at": now_ms() + 300},
-            ])
+            [later, stuck] = await run.post(
+                [
+                    {
+                        "channel": "web",
+                        "to": "+1",
+                        "body": "later",
+                        "callback_url": callback,
+                        "not_before": "2099-01-01T00:00:00Z",
+                    },
+                    {
+                        "channel": "web",
+                        "to": "+1",
+                        "body": "stuck",
+                        "callback_url": callback,
+                        "expires_at": now_ms() + 300,
+                    },
+                ]
+            )
             async with run.client.delete(
                 f"/v1/messages/{later}", headers={"Authorization": f"Bearer {KEY}"}
             ) as resp:

@@ -72,11 +72,13 @@ class ChannelRunner:
         self._observe = observe_latency
         burst = config.burst or max(1.0, config.rate / 10)
         if config.rate > 0:
-            self.adaptive = AdaptiveRate(ceiling=config.rate, floor=min(1.0, config.rate),
-                                         clock=clock)
+            self.adaptive = AdaptiveRate(
+                ceiling=config.rate, floor=min(1.0, config.rate), clock=clock
+            )
         else:  # unlimited until the peer first throttles; then AIMD from a modest start
-            self.adaptive = AdaptiveRate(ceiling=0, start=max(10.0, config.width * 10.0),
-                                         clock=clock)
+            self.adaptive = AdaptiveRate(
+                ceiling=0, start=max(10.0, config.width * 10.0), clock=clock
+            )
         self.bucket = TokenBucket(config.rate, burst, clock)
         self.breaker = CircuitBreaker(
             config.breaker.failure_threshold,
@@ -189,8 +191,9 @@ class ChannelRunner:
         if failover is not None:
             moved = await self._journal.reroute(self.name, failover, self._max_claim, now_ms())
             if moved:
-                log.warning("channel %s parked: %d messages moved to %s", self.name, moved,
-                            failover)
+                log.warning(
+                    "channel %s parked: %d messages moved to %s", self.name, moved, failover
+                )
                 self._on_failover(failover)
                 if moved == self._max_claim:
                     return 0.0
@@ -233,8 +236,14 @@ class ChannelRunner:
     def _requeue(self, message: Message, at: float | None, why: str) -> Completion:
         wait = 0.0 if at is None else max(0.0, at - self._clock())
         return Completion(
-            message.id, State.QUEUED, self.name, message.attempts, Outcome.THROTTLED,
-            detail=why, due_at=now_ms() + int(wait * 1000), uncount=True,
+            message.id,
+            State.QUEUED,
+            self.name,
+            message.attempts,
+            Outcome.THROTTLED,
+            detail=why,
+            due_at=now_ms() + int(wait * 1000),
+            uncount=True,
         )
 
     def _judge(self, message: Message, result: SendResult, latency_ms: float) -> Completion:
@@ -249,8 +258,14 @@ class ChannelRunner:
                 self.failed += 1
                 state = State.FAILED
             return Completion(
-                message.id, state, self.name, message.attempts, outcome, latency_ms,
-                result.provider_id, result.detail,
+                message.id,
+                state,
+                self.name,
+                message.attempts,
+                outcome,
+                latency_ms,
+                result.provider_id,
+                result.detail,
             )
         if outcome is Outcome.THROTTLED:
             self.breaker.release_probe()
@@ -259,9 +274,16 @@ class ChannelRunner:
             wait = result.retry_after if result.retry_after is not None else 0.0
             completion = self._requeue(message, self._clock() + wait, result.detail or "throttled")
             return Completion(
-                completion.message_id, State.QUEUED, self.name, message.attempts,
-                Outcome.THROTTLED, latency_ms, result.provider_id, completion.detail,
-                completion.due_at, uncount=True,
+                completion.message_id,
+                State.QUEUED,
+                self.name,
+                message.attempts,
+                Outcome.THROTTLED,
+                latency_ms,
+                result.provider_id,
+                completion.detail,
+                completion.due_at,
+                uncount=True,
             )
         self.breaker.record_failure()
         now = now_ms()
@@ -276,11 +298,24 @@ class ChannelRunner:
                 else f"gave up after {message.attempts} attempts"
             )
             return Completion(
-                message.id, State.FAILED, self.name, message.attempts, outcome, latency_ms,
-                result.provider_id, f"{result.detail}; {why}",
+                message.id,
+                State.FAILED,
+                self.name,
+                message.attempts,
+                outcome,
+                latency_ms,
+                result.provider_id,
+                f"{result.detail}; {why}",
             )
         self.retried += 1
         return Completion(
-            message.id, State.QUEUED, self.name, message.attempts, outcome, latency_ms,
-            result.provider_id, result.detail, due,
+            message.id,
+            State.QUEUED,
+            self.name,
+            message.attempts,
+            outcome,
+            latency_ms,
+            result.provider_id,
+            result.detail,
+            due,
         )

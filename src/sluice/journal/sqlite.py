@@ -157,12 +157,33 @@ class CallbackPayload(msgspec.Struct, omit_defaults=True):
 
 
 def _row_to_message(row: tuple[Any, ...]) -> Message:
-    (mid, tenant, channel, recipient, body, sender, priority, due_at, expires_at, callback_url,
-     metadata, attempts) = row
+    (
+        mid,
+        tenant,
+        channel,
+        recipient,
+        body,
+        sender,
+        priority,
+        due_at,
+        expires_at,
+        callback_url,
+        metadata,
+        attempts,
+    ) = row
     return Message(
-        mid, tenant, channel, recipient, body, sender, priority,
-        due_at, expires_at, callback_url,
-        _metadata_decoder.decode(metadata) if metadata is not None else None, attempts,
+        mid,
+        tenant,
+        channel,
+        recipient,
+        body,
+        sender,
+        priority,
+        due_at,
+        expires_at,
+        callback_url,
+        _metadata_decoder.decode(metadata) if metadata is not None else None,
+        attempts,
     )
 
 
@@ -179,9 +200,9 @@ class _Transaction:
 
 class SqliteJournal:
     """Examples:
-        journal = SqliteJournal("var/sluice.db")
-        await journal.open()
-        result = await journal.insert("acme", [message])
+    journal = SqliteJournal("var/sluice.db")
+    await journal.open()
+    result = await journal.insert("acme", [message])
     """
 
     def __init__(
@@ -478,12 +499,14 @@ class SqliteJournal:
         self, tenant: str, recipient: str, before_id: int | None, limit: int
     ) -> list[MessageRecord]:
         where = (
-            f"WHERE id IN ({LOOKUP_SQL}) AND tenant = ? AND recipient = ? "
-            "ORDER BY id DESC LIMIT ?"
+            f"WHERE id IN ({LOOKUP_SQL}) AND tenant = ? AND recipient = ? ORDER BY id DESC LIMIT ?"
         )
         params = (
-            recipient_key(tenant, recipient), before_id if before_id is not None else (1 << 63) - 1,
-            tenant, recipient, limit,
+            recipient_key(tenant, recipient),
+            before_id if before_id is not None else (1 << 63) - 1,
+            tenant,
+            recipient,
+            limit,
         )
         records: list[MessageRecord] = await self._read(_read_records, where, params)
         return records
@@ -592,9 +615,19 @@ def _op_insert(
         "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
         [
             (
-                m.id, tenant, m.channel, m.recipient, m.sender, m.body, m.priority,
-                m.not_before or now, m.not_before, m.expires_at, m.callback_url,
-                encode(m.metadata) if m.metadata else None, now,
+                m.id,
+                tenant,
+                m.channel,
+                m.recipient,
+                m.sender,
+                m.body,
+                m.priority,
+                m.not_before or now,
+                m.not_before,
+                m.expires_at,
+                m.callback_url,
+                encode(m.metadata) if m.metadata else None,
+                now,
             )
             for m in messages
         ],
@@ -684,8 +717,18 @@ def _expire(conn: sqlite3.Connection, tx: _Transaction, ids: list[int], now: int
         tx.deltas[channel] -= 1
         if callback_url:
             _add_callback(
-                conn, mid, callback_url, State.EXPIRED, now, channel, attempts, tenant, recipient,
-                None, "expired before it could be sent", metadata,
+                conn,
+                mid,
+                callback_url,
+                State.EXPIRED,
+                now,
+                channel,
+                attempts,
+                tenant,
+                recipient,
+                None,
+                "expired before it could be sent",
+                metadata,
             )
     return done
 
@@ -706,8 +749,14 @@ def _add_callback(
 ) -> None:
     payload = _json.encode(
         CallbackPayload(
-            id=format_id(mid), state=STATE_NAMES[state], at=now, channel=channel,
-            attempts=attempts, tenant=tenant, to=recipient, provider_id=provider_id,
+            id=format_id(mid),
+            state=STATE_NAMES[state],
+            at=now,
+            channel=channel,
+            attempts=attempts,
+            tenant=tenant,
+            to=recipient,
+            provider_id=provider_id,
             detail=detail,
             metadata=_metadata_decoder.decode(metadata) if metadata is not None else None,
         )
@@ -768,8 +817,17 @@ def _op_complete(
             if state in FINAL_STATES:
                 _final_callback(conn, c, row, now)
         events.append(
-            (c.message_id, now, int(state), c.channel, c.attempt, int(c.outcome), c.provider_id,
-             c.latency_ms, c.detail)
+            (
+                c.message_id,
+                now,
+                int(state),
+                c.channel,
+                c.attempt,
+                int(c.outcome),
+                c.provider_id,
+                c.latency_ms,
+                c.detail,
+            )
         )
     conn.executemany(
         "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
@@ -784,8 +842,18 @@ def _final_callback(
     tenant, channel, recipient, attempts, callback_url, metadata = row[:6]
     if callback_url:
         _add_callback(
-            conn, c.message_id, callback_url, c.state, now, channel, attempts, tenant, recipient,
-            c.provider_id, c.detail, metadata,
+            conn,
+            c.message_id,
+            callback_url,
+            c.state,
+            now,
+            channel,
+            attempts,
+            tenant,
+            recipient,
+            c.provider_id,
+            c.detail,
+            metadata,
         )
 
 
@@ -795,8 +863,9 @@ def _op_renew(conn: sqlite3.Connection, tx: _Transaction, owner: int, until: int
     ).rowcount
 
 
-def _requeue(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], now: int,
-             detail: str) -> int:
+def _requeue(
+    conn: sqlite3.Connection, where: str, params: tuple[Any, ...], now: int, detail: str
+) -> int:
     rows = conn.execute(
         "UPDATE messages SET state = 1, lease_owner = NULL, lease_until = NULL, updated_at = ? "
         f"WHERE state = 2 AND {where} RETURNING id, channel",
@@ -876,8 +945,18 @@ def _op_cancel(
     tx.deltas[channel] -= 1
     if callback_url:
         _add_callback(
-            conn, mid, callback_url, State.CANCELLED, now, channel, attempts, tenant, recipient,
-            None, "cancelled by the producer", metadata,
+            conn,
+            mid,
+            callback_url,
+            State.CANCELLED,
+            now,
+            channel,
+            attempts,
+            tenant,
+            recipient,
+            None,
+            "cancelled by the producer",
+            metadata,
         )
     return CancelResult.CANCELLED
 
@@ -928,8 +1007,14 @@ def _read_records(
     ):
         timelines[mid].append(
             TimelineEntry(
-                at, State(state), channel, attempt,
-                Outcome(outcome) if outcome is not None else None, provider_id, latency_ms, detail,
+                at,
+                State(state),
+                channel,
+                attempt,
+                Outcome(outcome) if outcome is not None else None,
+                provider_id,
+                latency_ms,
+                detail,
             )
         )
     records = []
@@ -944,7 +1029,12 @@ def _read_records(
         ]
         records.append(
             MessageRecord(
-                message, State(row[12]), created, row[13], due_at, row[14],
+                message,
+                State(row[12]),
+                created,
+                row[13],
+                due_at,
+                row[14],
                 accepted + timelines[message.id],
             )
         )
