@@ -452,8 +452,9 @@ class SqliteJournal:
         idempotency_key: str | None = None,
         digest: bytes | None = None,
     ) -> SubmitResult:
+        prepared = _prepare_insert(tenant, messages)
         result: SubmitResult = await self._write(
-            _op_insert, tenant, messages, idempotency_key, digest
+            _op_insert, tenant, prepared, idempotency_key, digest
         )
         return result
 
@@ -589,15 +590,49 @@ def _op_recover(conn: sqlite3.Connection, tx: _Transaction) -> None:
     tx.deltas.update(dict(counts))
 
 
+class _Insert(msgspec.Struct):
+    """An insert prepared on the caller's thread, so the writer only binds and steps."""
+
+    rows: list[tuple[Any, ...]]
+    ids: list[int]
+    pairs: list[tuple[int, int]]
+    counts: dict[str, int]
+
+
+def _prepare_insert(tenant: str, messages: list[Message]) -> _Insert:
+    now = now_ms()
+    encode = _metadata_encoder.encode
+    rows = [
+        (
+            m.id,
+            tenant,
+            m.channel,
+            m.recipient,
+            m.sender,
+            m.body,
+            m.priority,
+            m.not_before or now,
+            m.not_before,
+            m.expires_at,
+            m.callback_url,
+            encode(m.metadata) if m.metadata else None,
+            now,
+        )
+        for m in messages
+    ]
+    counts: Counter[str] = Counter(m.channel for m in messages)
+    pairs = [(recipient_key(tenant, m.recipient), m.id) for m in messages]
+    return _Insert(rows, [m.id for m in messages], pairs, dict(counts))
+
+
 def _op_insert(
     conn: sqlite3.Connection,
     tx: _Transaction,
     tenant: str,
-    messages: list[Message],
+    prepared: _Insert,
     key: str | None,
     digest: bytes | None,
 ) -> SubmitResult:
-    now = now_ms()
     if key is not None:
         row = conn.execute(
             "SELECT digest, ids FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key)
@@ -608,42 +643,20 @@ def _op_insert(
                     f"Idempotency-Key {key!r} was used before for a different request"
                 )
             return SubmitResult(msgspec.msgpack.decode(row[1], type=list[int]), True)
-    encode = _metadata_encoder.encode
     conn.executemany(
         "INSERT INTO messages (id, tenant, channel, recipient, sender, body, priority, state, "
         "due_at, not_before, expires_at, callback_url, metadata, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                m.id,
-                tenant,
-                m.channel,
-                m.recipient,
-                m.sender,
-                m.body,
-                m.priority,
-                m.not_before or now,
-                m.not_before,
-                m.expires_at,
-                m.callback_url,
-                encode(m.metadata) if m.metadata else None,
-                now,
-            )
-            for m in messages
-        ],
+        prepared.rows,
     )
-    ids = [m.id for m in messages]
     if key is not None:
         conn.execute(
             "INSERT INTO idempotency (tenant, key, digest, ids, created_at) VALUES (?, ?, ?, ?, ?)",
-            (tenant, key, digest, msgspec.msgpack.encode(ids), now),
+            (tenant, key, digest, msgspec.msgpack.encode(prepared.ids), now_ms()),
         )
-    deltas = tx.deltas
-    pairs = tx.index_pairs
-    for m in messages:
-        deltas[m.channel] += 1
-        pairs.append((recipient_key(tenant, m.recipient), m.id))
-    return SubmitResult(ids, False)
+    tx.deltas.update(prepared.counts)
+    tx.index_pairs.extend(prepared.pairs)
+    return SubmitResult(prepared.ids, False)
 
 
 def _op_claim(
