@@ -116,7 +116,8 @@ class ChannelConfig(_Base):
     rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     #: Tokens the bucket holds, i.e. the largest burst; 0 means max(1, rate / 10).
     burst: NonNegative = 0
-    #: Share of the width kept free for urgent messages so they never wait behind bulk.
+    #: Share of the width kept free for urgent messages so they never wait behind bulk
+    #: (rounded down: a channel narrower than 1 / urgent_reserve keeps no slot back).
     urgent_reserve: Fraction = 0.1
     #: Channel that takes this channel's messages while its breaker is open.
     failover: str | None = None

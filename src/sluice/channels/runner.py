@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -93,7 +92,7 @@ class ChannelRunner:
             config.retry.jitter,
             rng or random.Random(),
         )
-        self.reserve = math.ceil(config.width * config.urgent_reserve) if config.width > 1 else 0
+        self.reserve = int(config.width * config.urgent_reserve)  # rounded down
         self.in_flight = 0
         self.in_flight_non_urgent = 0
         self.sent = 0
