@@ -59,7 +59,7 @@ async def _send(args: argparse.Namespace) -> int:
         message["priority"] = args.priority
     if args.callback_url:
         message["callback_url"] = args.callback_url
-    headers = {"Authorization": f"Bearer {args.key}"}
+    headers = {"Authorization": f"Bearer {args.key}", "Content-Type": "application/json"}
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
     payload = {"messages": [message] * args.count} if args.count > 1 else message

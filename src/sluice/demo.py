@@ -204,9 +204,15 @@ async def _report(
     tally = Table(title="What the webhook sink saw")
     tally.add_column("")
     tally.add_column("count", justify="right")
-    for status, n in sorted(stats.by_status.items()):
-        tally.add_row(f"HTTP {status}", f"{n:,}")
-    tally.add_row("duplicates", f"{stats.duplicates:,}")
+    hook = stats.by_path.get("/hook")
+    callbacks = stats.by_path.get("/callbacks")
+    if hook is not None:
+        tally.add_row("messages delivered (200)", f"{hook.accepted:,}")
+        tally.add_row("refused with 503, retried", f"{stats.by_status.get(503, 0):,}")
+        tally.add_row("refused with 429, slowed down", f"{stats.by_status.get(429, 0):,}")
+        tally.add_row("duplicate deliveries", f"{hook.duplicates:,}")
+    if callbacks is not None:
+        tally.add_row("status callbacks received", f"{callbacks.accepted:,}")
     tally.add_row("most requests in flight", str(stats.max_in_flight))
     console.print(tally)
 
