@@ -108,8 +108,50 @@ class WebhookConfig(_Base):
     connect_timeout_seconds: Seconds = 3.0
 
 
+class SmppConfig(_Base):
+    """One SMPP account: `binds` connections to one SMSC, each with its own window and rate."""
+
+    host: str
+    system_id: Annotated[str, msgspec.Meta(max_length=15)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2775
+    password: Annotated[str, msgspec.Meta(max_length=8)] = ""
+    system_type: Annotated[str, msgspec.Meta(max_length=12)] = ""
+    #: transceiver: submits and receives receipts and MO on one connection per bind.
+    bind_type: Literal["transceiver", "transmitter"] = "transceiver"
+    tls: bool = False
+    #: Verify the SMSC's certificate (with tls); turn off only for test SMSCs.
+    tls_verify: bool = True
+    #: Connections to open; an SMSC account usually allows a few.
+    binds: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    #: Outstanding submit_sm per bind without a response (the SMPP window).
+    window: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    #: submit_sm per second per bind (the account's TPS per bind); 0 = unlimited.
+    bind_rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    #: Seconds to wait for a response before the request counts as failed (transient).
+    response_timeout_seconds: Seconds = 10.0
+    enquire_link_seconds: Seconds = 30.0
+    connect_timeout_seconds: Seconds = 5.0
+    reconnect_min_seconds: Seconds = 0.5
+    reconnect_max_seconds: Seconds = 30.0
+    #: Source address when a message has no sender.
+    source_addr: Annotated[str, msgspec.Meta(max_length=20)] = ""
+    source_ton: Annotated[int, msgspec.Meta(ge=0, le=6)] = 5
+    source_npi: Annotated[int, msgspec.Meta(ge=0, le=18)] = 0
+    dest_ton: Annotated[int, msgspec.Meta(ge=0, le=6)] = 1
+    dest_npi: Annotated[int, msgspec.Meta(ge=0, le=18)] = 1
+    #: How long messages are split: UDH concatenation or SAR optional parameters.
+    segmentation: Literal["udh", "sar"] = "udh"
+    max_segments: Annotated[int, msgspec.Meta(ge=1, le=255)] = 10
+    #: Ask the SMSC for delivery receipts (registered_delivery = 1).
+    receipts: bool = True
+    #: Where mobile-originated messages are POSTed as JSON; unset refuses them.
+    mo_webhook: str | None = None
+    #: Largest PDU accepted from the SMSC, in octets.
+    max_pdu_bytes: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] = 65_536 + 512
+
+
 class ChannelConfig(_Base):
-    type: Literal["webhook"]
+    type: Literal["webhook", "smpp"]
     #: Messages in flight at once on this channel.
     width: Positive = 32
     #: Messages per second (token bucket); 0 means unlimited.
@@ -126,6 +168,7 @@ class ChannelConfig(_Base):
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     webhook: WebhookConfig | None = None
+    smpp: SmppConfig | None = None
 
 
 class TenantConfig(_Base):
@@ -181,6 +224,21 @@ def _check(config: Config) -> None:
         key = f"channels.{name}"
         if channel.type == "webhook" and channel.webhook is None:
             raise ConfigError(f"{key}.webhook: required for a channel of type 'webhook'")
+        if channel.type == "smpp" and channel.smpp is None:
+            raise ConfigError(f"{key}.smpp: required for a channel of type 'smpp'")
+        if channel.smpp is not None:
+            smpp = channel.smpp
+            if smpp.reconnect_min_seconds > smpp.reconnect_max_seconds:
+                raise ConfigError(f"{key}.smpp.reconnect_min_seconds: larger than reconnect_max")
+            if smpp.mo_webhook is not None and not smpp.mo_webhook.startswith(
+                ("http://", "https://")
+            ):
+                raise ConfigError(f"{key}.smpp.mo_webhook: expected an http(s) URL")
+            if channel.width < smpp.binds * smpp.window:
+                raise ConfigError(
+                    f"{key}.width: {channel.width} is less than smpp.binds * smpp.window "
+                    f"({smpp.binds * smpp.window}); the windows could never fill"
+                )
         if channel.webhook is not None and not channel.webhook.url.startswith(
             ("http://", "https://")
         ):

@@ -265,6 +265,7 @@ class ChannelRunner:
                 latency_ms,
                 result.provider_id,
                 result.detail,
+                parts=result.parts,
             )
         if outcome is Outcome.THROTTLED:
             self.breaker.release_probe()

@@ -20,6 +20,8 @@ class SendResult(msgspec.Struct, frozen=True):
     detail: str | None = None
     #: Seconds the peer asked us to wait (Retry-After), if it said.
     retry_after: float | None = None
+    #: Provider ids of each part, when the peer will send delivery receipts for them.
+    parts: tuple[str, ...] = ()
 
 
 class Transport(Protocol):

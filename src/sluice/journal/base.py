@@ -50,6 +50,17 @@ class Completion(msgspec.Struct, array_like=True, gc=False):
     reroute_to: str | None = None
     #: Do not count this attempt (the peer throttled us before trying).
     uncount: bool = False
+    #: Provider ids of every part of a SENT message whose receipts will come back (SMPP).
+    parts: tuple[str, ...] = ()
+
+
+class Receipt(msgspec.Struct, array_like=True, gc=False):
+    """A delivery receipt for one part, as the peer reported it."""
+
+    provider_id: str
+    delivered: bool
+    #: The peer's words: "stat:UNDELIV err:001".
+    detail: str | None = None
 
 
 class TimelineEntry(msgspec.Struct, frozen=True):
@@ -143,6 +154,12 @@ class Journal(Protocol):
 
     def pending(self) -> dict[str, int]:
         """Messages accepted and not yet final, per channel (kept in memory, exact)."""
+        ...
+
+    async def apply_receipts(self, channel: str, receipts: list[Receipt]) -> int:
+        """Record delivery receipts; a message is delivered once every part is, failed once
+        any part failed. A receipt that overtakes its own SENT commit is kept until the
+        commit arrives. Returns the number of messages that reached a final state."""
         ...
 
     async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]: ...

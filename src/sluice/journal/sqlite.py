@@ -41,6 +41,7 @@ from sluice.journal.base import (
     JournalBusy,
     JournalError,
     MessageRecord,
+    Receipt,
     SubmitResult,
     SweepResult,
     TimelineEntry,
@@ -64,6 +65,8 @@ SCHEMA_VERSION = 2
 #: SQLite page cache per connection: the writer's holds the hot ends of the indexes.
 WRITER_CACHE_KIB = 64 * 1024
 READER_CACHE_KIB = 16 * 1024
+#: How long a receipt for an unknown provider id waits for its SENT commit.
+EARLY_RECEIPT_TTL_MS = 24 * 3600 * 1000
 #: How often the checkpoint thread copies the WAL into the database file.
 CHECKPOINT_INTERVAL_SECONDS = 0.2
 #: WAL size (pages of 4 KiB) at which the writer checkpoints by itself: 256 MiB.
@@ -116,6 +119,26 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (tenant, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency (created_at);
+CREATE TABLE IF NOT EXISTS provider_parts (
+    channel TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    parts INTEGER NOT NULL,
+    delivered INTEGER,
+    detail TEXT,
+    PRIMARY KEY (channel, provider_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS provider_parts_message ON provider_parts (message_id);
+CREATE TABLE IF NOT EXISTS early_receipts (
+    channel TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    delivered INTEGER NOT NULL,
+    detail TEXT,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (channel, provider_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS early_receipts_age ON early_receipts (at);
 CREATE TABLE IF NOT EXISTS callbacks (
     id INTEGER PRIMARY KEY,
     message_id INTEGER NOT NULL,
@@ -523,6 +546,12 @@ class SqliteJournal:
     def pending(self) -> dict[str, int]:
         return self._pending_view
 
+    async def apply_receipts(self, channel: str, receipts: list[Receipt]) -> int:
+        if not receipts:
+            return 0
+        finals: int = await self._write(_op_apply_receipts, channel, receipts)
+        return finals
+
     async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]:
         jobs: list[CallbackJob] = await self._write(_op_claim_callbacks, limit, now, lease_ms)
         return jobs
@@ -785,6 +814,7 @@ def _op_complete(
 ) -> None:
     now = now_ms()
     events = []
+    tracked: list[Completion] = []
     for c in completions:
         state = c.state
         if state == State.QUEUED:
@@ -829,6 +859,16 @@ def _op_complete(
             tx.deltas[row[1]] -= 1
             if state in FINAL_STATES:
                 _final_callback(conn, c, row, now)
+            if c.parts and state == State.SENT:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO provider_parts (channel, provider_id, message_id, "
+                    "part, parts) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (c.channel, pid, c.message_id, i, len(c.parts))
+                        for i, pid in enumerate(c.parts)
+                    ],
+                )
+                tracked.append(c)
         events.append(
             (
                 c.message_id,
@@ -847,6 +887,15 @@ def _op_complete(
         "latency_ms, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         events,
     )
+    for c in tracked:  # receipts that arrived before this commit
+        for pid in c.parts:
+            early = conn.execute(
+                "DELETE FROM early_receipts WHERE channel = ? AND provider_id = ? "
+                "RETURNING delivered, detail",
+                (c.channel, pid),
+            ).fetchone()
+            if early is not None:
+                _apply_receipt(conn, tx, c.channel, Receipt(pid, bool(early[0]), early[1]), now)
 
 
 def _final_callback(
@@ -868,6 +917,64 @@ def _final_callback(
             c.detail,
             metadata,
         )
+
+
+def _op_apply_receipts(
+    conn: sqlite3.Connection, tx: _Transaction, channel: str, receipts: list[Receipt]
+) -> int:
+    now = now_ms()
+    return sum(_apply_receipt(conn, tx, channel, r, now) for r in receipts)
+
+
+def _apply_receipt(
+    conn: sqlite3.Connection, tx: _Transaction, channel: str, receipt: Receipt, now: int
+) -> int:
+    """Record one part's receipt; return 1 if its message reached a final state."""
+    row = conn.execute(
+        "UPDATE provider_parts SET delivered = ?, detail = ? "
+        "WHERE channel = ? AND provider_id = ? RETURNING message_id",
+        (int(receipt.delivered), receipt.detail, channel, receipt.provider_id),
+    ).fetchone()
+    if row is None:  # overtook the commit of its SENT outcome, or not ours: keep it a while
+        conn.execute(
+            "INSERT OR REPLACE INTO early_receipts (channel, provider_id, delivered, detail, at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (channel, receipt.provider_id, int(receipt.delivered), receipt.detail, now),
+        )
+        return 0
+    (message_id,) = row
+    parts = conn.execute(
+        "SELECT provider_id, delivered, detail FROM provider_parts WHERE message_id = ?",
+        (message_id,),
+    ).fetchall()
+    if any(delivered is None for _, delivered, _ in parts):
+        return 0  # more parts to hear from
+    failed = [(pid, detail) for pid, delivered, detail in parts if not delivered]
+    state = State.FAILED if failed else State.DELIVERED
+    if failed:
+        detail = "; ".join(f"part {pid}: {d or 'not delivered'}" for pid, d in failed)
+    else:
+        detail = receipt.detail if len(parts) == 1 else f"all {len(parts)} parts delivered"
+    conn.execute("DELETE FROM provider_parts WHERE message_id = ?", (message_id,))
+    final = conn.execute(
+        "UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND state = 3 "
+        "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
+        (int(state), now, message_id),
+    ).fetchone()
+    if final is None:
+        return 0
+    outcome = Outcome.SENT if state == State.DELIVERED else Outcome.PERMANENT
+    conn.execute(
+        "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
+        "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (message_id, now, int(state), channel, final[3], int(outcome), receipt.provider_id, detail),
+    )
+    if final[4]:
+        _add_callback(
+            conn, message_id, final[4], state, now, final[1], final[3], final[0], final[2],
+            receipt.provider_id, detail, final[5],
+        )  # fmt: skip
+    return 1
 
 
 def _op_renew(conn: sqlite3.Connection, tx: _Transaction, owner: int, until: int) -> int:
@@ -913,6 +1020,8 @@ def _op_sweep(
     forgotten = conn.execute(
         "DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_ms,)
     ).rowcount
+    # Receipts for ids we never sent (another system's, or lost) are not kept for ever.
+    conn.execute("DELETE FROM early_receipts WHERE at < ?", (now - EARLY_RECEIPT_TTL_MS,))
     return SweepResult(reclaimed, expired, forgotten)
 
 
