@@ -255,6 +255,7 @@ class SluiceGateway:
             async with asyncio.TaskGroup() as tg:
                 completions = tg.create_task(self.completions.run())
                 callbacks = tg.create_task(self.callbacks.run())
+                links = [tg.create_task(t.run()) for t in transports]
                 runners = [tg.create_task(r.run()) for r in self.runners.values()]
                 maintenance = tg.create_task(self._maintain())
                 http = tg.create_task(server.serve(sockets=[sock]))
@@ -277,6 +278,9 @@ class SluiceGateway:
                 await completions
                 self.callbacks.stop()
                 await callbacks
+                for transport in transports:  # receipts could still arrive until here
+                    await transport.close()
+                await asyncio.gather(*links)
                 maintenance.cancel()
             released = await self.journal.release(self.owner, now_ms())
             if released:

@@ -25,9 +25,18 @@ class SendResult(msgspec.Struct, frozen=True):
 
 
 class Transport(Protocol):
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Prepare to send (sessions, pools). Must not wait for a peer that is down."""
+        ...
 
-    async def close(self) -> None: ...
+    async def run(self) -> None:
+        """Background work (connections, keepalives, reconnects) until `close`; the gateway's
+        task group owns it. Transports without any return at once."""
+        ...
+
+    async def close(self) -> None:
+        """Stop: `run` returns, connections close. Idempotent."""
+        ...
 
     async def send(self, message: Message) -> SendResult:
         """Deliver one message; never raises for a peer's failure, only reports it."""

@@ -78,6 +78,9 @@ class WebhookTransport:
             connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}
         )
 
+    async def run(self) -> None:
+        return  # a pooled HTTP client has no background work of its own
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
