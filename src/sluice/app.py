@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,7 +29,7 @@ from sluice.channels.transport import Transport
 from sluice.channels.webhook import WebhookTransport
 from sluice.config import ChannelConfig, Config
 from sluice.ingress.contract import ChannelStatus
-from sluice.journal.base import CancelResult, Completion, MessageRecord, SubmitResult
+from sluice.journal.base import CancelResult, Completion, MessageRecord, Receipt, SubmitResult
 from sluice.journal.sqlite import SqliteJournal
 from sluice.metrics import GatewayMetrics
 from sluice.model import IdGenerator, Message, Priority, now_ms
@@ -37,15 +37,21 @@ from sluice.stage import Stage
 
 log = logging.getLogger("sluice")
 
+OnReceipts = Callable[[str, list[Receipt]], Awaitable[None]]
+
 #: Completions waiting for their commit before senders are made to wait (backpressure).
 COMPLETION_CAPACITY = 100_000
 COMPLETION_BATCH = 5_000
 
 
-def build_transport(name: str, config: ChannelConfig) -> Transport:
-    if config.type == "webhook":
-        assert config.webhook is not None  # checked when the config was loaded
+def build_transport(name: str, config: ChannelConfig, on_receipts: OnReceipts) -> Transport:
+    # Both sub-tables are checked against the type when the config is loaded.
+    if config.type == "webhook" and config.webhook is not None:
         return WebhookTransport(name, config.webhook, config.width)
+    if config.type == "smpp" and config.smpp is not None:
+        from sluice.channels.smpp import SmppTransport
+
+        return SmppTransport(name, config.smpp, on_receipts)
     raise ValueError(f"channels.{name}.type: no transport for {config.type!r}")
 
 
@@ -84,7 +90,7 @@ class SluiceGateway:
             self.runners[name] = ChannelRunner(
                 name,
                 channel,
-                transports.get(name) or build_transport(name, channel),
+                transports.get(name) or build_transport(name, channel, self._receipts),
                 self.journal,
                 self.completions,
                 owner=self.owner,
@@ -179,6 +185,11 @@ class SluiceGateway:
         runner = self.runners.get(channel)
         if runner is not None:
             runner.wake()
+
+    async def _receipts(self, channel: str, receipts: list[Receipt]) -> None:
+        """Delivery receipts from a transport; returns once they are committed."""
+        if await self.journal.apply_receipts(channel, receipts):
+            self.callbacks.wake()
 
     async def _commit(self, batch: list[Completion]) -> None:
         await self.journal.complete(self.owner, batch)

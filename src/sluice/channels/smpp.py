@@ -1,0 +1,303 @@
+"""SMPP transport: several binds to one SMSC account, each kept exactly full.
+
+A message is split into segments (GSM 7-bit or UCS-2, UDH or SAR, as a phone counts them),
+the segments go out as submit_sm on the bind with the most free window, and the answers map
+to outcomes: ESME_ROK → sent (the SMSC's message ids are kept for the receipts); throttling
+(ESME_RTHROTTLED, ESME_RMSGQFUL) → throttled — that bind slows down (AIMD) and the message is
+retried without counting the attempt; address and parameter errors → permanent; anything else,
+a timeout or a dropped link → transient.
+
+Each bind reconnects by itself with exponential backoff and jitter. Delivery receipts arriving
+on transceiver binds go to the journal (acknowledged once committed); mobile-originated
+messages are POSTed to `smpp.mo_webhook`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import msgspec
+
+from sluice.channels.smpp_bind import BindError, LinkLost, ResponseTimeout, SmppBind
+from sluice.channels.transport import SendResult
+from sluice.config import SmppConfig
+from sluice.journal.base import Receipt
+from sluice.model import Message, Outcome
+from sluice.protocols.smpp import (
+    CommandStatus,
+    DeliverSm,
+    SubmitSm,
+    Tag,
+    describe,
+    is_permanent,
+    tlv_cstring_value,
+    tlv_u8,
+    tlv_u8_value,
+    tlv_u16,
+    tlv_value,
+)
+from sluice.protocols.smpp.constants import ESM_CLASS_DELIVERY_RECEIPT, ESM_CLASS_TYPE_MASK
+from sluice.protocols.smpp.gsm import decode_short_message
+from sluice.protocols.smpp.receipt import merge, parse_receipt_text, receipt_from_tlvs
+from sluice.protocols.smpp.segmentation import Segment, TooLong, split
+
+log = logging.getLogger("sluice.smpp")
+
+OnReceipts = Callable[[str, list[Receipt]], Awaitable[None]]
+THROTTLING = frozenset({CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQFUL})
+
+
+class InboundMessage(msgspec.Struct, omit_defaults=True):
+    """What the MO webhook receives for a mobile-originated message."""
+
+    channel: str
+    sender: str = msgspec.field(name="from")
+    to: str
+    body: str
+    received_at: int
+    data_coding: int
+    udh: str | None = None
+
+
+class SmppTransport:
+    def __init__(self, channel: str, config: SmppConfig, on_receipts: OnReceipts) -> None:
+        self._channel = channel
+        self._config = config
+        self._on_receipts = on_receipts
+        self.binds: list[SmppBind] = []
+        self._bind_up = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._references = itertools.count(random.randrange(1 << 16))
+        self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()
+        self.receipts = 0
+        self.inbound = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        if self._config.mo_webhook is not None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for index in range(self._config.binds):
+                tg.create_task(self._keep_bound(index, tg))
+
+    async def close(self) -> None:
+        self._closing.set()
+        for bind in list(self.binds):
+            await bind.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _keep_bound(self, index: int, tg: asyncio.TaskGroup) -> None:
+        name = f"{self._channel}#{index}"
+        delay = self._config.reconnect_min_seconds
+        while not self._closing.is_set():
+            bind = SmppBind(name, self._config, self._on_deliver, tg.create_task)
+            started = time.monotonic()
+            try:
+                await bind.open()
+            except BindError as exc:
+                log.warning("%s: %s; retrying in %.1f s", name, exc, delay)
+            else:
+                log.info("%s: bound to %s:%d", name, self._config.host, self._config.port)
+                self.binds.append(bind)
+                self._bind_up.set()
+                keepalive = tg.create_task(bind.keepalive())
+                closing = tg.create_task(self._closing.wait())
+                await asyncio.wait({bind.closed, closing}, return_when=asyncio.FIRST_COMPLETED)
+                closing.cancel()
+                keepalive.cancel()
+                self.binds.remove(bind)
+                if not self.binds:
+                    self._bind_up.clear()
+                if self._closing.is_set():
+                    await bind.close()
+                    return
+                log.warning("%s: connection lost; reconnecting", name)
+                if time.monotonic() - started > self._config.reconnect_max_seconds:
+                    delay = self._config.reconnect_min_seconds  # it was up a good while
+            await self._pause(delay)
+            delay = min(delay * 2, self._config.reconnect_max_seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        jittered = seconds * self._rng.uniform(0.8, 1.2)
+        try:
+            async with asyncio.timeout(jittered):
+                await self._closing.wait()
+        except TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, message: Message) -> SendResult:
+        config = self._config
+        try:
+            segments = split(
+                message.body,
+                mode=config.segmentation,
+                reference=next(self._references) & 0xFFFF,
+                max_segments=config.max_segments,
+            )
+        except TooLong as exc:
+            return SendResult(Outcome.PERMANENT, detail=f"{exc} (smpp.max_segments)")
+        bind = await self._pick_bind()
+        if bind is None:
+            return SendResult(
+                Outcome.TRANSIENT,
+                detail=f"no bind to {config.host}:{config.port} is up",
+            )
+        pdus = [self._submit_sm(message, segment) for segment in segments]
+        try:
+            if len(pdus) == 1:
+                responses = [await bind.submit(pdus[0])]
+            else:
+                responses = list(await asyncio.gather(*(bind.submit(p) for p in pdus)))
+        except ResponseTimeout as exc:
+            return SendResult(Outcome.TRANSIENT, detail=str(exc))
+        except LinkLost as exc:
+            return SendResult(Outcome.TRANSIENT, detail=str(exc))
+        for response in responses:
+            status = response.command_status
+            if status == CommandStatus.ESME_ROK:
+                continue
+            detail = describe(status)
+            if status in THROTTLING:
+                bind.on_throttled()
+                return SendResult(Outcome.THROTTLED, detail=detail)
+            if is_permanent(status):
+                return SendResult(Outcome.PERMANENT, detail=detail)
+            return SendResult(Outcome.TRANSIENT, detail=detail)
+        bind.on_accepted()
+        ids = tuple(r.message_id for r in responses)
+        return SendResult(
+            Outcome.SENT,
+            provider_id=ids[0],
+            detail=f"{len(ids)} segment{'s' if len(ids) > 1 else ''} accepted",
+            parts=ids if config.receipts else (),
+        )
+
+    async def _pick_bind(self) -> SmppBind | None:
+        """The bound link with the most free window; wait a while if none is up or free."""
+        deadline = time.monotonic() + self._config.response_timeout_seconds
+        while True:
+            best = max((b for b in self.binds if b.bound), key=lambda b: b.free, default=None)
+            if best is not None and best.free > 0:
+                return best
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return best  # all full: queue on the best one (its window bounds it)
+            try:
+                async with asyncio.timeout(remaining):
+                    if best is None:
+                        await self._bind_up.wait()
+                    else:
+                        await best.wait_slot()
+            except TimeoutError:
+                if best is None:
+                    return None
+
+    def _submit_sm(self, message: Message, segment: Segment) -> SubmitSm:
+        config = self._config
+        tlvs = ()
+        if segment.sar is not None:
+            ref, total, seq = segment.sar
+            tlvs = (
+                tlv_u16(Tag.sar_msg_ref_num, ref),
+                tlv_u8(Tag.sar_total_segments, total),
+                tlv_u8(Tag.sar_segment_seqnum, seq),
+            )
+        return SubmitSm(
+            sequence_number=0,
+            service_type="",
+            source_addr_ton=config.source_ton,
+            source_addr_npi=config.source_npi,
+            source_addr=message.sender or config.source_addr,
+            dest_addr_ton=config.dest_ton,
+            dest_addr_npi=config.dest_npi,
+            destination_addr=message.recipient,
+            esm_class=0x40 if segment.needs_udhi else 0,
+            protocol_id=0,
+            priority_flag=1 if message.priority == 0 else 0,
+            schedule_delivery_time="",
+            validity_period="",
+            registered_delivery=1 if config.receipts else 0,
+            replace_if_present_flag=0,
+            data_coding=segment.data_coding,
+            sm_default_msg_id=0,
+            short_message=segment.payload,
+            tlvs=tlvs,
+        )
+
+    # ------------------------------------------------------------------ incoming
+
+    async def _on_deliver(self, pdu: DeliverSm) -> int:
+        if pdu.esm_class & ESM_CLASS_TYPE_MASK == ESM_CLASS_DELIVERY_RECEIPT:
+            return await self._receipt(pdu)
+        return await self._inbound(pdu)
+
+    async def _receipt(self, pdu: DeliverSm) -> int:
+        text = decode_short_message(pdu.short_message, 0)
+        from_text = parse_receipt_text(text)
+        network_error = tlv_value(pdu, Tag.network_error_code)
+        from_tlvs = receipt_from_tlvs(
+            tlv_cstring_value(pdu, Tag.receipted_message_id),
+            tlv_u8_value(pdu, Tag.message_state),
+            network_error,
+        )
+        receipt = merge(from_text, from_tlvs)
+        if receipt is None:
+            log.warning("%s: a receipt without an id or state: %r", self._channel, text[:80])
+            return CommandStatus.ESME_ROK  # nothing to do with it; do not make it come back
+        self.receipts += 1
+        if receipt.final is None:
+            return CommandStatus.ESME_ROK  # ENROUTE / ACCEPTD: not final yet
+        detail = f"stat:{receipt.stat}" + (f" err:{receipt.err}" if receipt.err else "")
+        await self._on_receipts(
+            self._channel,
+            [Receipt(receipt.message_id, receipt.final == "delivered", detail)],
+        )
+        return CommandStatus.ESME_ROK
+
+    async def _inbound(self, pdu: DeliverSm) -> int:
+        if self._session is None or self._config.mo_webhook is None:
+            log.warning("%s: mobile-originated message refused: no smpp.mo_webhook", self._channel)
+            return CommandStatus.ESME_RX_R_APPN
+        data = pdu.short_message or (tlv_value(pdu, Tag.message_payload) or b"")
+        udh: bytes | None = None
+        if pdu.esm_class & 0x40 and data:
+            header_length = data[0] + 1
+            udh, data = data[:header_length], data[header_length:]
+        inbound = InboundMessage(
+            channel=self._channel,
+            sender=pdu.source_addr,
+            to=pdu.destination_addr,
+            body=decode_short_message(data, pdu.data_coding),
+            received_at=int(time.time() * 1000),
+            data_coding=pdu.data_coding,
+            udh=udh.hex() if udh else None,
+        )
+        try:
+            async with self._session.post(
+                self._config.mo_webhook,
+                data=msgspec.json.encode(inbound),
+                headers={"Content-Type": "application/json"},
+            ) as resp:
+                await resp.read()
+                ok = 200 <= resp.status < 300
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("%s: MO webhook unreachable: %s", self._channel, exc)
+            ok = False
+        if not ok:
+            return CommandStatus.ESME_RX_T_APPN  # temporary: the SMSC will deliver it again
+        self.inbound += 1
+        return CommandStatus.ESME_ROK

@@ -1,0 +1,289 @@
+"""One SMPP bind: a TCP connection to the SMSC around the sans-IO session, with its window.
+
+The bind keeps up to `window` submit_sm outstanding at once — the link stays full instead of
+carrying one PDU per round trip — and matches responses to requests by sequence number. Every
+request has a deadline (`response_timeout_seconds`); a response that never comes frees its
+slot and fails its sender, a connection that goes quiet past an enquire_link is closed.
+
+Incoming deliver_sm (receipts and mobile-originated messages) are handed to the owner, whose
+answer becomes the deliver_sm_resp status, so a receipt is acknowledged only once it is
+committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from sluice.channels.rate import AdaptiveRate, TokenBucket
+from sluice.config import SmppConfig
+from sluice.protocols.smpp import (
+    BindTransceiver,
+    BindTransmitter,
+    CommandStatus,
+    DeliverSm,
+    EnquireLink,
+    Fatal,
+    Pdu,
+    PduReceived,
+    Rejected,
+    Role,
+    SmppSession,
+    SubmitSm,
+    SubmitSmResp,
+    Unbind,
+    describe,
+    is_request,
+    response_for,
+)
+
+log = logging.getLogger("sluice.smpp")
+
+#: Seconds an unbind waits for its response while closing before the socket is dropped.
+UNBIND_WAIT_SECONDS = 1.0
+
+OnDeliver = Callable[[DeliverSm], Awaitable[int]]
+#: Starts a task in the owner's task group (the bind's connection outlives none of them).
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
+
+
+class BindError(Exception):
+    """The SMSC refused the bind or the connection failed while binding."""
+
+
+class LinkLost(Exception):
+    """The connection dropped (or was closed) while a request waited for its response."""
+
+
+class ResponseTimeout(Exception):
+    """No response within the configured time."""
+
+
+class SmppBind(asyncio.Protocol):
+    """Examples:
+    bind = SmppBind("sms#0", config, on_deliver)
+    await bind.open()                    # connect and bind
+    resp = await bind.submit(submit_sm)  # waits for a window slot and a token
+    await bind.closed                    # the connection ended
+    """
+
+    def __init__(
+        self, name: str, config: SmppConfig, on_deliver: OnDeliver, spawn: Spawn
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._on_deliver = on_deliver
+        self._spawn = spawn
+        self._session = SmppSession(Role.ESME)
+        self._transport: asyncio.Transport | None = None
+        self._outstanding: dict[int, asyncio.Future[Pdu]] = {}
+        self._slot_freed = asyncio.Event()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.bound = False
+        self.last_heard = time.monotonic()
+        burst = max(1.0, config.bind_rate / 10) if config.bind_rate else 1.0
+        self.bucket = TokenBucket(config.bind_rate, burst)
+        if config.bind_rate > 0:
+            self.adaptive = AdaptiveRate(ceiling=config.bind_rate, floor=min(1.0, config.bind_rate))
+        else:
+            self.adaptive = AdaptiveRate(ceiling=0, start=max(10.0, config.window * 20.0))
+        self.submitted = 0
+        self.throttled = 0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    @property
+    def free(self) -> int:
+        return self._config.window - len(self._outstanding) if self.bound else 0
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        for event in self._session.receive_data(data):
+            if isinstance(event, PduReceived):
+                self._dispatch(event.pdu)
+            elif isinstance(event, Rejected):
+                log.warning("%s: refused %s from the SMSC: %s", self.name,
+                            type(event.pdu).__name__, event.reason)  # fmt: skip
+                if event.reply:
+                    self._write(event.reply)
+            elif isinstance(event, Fatal):
+                log.error("%s: protocol error from the SMSC, closing: %s", self.name, event.reason)
+                if event.reply:
+                    self._write(event.reply)
+                self._abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bound = False
+        self._transport = None
+        error = LinkLost(f"{self.name}: connection lost" + (f": {exc}" if exc else ""))
+        for future in self._outstanding.values():
+            if not future.done():
+                future.set_exception(error)
+        self._outstanding.clear()
+        self._slot_freed.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # ------------------------------------------------------------------ open / close
+
+    async def open(self) -> None:
+        """Connect and bind; raise BindError with the SMSC's reason if that fails."""
+        config = self._config
+        context: ssl.SSLContext | None = None
+        if config.tls:
+            context = ssl.create_default_context()
+            if not config.tls_verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(config.connect_timeout_seconds):
+                await loop.create_connection(lambda: self, config.host, config.port, ssl=context)
+        except (OSError, TimeoutError) as exc:
+            raise BindError(f"cannot connect to {config.host}:{config.port}: {exc}") from None
+        kind = BindTransceiver if config.bind_type == "transceiver" else BindTransmitter
+        request = kind(
+            sequence_number=0,
+            system_id=config.system_id,
+            password=config.password,
+            system_type=config.system_type,
+        )
+        try:
+            response = await self._request(request, bound_required=False)
+        except (LinkLost, ResponseTimeout) as exc:
+            self._abort()
+            raise BindError(f"bind failed: {exc}") from None
+        if response.command_status != CommandStatus.ESME_ROK:
+            self._abort()
+            raise BindError(f"the SMSC refused the bind: {describe(response.command_status)}")
+        self.bound = True
+        self._slot_freed.set()
+
+    async def close(self) -> None:
+        """Unbind politely, then drop the connection."""
+        if self._transport is None:
+            return
+        if self.bound:
+            self.bound = False
+            try:
+                async with asyncio.timeout(UNBIND_WAIT_SECONDS):
+                    await self._request(Unbind(sequence_number=0), bound_required=False)
+            except (LinkLost, ResponseTimeout, TimeoutError):
+                pass
+        self._abort()
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # ------------------------------------------------------------------ requests
+
+    async def keepalive(self) -> None:
+        """Send enquire_link after `enquire_link_seconds` of silence; returns when closed."""
+        interval = self._config.enquire_link_seconds
+        while not self.closed.done():
+            idle = time.monotonic() - self.last_heard
+            if idle >= interval:
+                try:
+                    await self._request(EnquireLink(sequence_number=0), bound_required=False)
+                except (LinkLost, ResponseTimeout) as exc:
+                    log.warning("%s: enquire_link failed (%s); closing", self.name, exc)
+                    self._abort()
+                    return
+                continue
+            done, _ = await asyncio.wait({self.closed}, timeout=interval - idle)
+            if done:
+                return
+
+    async def wait_slot(self) -> None:
+        """Wait until this bind has a free window slot (or is closed)."""
+        while self.bound and self.free <= 0:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    async def submit(self, pdu: SubmitSm) -> SubmitSmResp:
+        """Send one submit_sm within the window and the rate; return its response."""
+        await self.wait_slot()
+        if not self.bound:
+            raise LinkLost(f"{self.name}: not bound")
+        if self.bucket.rate > 0:
+            delay = self.bucket.reserve()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        response = await self._request(pdu)
+        self.submitted += 1
+        assert isinstance(response, SubmitSmResp)
+        return response
+
+    def on_throttled(self) -> None:
+        self.throttled += 1
+        self.bucket.rate = self.adaptive.on_throttle()
+
+    def on_accepted(self) -> None:
+        self.bucket.rate = self.adaptive.on_success()
+
+    async def _request(self, pdu: Pdu, bound_required: bool = True) -> Pdu:
+        if self._transport is None or (bound_required and not self.bound):
+            raise LinkLost(f"{self.name}: not connected")
+        data = self._session.send(pdu)
+        sequence = self._session.last_sequence
+        future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+        self._outstanding[sequence] = future
+        self._write(data)
+        try:
+            async with asyncio.timeout(self._config.response_timeout_seconds):
+                return await future
+        except TimeoutError:
+            raise ResponseTimeout(
+                f"{self.name}: no response to {type(pdu).__name__} within "
+                f"{self._config.response_timeout_seconds:g} s"
+            ) from None
+        finally:
+            if self._outstanding.pop(sequence, None) is not None:
+                self._slot_freed.set()
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    # ------------------------------------------------------------------ incoming
+
+    def _dispatch(self, pdu: Pdu) -> None:
+        if not is_request(pdu):
+            future = self._outstanding.get(pdu.sequence_number)
+            if future is not None and not future.done():
+                future.set_result(pdu)
+            elif future is None:
+                log.debug("%s: response to an unknown request %d", self.name, pdu.sequence_number)
+            return
+        if isinstance(pdu, DeliverSm):
+            self._spawn(self._deliver(pdu))
+        elif isinstance(pdu, Unbind):
+            self._write(self._session.send(response_for(pdu, CommandStatus.ESME_ROK)))
+            self.bound = False
+            self._abort()
+        else:  # enquire_link and anything else the session let through: answer it
+            self._write(self._session.send(response_for(pdu, CommandStatus.ESME_ROK)))
+
+    async def _deliver(self, pdu: DeliverSm) -> None:
+        try:
+            status = await self._on_deliver(pdu)
+        except Exception:
+            log.exception("%s: handling a deliver_sm failed", self.name)
+            status = CommandStatus.ESME_RX_T_APPN  # temporary: the SMSC will try again
+        if self._transport is not None:
+            self._write(self._session.send(response_for(pdu, status)))
