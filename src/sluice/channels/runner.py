@@ -21,6 +21,8 @@ import random
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from sluice.channels.breaker import BreakerState, CircuitBreaker
 from sluice.channels.rate import AdaptiveRate, TokenBucket
 from sluice.channels.retry import RetryPolicy
@@ -286,6 +288,11 @@ class ChannelRunner:
                 uncount=True,
             )
         self.breaker.record_failure()
+        if not result.attempted:  # the channel is down, not the message: keep its attempts
+            self.retried += 1
+            at = self._clock() + self.config.retry.base_seconds
+            completion = self._requeue(message, at, result.detail or "not attempted")
+            return msgspec.structs.replace(completion, outcome=outcome, latency_ms=latency_ms)
         now = now_ms()
         due = self.retry.next_due_ms(message.attempts, now, message.expires_at)
         if result.retry_after is not None and due is not None:

@@ -155,6 +155,7 @@ class SmppTransport:
             return SendResult(
                 Outcome.TRANSIENT,
                 detail=f"no bind to {config.host}:{config.port} is up",
+                attempted=False,
             )
         pdus = [self._submit_sm(message, segment) for segment in segments]
         try:

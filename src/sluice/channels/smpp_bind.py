@@ -30,6 +30,7 @@ from sluice.protocols.smpp import (
     Fatal,
     Pdu,
     PduReceived,
+    ProtocolViolation,
     Rejected,
     Role,
     SmppSession,
@@ -71,9 +72,7 @@ class SmppBind(asyncio.Protocol):
     await bind.closed                    # the connection ended
     """
 
-    def __init__(
-        self, name: str, config: SmppConfig, on_deliver: OnDeliver, spawn: Spawn
-    ) -> None:
+    def __init__(self, name: str, config: SmppConfig, on_deliver: OnDeliver, spawn: Spawn) -> None:
         self.name = name
         self._config = config
         self._on_deliver = on_deliver
@@ -120,6 +119,11 @@ class SmppBind(asyncio.Protocol):
                             type(event.pdu).__name__, event.reason)  # fmt: skip
                 if event.reply:
                     self._write(event.reply)
+            elif isinstance(event, ProtocolViolation):
+                log.warning("%s: bad response from the SMSC: %s", self.name, event.reason)
+                future = self._outstanding.get(event.sequence_number)
+                if future is not None and not future.done():
+                    future.set_exception(LinkLost(f"{self.name}: {event.reason}"))
             elif isinstance(event, Fatal):
                 log.error("%s: protocol error from the SMSC, closing: %s", self.name, event.reason)
                 if event.reply:

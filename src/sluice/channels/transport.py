@@ -22,6 +22,9 @@ class SendResult(msgspec.Struct, frozen=True):
     retry_after: float | None = None
     #: Provider ids of each part, when the peer will send delivery receipts for them.
     parts: tuple[str, ...] = ()
+    #: False when nothing reached the peer (no connection up): the try is not counted
+    #: against the message's attempts, but it counts against the channel's breaker.
+    attempted: bool = True
 
 
 class Transport(Protocol):
