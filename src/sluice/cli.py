@@ -107,6 +107,22 @@ async def _sim_webhook(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _sim_smsc(args: argparse.Namespace) -> int:
+    from sluice.sim.smsc import run_from_args
+
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await run_from_args(args)
+    except asyncio.CancelledError:
+        return 0
+    except (ValueError, OSError) as exc:
+        print(f"sluice sim smsc: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from sluice.demo import run_demo
 
@@ -160,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(webhook)
     webhook.set_defaults(handler=_sim_webhook)
+    smsc = peers.add_parser("smsc", help="an SMPP 3.4 SMSC")
+    from sluice.sim import smsc as smsc_sim
+
+    smsc_sim.add_arguments(smsc)
+    smsc.set_defaults(handler=_sim_smsc)
 
     hash_key = commands.add_parser("hash-key", help="print the config form of an API key")
     hash_key.add_argument("key")

@@ -24,11 +24,12 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import msgspec
 
+from sluice.channels.signing import MESSAGE_ID_HEADER
 from sluice.channels.smpp_bind import BindError, LinkLost, ResponseTimeout, SmppBind
 from sluice.channels.transport import SendResult
 from sluice.config import SmppConfig
 from sluice.journal.base import Receipt
-from sluice.model import Message, Outcome
+from sluice.model import IdGenerator, Message, Outcome, format_id
 from sluice.protocols.smpp import (
     CommandStatus,
     DeliverSm,
@@ -56,6 +57,8 @@ THROTTLING = frozenset({CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQF
 class InboundMessage(msgspec.Struct, omit_defaults=True):
     """What the MO webhook receives for a mobile-originated message."""
 
+    #: Unique per inbound message (an SMSC may deliver the same MO twice; this id is new).
+    id: str
     channel: str
     sender: str = msgspec.field(name="from")
     to: str
@@ -76,6 +79,7 @@ class SmppTransport:
         self._references = itertools.count(random.randrange(1 << 16))
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
+        self._inbound_ids = IdGenerator()
         self.receipts = 0
         self.inbound = 0
 
@@ -108,6 +112,9 @@ class SmppTransport:
                 await bind.open()
             except BindError as exc:
                 log.warning("%s: %s; retrying in %.1f s", name, exc, delay)
+            except Exception:  # a bug must not take every bind of the channel down
+                log.exception("%s: bind failed unexpectedly; retrying in %.1f s", name, delay)
+                await bind.close()
             else:
                 log.info("%s: bound to %s:%d", name, self._config.host, self._config.port)
                 self.binds.append(bind)
@@ -279,6 +286,7 @@ class SmppTransport:
             header_length = data[0] + 1
             udh, data = data[:header_length], data[header_length:]
         inbound = InboundMessage(
+            id=format_id(self._inbound_ids.next()),
             channel=self._channel,
             sender=pdu.source_addr,
             to=pdu.destination_addr,
@@ -291,7 +299,7 @@ class SmppTransport:
             async with self._session.post(
                 self._config.mo_webhook,
                 data=msgspec.json.encode(inbound),
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", MESSAGE_ID_HEADER: inbound.id},
             ) as resp:
                 await resp.read()
                 ok = 200 <= resp.status < 300

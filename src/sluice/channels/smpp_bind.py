@@ -28,6 +28,7 @@ from sluice.protocols.smpp import (
     DeliverSm,
     EnquireLink,
     Fatal,
+    LocalProtocolError,
     Pdu,
     PduReceived,
     ProtocolViolation,
@@ -243,7 +244,10 @@ class SmppBind(asyncio.Protocol):
     async def _request(self, pdu: Pdu, bound_required: bool = True) -> Pdu:
         if self._transport is None or (bound_required and not self.bound):
             raise LinkLost(f"{self.name}: not connected")
-        data = self._session.send(pdu)
+        try:
+            data = self._session.send(pdu)
+        except LocalProtocolError as exc:
+            raise LinkLost(f"{self.name}: {exc}") from None
         sequence = self._session.last_sequence
         future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
         self._outstanding[sequence] = future
@@ -277,11 +281,11 @@ class SmppBind(asyncio.Protocol):
         if isinstance(pdu, DeliverSm):
             self._spawn(self._deliver(pdu))
         elif isinstance(pdu, Unbind):
-            self._write(self._session.send(response_for(pdu, CommandStatus.ESME_ROK)))
+            self._reply(response_for(pdu, CommandStatus.ESME_ROK))
             self.bound = False
             self._abort()
         else:  # enquire_link and anything else the session let through: answer it
-            self._write(self._session.send(response_for(pdu, CommandStatus.ESME_ROK)))
+            self._reply(response_for(pdu, CommandStatus.ESME_ROK))
 
     async def _deliver(self, pdu: DeliverSm) -> None:
         try:
@@ -289,5 +293,13 @@ class SmppBind(asyncio.Protocol):
         except Exception:
             log.exception("%s: handling a deliver_sm failed", self.name)
             status = CommandStatus.ESME_RX_T_APPN  # temporary: the SMSC will try again
-        if self._transport is not None:
-            self._write(self._session.send(response_for(pdu, status)))
+        self._reply(response_for(pdu, status))
+
+    def _reply(self, response: Pdu) -> None:
+        """Answer the SMSC unless the link is gone (then the SMSC will repeat its request)."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        try:
+            self._write(self._session.send(response))
+        except LocalProtocolError as exc:  # the session closed under us (unbind, fatal)
+            log.debug("%s: not answering: %s", self.name, exc)
