@@ -17,7 +17,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from sluice.channels.rate import AdaptiveRate, TokenBucket
 from sluice.config import SmppConfig
@@ -107,8 +107,8 @@ class SmppBind(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, but has its methods.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
