@@ -210,7 +210,7 @@ def tps(args: argparse.Namespace) -> None:
     )
     for (t1, a1, th1), (t2, a2, th2) in itertools.pairwise(samples):
         print(
-            f"  second {t1:4.1f}–{t2:4.1f}: accepted {(a2 - a1) / (t2 - t1):7,.0f}/s, "
+            f"  second {t1:4.1f}-{t2:4.1f}: accepted {(a2 - a1) / (t2 - t1):7,.0f}/s, "
             f"throttled {th2 - th1:5d}"
         )
     (ta, aa, tha), (tb, ab, thb) = samples[1], samples[-1]
