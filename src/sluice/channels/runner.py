@@ -26,6 +26,7 @@ import msgspec
 from sluice.channels.breaker import BreakerState, CircuitBreaker
 from sluice.channels.rate import AdaptiveRate, TokenBucket
 from sluice.channels.retry import RetryPolicy
+from sluice.channels.slots import PrioritySlots
 from sluice.channels.transport import SendResult, Transport
 from sluice.config import ChannelConfig
 from sluice.journal.base import Completion, Journal
@@ -37,6 +38,9 @@ log = logging.getLogger("sluice.channel")
 #: How far ahead of the token bucket a claim may reach, in seconds of rate. Larger claims
 #: amortise the journal round trip; smaller ones let a newly arrived urgent message overtake.
 CLAIM_HORIZON_SECONDS = 0.1
+#: Claim ahead of the free slots by this share of the width: while one window of messages is
+#: being sent, the next claim (a journal commit) is already on its way.
+PREFETCH_SHARE = 1.0
 #: Most free slots a runner waits for before claiming again while it has work in flight.
 CLAIM_MIN_CAP = 16
 #: Longest sleep of an idle runner between looks at the journal (scheduled messages, retries).
@@ -95,8 +99,13 @@ class ChannelRunner:
             rng or random.Random(),
         )
         self.reserve = int(config.width * config.urgent_reserve)  # rounded down
+        self.slots = PrioritySlots(config.width, self.reserve)
+        #: Messages claimed beyond the width, so the next claim's commit overlaps the sends.
+        self._prefetch = max(1, int(config.width * PREFETCH_SHARE))
+        #: Messages holding a send slot, and messages claimed and not yet completed.
         self.in_flight = 0
-        self.in_flight_non_urgent = 0
+        self.claimed = 0
+        self.claimed_non_urgent = 0
         self.sent = 0
         self.failed = 0
         self.retried = 0
@@ -141,27 +150,31 @@ class ChannelRunner:
             pass
 
     async def _step(self, tg: asyncio.TaskGroup) -> float | None:
-        """Claim and start what can go now; return how long to idle, or None to go on."""
+        """Claim what can go soon; return how long to idle, or None to go on."""
         if self.config.paused:
             return IDLE_POLL_SECONDS
         state = self.breaker.state
         if state is BreakerState.OPEN:
             return await self._parked()
-        free = self.config.width - self.in_flight
+        width = self.config.width
+        room = width + self._prefetch - self.claimed
         if state is BreakerState.HALF_OPEN:
-            free = min(free, 1 - self.in_flight)  # one probe at a time
-        if free <= 0:
+            room = min(room, 1 - self.claimed)  # one probe at a time
+        if room <= 0:
             return IDLE_POLL_SECONDS
-        if free < self._claim_min and self.in_flight and not self._urgent_waiting:
+        if room < self._claim_min and self.claimed and not self._urgent_waiting:
             return IDLE_POLL_SECONDS  # a few more answers first: claim in batches
         self._urgent_waiting = False
-        limit = min(free, self._max_claim)
+        limit = min(room, self._max_claim)
         if self.bucket.rate > 0:
-            affordable = self.bucket.available() + self.bucket.rate * CLAIM_HORIZON_SECONDS
+            # Claimed messages still waiting for a slot will take tokens before these.
+            queued = self.claimed - self.in_flight
+            affordable = self.bucket.available() + self.bucket.rate * CLAIM_HORIZON_SECONDS - queued
             if affordable < 1:
-                return max(self.bucket.delay_for(1), 0.001)
+                return max(self.bucket.delay_for(1 + max(queued, 0)), 0.001)
             limit = min(limit, int(affordable))
-        non_urgent = self.config.width - self.reserve - self.in_flight_non_urgent
+        # Lower lanes may never fill the claim-ahead room an urgent message needs.
+        non_urgent = width + self._prefetch - self.reserve - self.claimed_non_urgent
         if state is BreakerState.HALF_OPEN:
             non_urgent = limit
         now = now_ms()
@@ -174,11 +187,10 @@ class ChannelRunner:
                 return IDLE_POLL_SECONDS
             return await self._until_due(now)
         for message in batch:
-            self.in_flight += 1
+            self.claimed += 1
             if message.priority != Priority.URGENT:
-                self.in_flight_non_urgent += 1
-            delay = self.bucket.reserve() if self.bucket.rate > 0 else 0.0
-            tg.create_task(self._deliver(message, delay))
+                self.claimed_non_urgent += 1
+            tg.create_task(self._deliver(message))
         return None
 
     async def _until_due(self, now: int) -> float:
@@ -204,12 +216,26 @@ class ChannelRunner:
 
     # ------------------------------------------------------------------ one message
 
-    async def _deliver(self, message: Message, delay: float) -> None:
+    async def _deliver(self, message: Message) -> None:
+        priority = message.priority
+        holding = False
         try:
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await self.slots.acquire(priority)
+            holding = True
+            self.in_flight += 1
+            if self.bucket.rate > 0:
+                delay = self.bucket.reserve()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             if not self.breaker.allow():
-                completion = self._requeue(message, self.breaker.retry_at(), "breaker open")
+                failover = self.config.failover
+                if failover is not None:  # parked: hand it to the failover channel now
+                    completion = msgspec.structs.replace(
+                        self._requeue(message, None, f"failover from {self.name}: breaker open"),
+                        reroute_to=failover,
+                    )
+                else:
+                    completion = self._requeue(message, self.breaker.retry_at(), "breaker open")
             else:
                 started = time.perf_counter()
                 try:
@@ -228,9 +254,12 @@ class ChannelRunner:
             self.breaker.release_probe()
             raise
         finally:
-            self.in_flight -= 1
-            if message.priority != Priority.URGENT:
-                self.in_flight_non_urgent -= 1
+            if holding:
+                self.in_flight -= 1
+                self.slots.release(priority)
+            self.claimed -= 1
+            if priority != Priority.URGENT:
+                self.claimed_non_urgent -= 1
             self._kick.set()
         await self._completions.put(completion)
 

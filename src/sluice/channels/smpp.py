@@ -47,10 +47,13 @@ from sluice.protocols.smpp.constants import ESM_CLASS_DELIVERY_RECEIPT, ESM_CLAS
 from sluice.protocols.smpp.gsm import decode_short_message
 from sluice.protocols.smpp.receipt import merge, parse_receipt_text, receipt_from_tlvs
 from sluice.protocols.smpp.segmentation import Segment, TooLong, split
+from sluice.stage import Stage
 
 log = logging.getLogger("sluice.smpp")
 
 OnReceipts = Callable[[str, list[Receipt]], Awaitable[None]]
+#: Receipts waiting for their commit before the binds stop reading more (backpressure).
+RECEIPT_QUEUE = 20_000
 THROTTLING = frozenset({CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQFUL})
 
 
@@ -80,6 +83,14 @@ class SmppTransport:
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
         self._inbound_ids = IdGenerator()
+        #: Receipts wait here to be committed together: one journal write for many.
+        self._receipts: Stage[tuple[Receipt, asyncio.Future[None]]] = Stage(
+            f"receipts:{channel}",
+            self._commit_receipts,
+            capacity=RECEIPT_QUEUE,
+            max_batch=1000,
+            retries=0,
+        )
         self.receipts = 0
         self.inbound = 0
 
@@ -91,8 +102,13 @@ class SmppTransport:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            for index in range(self._config.binds):
-                tg.create_task(self._keep_bound(index, tg))
+            receipts = tg.create_task(self._receipts.run())
+            binds = [
+                tg.create_task(self._keep_bound(index, tg)) for index in range(self._config.binds)
+            ]
+            await asyncio.gather(*binds)
+            self._receipts.close()
+            await receipts
 
     async def close(self) -> None:
         self._closing.set()
@@ -254,27 +270,41 @@ class SmppTransport:
         return await self._inbound(pdu)
 
     async def _receipt(self, pdu: DeliverSm) -> int:
-        text = decode_short_message(pdu.short_message, 0)
-        from_text = parse_receipt_text(text)
-        network_error = tlv_value(pdu, Tag.network_error_code)
         from_tlvs = receipt_from_tlvs(
             tlv_cstring_value(pdu, Tag.receipted_message_id),
             tlv_u8_value(pdu, Tag.message_state),
-            network_error,
+            tlv_value(pdu, Tag.network_error_code),
         )
-        receipt = merge(from_text, from_tlvs)
+        receipt = from_tlvs
+        if from_tlvs is None or not from_tlvs.stat:  # the text is the only (or fuller) source
+            text = decode_short_message(pdu.short_message, 0)
+            receipt = merge(parse_receipt_text(text), from_tlvs)
         if receipt is None:
-            log.warning("%s: a receipt without an id or state: %r", self._channel, text[:80])
+            log.warning("%s: a receipt without an id or state: %r", self._channel,
+                        pdu.short_message[:80])  # fmt: skip
             return CommandStatus.ESME_ROK  # nothing to do with it; do not make it come back
         self.receipts += 1
         if receipt.final is None:
             return CommandStatus.ESME_ROK  # ENROUTE / ACCEPTD: not final yet
         detail = f"stat:{receipt.stat}" + (f" err:{receipt.err}" if receipt.err else "")
-        await self._on_receipts(
-            self._channel,
-            [Receipt(receipt.message_id, receipt.final == "delivered", detail)],
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._receipts.put(
+            (Receipt(receipt.message_id, receipt.final == "delivered", detail), done)
         )
+        await done  # answered only once the receipt is committed
         return CommandStatus.ESME_ROK
+
+    async def _commit_receipts(self, batch: list[tuple[Receipt, asyncio.Future[None]]]) -> None:
+        try:
+            await self._on_receipts(self._channel, [receipt for receipt, _ in batch])
+        except Exception as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def _inbound(self, pdu: DeliverSm) -> int:
         if self._session is None or self._config.mo_webhook is None:
