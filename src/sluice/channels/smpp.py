@@ -223,6 +223,9 @@ class SmppTransport:
             try:
                 async with asyncio.timeout(remaining):
                     if best is None:
+                        # A link that just dropped may still be listed: wait for a new bind,
+                        # never spin on an event left set by the old one.
+                        self._bind_up.clear()
                         await self._bind_up.wait()
                     else:
                         await best.wait_slot()
