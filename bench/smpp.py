@@ -155,7 +155,7 @@ def throughput(args: argparse.Namespace) -> None:
           f"{args.messages / elapsed:,.0f} messages/s end to end (goal >= 25,000)")  # fmt: skip
     print(f"  gateway CPU {cpu:.1f} s = {cpu / args.messages * 1e6:.0f} µs per message")
     print(
-        f"  SMSC: submit_sm {stats.get('submits_received')}, receipts acked "
+        f"  SMSC: submit_sm {stats.get('submits')}, receipts acked "
         f"{stats.get('receipts_acked')}, max outstanding {stats.get('max_outstanding')}"
     )
 
@@ -171,10 +171,10 @@ def latency(args: argparse.Namespace) -> None:
                         for i in range(count)]  # fmt: skip
             asyncio.run(post(base, messages))
             time.sleep(1.0)  # let the window fill
-            first = smsc.stats()["submits_received"]
+            first = smsc.stats()["accepted"]
             t0 = time.perf_counter()
             time.sleep(args.seconds)
-            last = smsc.stats()["submits_received"]
+            last = smsc.stats()["accepted"]
             rate = (last - first) / (time.perf_counter() - t0)
     finally:
         smsc.stop()

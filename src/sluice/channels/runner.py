@@ -301,7 +301,8 @@ class ChannelRunner:
         if outcome is Outcome.THROTTLED:
             self.breaker.release_probe()
             self.throttled += 1
-            self.bucket.rate = self.adaptive.on_throttle()
+            if not getattr(self.transport, "paces_itself", False):
+                self.bucket.rate = self.adaptive.on_throttle()
             wait = result.retry_after if result.retry_after is not None else 0.0
             completion = self._requeue(message, self._clock() + wait, result.detail or "throttled")
             return Completion(

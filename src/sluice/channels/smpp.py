@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,9 @@ class InboundMessage(msgspec.Struct, omit_defaults=True):
 
 
 class SmppTransport:
+    #: Each bind finds and keeps its own rate under the SMSC's cap.
+    paces_itself = True
+
     def __init__(self, channel: str, config: SmppConfig, on_receipts: OnReceipts) -> None:
         self._channel = channel
         self._config = config
@@ -80,6 +84,7 @@ class SmppTransport:
         self._bind_up = asyncio.Event()
         self._closing = asyncio.Event()
         self._references = itertools.count(random.randrange(1 << 16))
+        self._turn = itertools.count()
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
         self._inbound_ids = IdGenerator()
@@ -214,7 +219,7 @@ class SmppTransport:
         """The bound link with the most free window; wait a while if none is up or free."""
         deadline = time.monotonic() + self._config.response_timeout_seconds
         while True:
-            best = max((b for b in self.binds if b.bound), key=lambda b: b.free, default=None)
+            best = self._best_bind()
             if best is not None and best.free > 0:
                 return best
             remaining = deadline - time.monotonic()
@@ -232,6 +237,26 @@ class SmppTransport:
             except TimeoutError:
                 if best is None:
                     return None
+
+    def _best_bind(self) -> SmppBind | None:
+        """The bound link that can send soonest (its token bucket), then with the most free
+        window; ties go round-robin so every bind carries its share of the load."""
+        binds = self.binds
+        n = len(binds)
+        if n == 0:
+            return None
+        start = next(self._turn) % n
+        best: SmppBind | None = None
+        best_key = (math.inf, 0)
+        for i in range(n):
+            bind = binds[(start + i) % n]
+            if not bind.bound:
+                continue
+            wait = bind.bucket.delay_for(1) if bind.bucket.rate > 0 else 0.0
+            key = (wait if bind.free > 0 else math.inf, -bind.free)
+            if best is None or key < best_key:
+                best, best_key = bind, key
+        return best
 
     def _submit_sm(self, message: Message, segment: Segment) -> SubmitSm:
         config = self._config

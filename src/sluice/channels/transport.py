@@ -28,6 +28,10 @@ class SendResult(msgspec.Struct, frozen=True):
 
 
 class Transport(Protocol):
+    #: True when the transport slows itself down on throttling answers (per connection), so
+    #: the channel must not also cut its own rate.
+    paces_itself: bool
+
     async def start(self) -> None:
         """Prepare to send (sessions, pools). Must not wait for a peer that is down."""
         ...

@@ -61,6 +61,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class WebhookTransport:
+    paces_itself = False
+
     def __init__(self, channel: str, config: WebhookConfig, width: int) -> None:
         self._channel = channel
         self._config = config
