@@ -23,6 +23,7 @@ from rich.table import Table
 from sluice.app import SluiceGateway
 from sluice.config import from_dict, hash_api_key
 from sluice.model import State
+from sluice.sim.smsc import SmscOptions, SmscSimulator
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 
 DEMO_KEY = "demo-key"
@@ -48,6 +49,22 @@ def demo_config(directory: Path, sink_url: str) -> dict[str, object]:
     }
 
 
+def sms_channel(smsc_port: int) -> dict[str, object]:
+    return {
+        "type": "smpp",
+        "width": 40,
+        "smpp": {
+            "host": "127.0.0.1",
+            "port": smsc_port,
+            "system_id": "sluice",
+            "password": "secret",
+            "binds": 2,
+            "window": 20,
+            "response_timeout_seconds": 5,
+        },
+    }
+
+
 async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
     console = Console()
     workdir = Path(directory)
@@ -63,8 +80,24 @@ async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
         )
     )
     await sink.start()
-    gateway = SluiceGateway(from_dict(demo_config(workdir, sink.url)))
-    console.print(f"[bold]Sluice demo[/]: webhook sink at {sink.url}, journal in {workdir}")
+    smsc = SmscSimulator(
+        SmscOptions(
+            latency_ms=2,
+            latency_jitter_ms=3,
+            receipt_delay_ms=100,
+            receipt_jitter_ms=200,
+            receipt_states={"DELIVRD": 0.97, "UNDELIV": 0.03},
+            seed=7,
+        )
+    )
+    await smsc.start()
+    raw = demo_config(workdir, sink.url)
+    raw["channels"]["sms"] = sms_channel(smsc.port)  # type: ignore[index]
+    gateway = SluiceGateway(from_dict(raw))
+    console.print(
+        f"[bold]Sluice demo[/]: webhook sink at {sink.url}, SMSC simulator at "
+        f"127.0.0.1:{smsc.port}, journal in {workdir}"
+    )
     try:
         async with asyncio.TaskGroup() as tg:
             serving = tg.create_task(gateway.run())
@@ -72,12 +105,13 @@ async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
             base = f"http://127.0.0.1:{gateway.port}"
             console.print(f"gateway API at {base} (tenant 'demo', key '{DEMO_KEY}')")
             try:
-                await _drive(console, gateway, base, sink, messages)
+                await _drive(console, gateway, base, sink, smsc, messages)
             finally:
                 gateway.request_stop()
             await serving
     finally:
         await sink.close()
+        await smsc.close()
     return 0
 
 
@@ -100,10 +134,28 @@ async def _post(
         return list(body["ids"])
 
 
+SMS_TEXTS = (
+    "Your code is {n:06d}",
+    "Prix : 10€ [promo] {{code {n}}}",
+    "Привет! Ваш заказ №{n} доставлен 📦. Спасибо, что выбрали нас — "
+    "мы всегда рады помочь. Ответьте STOP, чтобы отписаться.",
+)
+
+
 async def _drive(
-    console: Console, gateway: SluiceGateway, base: str, sink: WebhookSink, messages: int
+    console: Console,
+    gateway: SluiceGateway,
+    base: str,
+    sink: WebhookSink,
+    smsc: SmscSimulator,
+    messages: int,
 ) -> None:
     callback = f"{sink.url}/callbacks"
+    sms = [
+        {"channel": "sms", "to": f"+4477009{i:05d}", "from": "Sluice",
+         "body": SMS_TEXTS[i % len(SMS_TEXTS)].format(n=i)}
+        for i in range(max(30, messages // 4))
+    ]  # fmt: skip
     bulk = [
         {
             "channel": "web",
@@ -135,7 +187,12 @@ async def _drive(
         await asyncio.sleep(0.2)  # let the bulk backlog start draining before the OTPs arrive
         urgent_ids = await _post(session, base, urgent)
         console.print(f"then {len(urgent_ids)} urgent messages while the bulk drains")
-        total = len(bulk_ids) + len(urgent_ids)
+        sms_ids = await _post(session, base, sms)
+        console.print(
+            f"and {len(sms_ids):,} SMS over SMPP (GSM 7-bit, the euro sign and brackets from "
+            "its extension table, long UCS-2 texts with emoji in concatenated parts)"
+        )
+        total = len(bulk_ids) + len(urgent_ids) + len(sms_ids)
         with Progress(
             TextColumn("delivering"),
             BarColumn(),
@@ -151,8 +208,37 @@ async def _drive(
                 if done >= total:
                     break
                 await asyncio.sleep(0.1)
-        await sink.wait_for(total, path="/callbacks", timeout=30)
+        await sink.wait_for(len(bulk_ids) + len(urgent_ids), path="/callbacks", timeout=30)
+        console.print("waiting for the SMS delivery receipts…")
+        await _receipts(gateway, len(sms_ids))
         await _report(console, gateway, sink, session, base, bulk_ids, urgent_ids)
+        _report_sms(console, smsc)
+        console.print(
+            "[bold green]done[/]: every message reached a final state; see the "
+            "timeline API at GET /v1/messages/{id}"
+        )
+
+
+async def _receipts(gateway: SluiceGateway, count: int, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        states = await gateway.journal.count_by_state()
+        if states.get(State.DELIVERED, 0) + states.get(State.FAILED, 0) >= count:
+            return
+        await asyncio.sleep(0.1)
+
+
+def _report_sms(console: Console, smsc: SmscSimulator) -> None:
+    stats = smsc.stats()
+    table = Table(title="What the SMSC simulator saw")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("binds", str(stats.binds_total))
+    table.add_row("submit_sm accepted (segments)", f"{stats.accepted:,}")
+    table.add_row("messages after reassembly", f"{len(smsc.messages()):,}")
+    table.add_row("delivery receipts sent", f"{stats.receipts_sent:,}")
+    table.add_row("receipts acknowledged after commit", f"{stats.receipts_acked:,}")
+    console.print(table)
 
 
 async def _latencies(
@@ -234,7 +320,3 @@ async def _report(
                 f"{k}={event[k]}" for k in ("attempt", "outcome", "detail") if k in event
             )
             console.print(f"  {event['at']}  {event['state']:<9} {extra}")
-    console.print(
-        "[bold green]done[/]: every message reached a final state; see the "
-        "timeline API at GET /v1/messages/{id}"
-    )
