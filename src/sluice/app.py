@@ -79,6 +79,7 @@ class SluiceGateway:
             config.journal.path,
             synchronous=config.journal.synchronous,
             max_ops_per_commit=config.journal.max_ops_per_commit,
+            fsync_outcomes=config.journal.fsync_outcomes,
         )
         self.completions: Stage[Completion] = Stage(
             "completions", self._commit, capacity=COMPLETION_CAPACITY, max_batch=COMPLETION_BATCH

@@ -54,6 +54,10 @@ class JournalConfig(_Base):
     path: str = "var/sluice.db"
     #: FULL: a commit survives power loss. NORMAL: survives a process crash, faster.
     synchronous: Literal["full", "normal"] = "full"
+    #: With FULL, also fsync commits that hold only claims, send outcomes and leases. Off by
+    #: default: losing those to a power cut only re-sends what was in flight (at-least-once),
+    #: while accepted messages and receipts are always fsynced before they are acknowledged.
+    fsync_outcomes: bool = False
     #: A claim is owned for this long; the owner renews it every heartbeat.
     lease_seconds: Seconds = 30.0
     heartbeat_seconds: Seconds = 5.0
