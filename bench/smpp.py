@@ -15,7 +15,7 @@ synchronous=FULL) with one SMPP channel, and this script as the producer over HT
 - latency: the simulator answers each submit_sm after --latency-ms; one bind; the backlog is
   kept full for --seconds; submit_sm/s per bind compared with window ÷ latency.
 - tps: --binds binds, each capped by the simulator at --tps submit_sm/s (over it: 0x58), with
-  the channel's bind_rate left unlimited so the channel has to find the cap itself (AIMD);
+  the channel's bind_rate left unlimited so each bind has to find the cap itself;
   prints the share of the aggregate cap used and the throttle answers per second.
 - urgent: --bulk bulk messages queued (the channel paused while they are posted), then the
   channel drains them while --urgent urgent messages are posted one by one; prints accept →
@@ -206,7 +206,7 @@ def tps(args: argparse.Namespace) -> None:
         smsc.stop()
     print(
         f"tps: {args.binds} binds, each capped at {args.tps}/s by the SMSC "
-        f"(aggregate {cap:,}/s), window {args.window}, channel bind_rate unlimited (AIMD)"
+        f"(aggregate {cap:,}/s), window {args.window}, channel bind_rate unlimited (the binds find the cap)"
     )
     for (t1, a1, th1), (t2, a2, th2) in itertools.pairwise(samples):
         print(
