@@ -206,7 +206,8 @@ def tps(args: argparse.Namespace) -> None:
         smsc.stop()
     print(
         f"tps: {args.binds} binds, each capped at {args.tps}/s by the SMSC "
-        f"(aggregate {cap:,}/s), window {args.window}, channel bind_rate unlimited (the binds find the cap)"
+        f"(aggregate {cap:,}/s), window {args.window}, "
+        "channel bind_rate unlimited (the binds find the cap)"
     )
     for (t1, a1, th1), (t2, a2, th2) in itertools.pairwise(samples):
         print(
