@@ -16,6 +16,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
@@ -82,6 +83,9 @@ class SmppBind(asyncio.Protocol):
         self._session = SmppSession(Role.ESME)
         self._transport: asyncio.Transport | None = None
         self._outstanding: dict[int, asyncio.Future[Pdu]] = {}
+        #: (deadline, sequence) of requests in sending order, swept by `_expire`.
+        self._deadlines: deque[tuple[float, int]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._slot_freed = asyncio.Event()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.bound = False
@@ -143,6 +147,10 @@ class SmppBind(asyncio.Protocol):
             if not future.done():
                 future.set_exception(error)
         self._outstanding.clear()
+        self._deadlines.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._slot_freed.set()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -261,20 +269,38 @@ class SmppBind(asyncio.Protocol):
         except LocalProtocolError as exc:
             raise LinkLost(f"{self.name}: {exc}") from None
         sequence = self._session.last_sequence
-        future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Pdu] = loop.create_future()
         self._outstanding[sequence] = future
+        self._deadlines.append((loop.time() + self._config.response_timeout_seconds, sequence))
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(self._deadlines[0][0], self._expire)
         self._write(data)
         try:
-            async with asyncio.timeout(self._config.response_timeout_seconds):
-                return await future
-        except TimeoutError:
-            raise ResponseTimeout(
-                f"{self.name}: no response to {type(pdu).__name__} within "
-                f"{self._config.response_timeout_seconds:g} s"
-            ) from None
+            return await future
         finally:
             if self._outstanding.pop(sequence, None) is not None:
                 self._slot_freed.set()
+
+    def _expire(self) -> None:
+        """Fail the requests whose deadline passed: one timer per bind, not one per request.
+        Every request has the same timeout, so deadlines are in sending order."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, sequence = deadlines.popleft()
+            future = self._outstanding.get(sequence)
+            if future is not None and not future.done():
+                future.set_exception(
+                    ResponseTimeout(
+                        f"{self.name}: no response within "
+                        f"{self._config.response_timeout_seconds:g} s"
+                    )
+                )
+        if deadlines:
+            self._sweeper = loop.call_at(deadlines[0][0], self._expire)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None:
