@@ -436,6 +436,7 @@ class _Account:
 
 class _Timeline:
     """Callbacks due at a loop time, fired in `TICK_SECONDS` buckets: one timer per bucket.
+    A callback runs at the tick nearest its time, within half a tick of it.
 
     Within a bucket callbacks run in the order they were scheduled, so an answer scheduled
     before its receipt for the same tick goes out first. ``after`` runs once per bucket (the
@@ -451,7 +452,9 @@ class _Timeline:
         self._handles: dict[int, asyncio.TimerHandle] = {}
 
     def at(self, when: float, callback: Callable[[Any], None], arg: Any) -> None:
-        tick = int(when / TICK_SECONDS) + 1
+        # The nearest tick, so that answers come on average after exactly the drawn latency
+        # (each within half a tick of it) rather than always up to a tick late.
+        tick = round(when / TICK_SECONDS)
         bucket = self._buckets.get(tick)
         if bucket is None:
             bucket = self._buckets[tick] = []
