@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from sluice.config import dump_toml as to_toml
 from sluice.config import hash_api_key
 
 KEY = "bench-key"
@@ -28,20 +29,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def to_toml(raw: dict[str, Any], prefix: str = "") -> str:
-    scalars, tables = [], []
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            scalars.append(f"{key} = {msgspec.json.encode(value).decode()}")
-    out = f"[{prefix}]\n" if prefix and scalars else ""
-    out += "".join(line + "\n" for line in scalars)
-    for key, value in tables:
-        out += to_toml(value, f"{prefix}.{key}" if prefix else key)
-    return out
 
 
 def wait_http(url: str, timeout: float = 30) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -90,26 +90,12 @@ async def _status(args: argparse.Namespace) -> int:
     return 0 if resp.status < 300 else 1
 
 
-async def _sim_webhook(args: argparse.Namespace) -> int:
-    from sluice.sim.webhook_sink import run_from_args
-
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        await run_from_args(args)
-    except asyncio.CancelledError:
-        return 0
-    except (ValueError, OSError) as exc:
-        print(f"sluice sim webhook: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-async def _sim_smsc(args: argparse.Namespace) -> int:
-    from sluice.sim.smsc import run_from_args
-
+async def _simulate(
+    name: str,
+    run_from_args: Callable[[argparse.Namespace], Awaitable[None]],
+    args: argparse.Namespace,
+) -> int:
+    """Run a simulated peer until SIGTERM or Ctrl-C; a bad option is exit status 2."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
@@ -118,9 +104,21 @@ async def _sim_smsc(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         return 0
     except (ValueError, OSError) as exc:
-        print(f"sluice sim smsc: {exc}", file=sys.stderr)
+        print(f"sluice sim {name}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+async def _sim_webhook(args: argparse.Namespace) -> int:
+    from sluice.sim.webhook_sink import run_from_args
+
+    return await _simulate("webhook", run_from_args, args)
+
+
+async def _sim_smsc(args: argparse.Namespace) -> int:
+    from sluice.sim.smsc import run_from_args
+
+    return await _simulate("smsc", run_from_args, args)
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -365,6 +365,28 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return config
 
 
+def dump_toml(raw: Mapping[str, Any], prefix: str = "") -> str:
+    """Write a configuration given as plain data (tables of scalars and arrays) as TOML,
+    for tools and tests that generate a file for `sluice serve --config`.
+
+    Examples:
+        >>> print(dump_toml({"server": {"listen": "127.0.0.1:0"}}), end="")
+        [server]
+        listen = "127.0.0.1:0"
+    """
+    scalars, tables = [], []
+    for key, value in raw.items():
+        if isinstance(value, Mapping):
+            tables.append((key, value))
+        else:  # JSON strings, numbers, booleans and arrays are valid TOML values
+            scalars.append(f"{key} = {msgspec.json.encode(value).decode()}")
+    out = f"[{prefix}]\n" if prefix and scalars else ""
+    out += "".join(line + "\n" for line in scalars)
+    for key, value in tables:
+        out += dump_toml(value, f"{prefix}.{key}" if prefix else key)
+    return out
+
+
 def loads(text: str, environ: Mapping[str, str] | None = None) -> Config:
     try:
         raw = tomllib.loads(text)

@@ -181,20 +181,3 @@ class ServeProcess:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
-
-
-def to_toml(raw: dict[str, Any], prefix: str = "") -> str:
-    """Write a config dict (tables of scalars and lists) as TOML for `sluice serve`."""
-    scalars, tables = [], []
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            scalars.append(f"{key} = {msgspec.json.encode(value).decode()}")
-    out = ""
-    if prefix and scalars:
-        out += f"[{prefix}]\n"
-    out += "".join(line + "\n" for line in scalars)
-    for key, value in tables:
-        out += to_toml(value, f"{prefix}.{key}" if prefix else key)
-    return out

@@ -14,10 +14,10 @@ from harness import (
     ServeProcess,
     free_port,
     gateway_config,
-    to_toml,
     webhook_channel,
 )
 
+from sluice.config import dump_toml
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ async def test_send_then_status_over_a_running_gateway(tmp_path: Path) -> None:
             server={"listen": f"127.0.0.1:{port}"},
         )
         config = tmp_path / "sluice.toml"
-        config.write_text(to_toml(raw))
+        config.write_text(dump_toml(raw))
         serve = ServeProcess(config, port, tmp_path / "serve.log")
         url = f"http://127.0.0.1:{port}"
         try:

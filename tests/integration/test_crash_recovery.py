@@ -14,10 +14,10 @@ from harness import (
     eventually,
     free_port,
     gateway_config,
-    to_toml,
     webhook_channel,
 )
 
+from sluice.config import dump_toml
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def _write_config(tmp_path: Path, sink_url: str, port: int) -> Path:
         journal={"synchronous": "full"},
     )
     path = tmp_path / "sluice.toml"
-    path.write_text(to_toml(raw))
+    path.write_text(dump_toml(raw))
     return path
 
 

@@ -180,32 +180,11 @@ class CallbackPayload(msgspec.Struct, omit_defaults=True):
 
 
 def _row_to_message(row: tuple[Any, ...]) -> Message:
-    (
-        mid,
-        tenant,
-        channel,
-        recipient,
-        body,
-        sender,
-        priority,
-        due_at,
-        expires_at,
-        callback_url,
-        metadata,
-        attempts,
-    ) = row
+    """A row of `_MESSAGE_COLUMNS`, in order, as a Message (metadata unpacked)."""
+    *head, metadata, attempts = row
     return Message(
-        mid,
-        tenant,
-        channel,
-        recipient,
-        body,
-        sender,
-        priority,
-        due_at,
-        expires_at,
-        callback_url,
-        _metadata_decoder.decode(metadata) if metadata is not None else None,
+        *head,
+        _metadata_decoder.decode(metadata) if metadata is not None else None,  # type: ignore[arg-type]
         attempts,
     )
 
