@@ -189,12 +189,23 @@ def _row_to_message(row: tuple[Any, ...]) -> Message:
     )
 
 
+class _WriterState:
+    """What the writer thread remembers between groups (only it touches this)."""
+
+    __slots__ = ("early_receipts",)
+
+    def __init__(self) -> None:
+        #: An upper bound on the rows of `early_receipts`: when 0, no SENT needs to look there.
+        self.early_receipts = 0
+
+
 class _Transaction:
     """Per-group scratch: pending-count changes applied only if the group commits."""
 
-    __slots__ = ("deltas", "index_pairs")
+    __slots__ = ("deltas", "index_pairs", "shared")
 
-    def __init__(self) -> None:
+    def __init__(self, shared: _WriterState) -> None:
+        self.shared = shared
         self.deltas: Counter[str] = Counter()
         #: (recipient key, message id) of the messages inserted, for the group's index run.
         self.index_pairs: list[tuple[int, int]] = []
@@ -231,6 +242,7 @@ class SqliteJournal:
         self._pending: Counter[str] = Counter()
         self._pending_view: dict[str, int] = {}
         self._index = RecipientIndex()
+        self._shared = _WriterState()
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._closing = False
@@ -367,7 +379,7 @@ class SqliteJournal:
     def _run_group(
         self, conn: sqlite3.Connection, group: list[tuple[Op, tuple[Any, ...], asyncio.Future[Any]]]
     ) -> None:
-        tx = _Transaction()
+        tx = _Transaction(self._shared)
         started = time.perf_counter()
         if self._relax_outcomes:
             # Claims, outcomes and leases that are lost to a power cut only cause a re-send,
@@ -600,6 +612,7 @@ def _op_recover(conn: sqlite3.Connection, tx: _Transaction) -> None:
     )
     if rows:
         log.warning("recovered %d messages left in flight by a previous run", len(rows))
+    (tx.shared.early_receipts,) = conn.execute("SELECT COUNT(*) FROM early_receipts").fetchone()
     # Nothing is `sending` now and nothing stays `accepted` past its insert, so the pending
     # messages are the queued ones: counted from the small partial index, not the table.
     counts = conn.execute(
@@ -805,6 +818,7 @@ def _op_complete(
     now = now_ms()
     events = []
     tracked: list[Completion] = []
+    parts: list[tuple[str, str, int, int, int]] = []
     for c in completions:
         state = c.state
         if state == State.QUEUED:
@@ -850,14 +864,8 @@ def _op_complete(
             if state in FINAL_STATES:
                 _final_callback(conn, c, row, now)
             if c.parts and state == State.SENT:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO provider_parts (channel, provider_id, message_id, "
-                    "part, parts) VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (c.channel, pid, c.message_id, i, len(c.parts))
-                        for i, pid in enumerate(c.parts)
-                    ],
-                )
+                n = len(c.parts)
+                parts.extend((c.channel, pid, c.message_id, i, n) for i, pid in enumerate(c.parts))
                 tracked.append(c)
         events.append(
             (
@@ -877,6 +885,14 @@ def _op_complete(
         "latency_ms, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         events,
     )
+    if parts:
+        conn.executemany(
+            "INSERT OR REPLACE INTO provider_parts (channel, provider_id, message_id, part, "
+            "parts) VALUES (?, ?, ?, ?, ?)",
+            parts,
+        )
+    if not tx.shared.early_receipts:
+        return
     for c in tracked:  # receipts that arrived before this commit
         for pid in c.parts:
             early = conn.execute(
@@ -885,6 +901,7 @@ def _op_complete(
                 (c.channel, pid),
             ).fetchone()
             if early is not None:
+                tx.shared.early_receipts -= 1
                 _apply_receipt(conn, tx, c.channel, Receipt(pid, bool(early[0]), early[1]), now)
 
 
@@ -922,7 +939,7 @@ def _apply_receipt(
     """Record one part's receipt; return 1 if its message reached a final state."""
     row = conn.execute(
         "UPDATE provider_parts SET delivered = ?, detail = ? "
-        "WHERE channel = ? AND provider_id = ? RETURNING message_id",
+        "WHERE channel = ? AND provider_id = ? RETURNING message_id, parts",
         (int(receipt.delivered), receipt.detail, channel, receipt.provider_id),
     ).fetchone()
     if row is None:  # overtook the commit of its SENT outcome, or not ours: keep it a while
@@ -931,12 +948,16 @@ def _apply_receipt(
             "VALUES (?, ?, ?, ?, ?)",
             (channel, receipt.provider_id, int(receipt.delivered), receipt.detail, now),
         )
+        tx.shared.early_receipts += 1
         return 0
-    (message_id,) = row
-    parts = conn.execute(
-        "SELECT provider_id, delivered, detail FROM provider_parts WHERE message_id = ?",
-        (message_id,),
-    ).fetchall()
+    message_id, count = row
+    if count == 1:  # the common case: no other part to look up
+        parts = [(receipt.provider_id, int(receipt.delivered), receipt.detail)]
+    else:
+        parts = conn.execute(
+            "SELECT provider_id, delivered, detail FROM provider_parts WHERE message_id = ?",
+            (message_id,),
+        ).fetchall()
     if any(delivered is None for _, delivered, _ in parts):
         return 0  # more parts to hear from
     failed = [(pid, detail) for pid, delivered, detail in parts if not delivered]
@@ -945,7 +966,13 @@ def _apply_receipt(
         detail = "; ".join(f"part {pid}: {d or 'not delivered'}" for pid, d in failed)
     else:
         detail = receipt.detail if len(parts) == 1 else f"all {len(parts)} parts delivered"
-    conn.execute("DELETE FROM provider_parts WHERE message_id = ?", (message_id,))
+    if count == 1:
+        conn.execute(
+            "DELETE FROM provider_parts WHERE channel = ? AND provider_id = ?",
+            (channel, receipt.provider_id),
+        )
+    else:
+        conn.execute("DELETE FROM provider_parts WHERE message_id = ?", (message_id,))
     final = conn.execute(
         "UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND state = 3 "
         "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
@@ -1012,6 +1039,7 @@ def _op_sweep(
     ).rowcount
     # Receipts for ids we never sent (another system's, or lost) are not kept for ever.
     conn.execute("DELETE FROM early_receipts WHERE at < ?", (now - EARLY_RECEIPT_TTL_MS,))
+    (tx.shared.early_receipts,) = conn.execute("SELECT COUNT(*) FROM early_receipts").fetchone()
     return SweepResult(reclaimed, expired, forgotten)
 
 
