@@ -10,8 +10,8 @@ synchronous=FULL) with one SMPP channel, and this script as the producer over HT
 
 - throughput: a zero-latency simulator, one bind, the given window; N messages posted in
   batches of 1,000; messages/s = N / (first POST → the journal shows them all sent). Receipts
-  are on (every message also gets a deliver_sm receipt, committed before it is answered);
-  `--no-receipts` turns them off.
+  are on (every message also gets a deliver_sm receipt, --receipt-delay-ms after its submit,
+  committed before it is answered); `--no-receipts` turns them off.
 - latency: the simulator answers each submit_sm after --latency-ms; one bind; the backlog is
   kept full for --seconds; submit_sm/s per bind compared with window ÷ latency.
 - tps: --binds binds, each capped by the simulator at --tps submit_sm/s (over it: 0x58), with
@@ -133,7 +133,7 @@ def wait_drained(base: str, timeout: float = 600) -> float:
 
 
 def throughput(args: argparse.Namespace) -> None:
-    smsc = Smsc("--receipt-delay-ms", "0", "--record-limit", "0")
+    smsc = Smsc("--receipt-delay-ms", str(args.receipt_delay_ms), "--record-limit", "0")
     try:
         channel = smpp_channel(smsc.port, window=args.window, receipts=not args.no_receipts)
         with workdir() as directory, gateway(directory, {"sms": channel}) as (proc, base):
@@ -150,6 +150,7 @@ def throughput(args: argparse.Namespace) -> None:
         smsc.stop()
     elapsed = finished - started
     print(f"throughput: {args.messages:,} messages, one bind, window {args.window}, "
+          f"receipt delay {args.receipt_delay_ms:g} ms, "
           f"receipts {'off' if args.no_receipts else 'on'}, zero-latency SMSC")  # fmt: skip
     print(f"  posted in {posted - started:.2f} s; all sent after {elapsed:.2f} s: "
           f"{args.messages / elapsed:,.0f} messages/s end to end (goal >= 25,000)")  # fmt: skip
@@ -283,6 +284,7 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=50_000)
     p.add_argument("--window", type=int, default=100)
     p.add_argument("--no-receipts", action="store_true")
+    p.add_argument("--receipt-delay-ms", type=float, default=200)
     p = sub.add_parser("latency")
     p.add_argument("--latency-ms", type=float, default=20)
     p.add_argument("--window", type=int, default=100)

@@ -3,8 +3,9 @@
 An SMSC account has a fixed TPS per bind and answers ESME_RTHROTTLED above it. Additive
 increase / multiplicative decrease keeps probing past such a cap and is throttled again every
 few seconds, using ~75 % of it on average. This finder measures instead: on a throttle answer
-it sets the rate to `margin` times the rate the peer *accepted* over the last second (which
-is the cap while we are above it), and stays there; only after `reprobe_seconds` without a
+it sets the rate to `margin` times the rate the peer *accepted* since the rate last changed
+(at least `settle_seconds`, during which we were above the cap: so that rate is the cap),
+and stays there; only after `reprobe_seconds` without a
 throttle does it try `step` higher, in case the cap was raised.
 
 Examples:
@@ -25,9 +26,8 @@ from collections.abc import Callable
 
 class CapFinder:
     __slots__ = (
-        "_clock", "_count", "_last_change", "_last_count", "_last_throttled", "_margin",
-        "_rate", "_reprobe", "_second", "_settle", "_stamp", "_start", "_step", "_throttled",
-        "cap",
+        "_accepted", "_clock", "_last_change", "_margin", "_rate", "_reprobe", "_settle",
+        "_stamp", "_start", "_step", "_throttled", "cap",
     )  # fmt: skip
 
     def __init__(
@@ -51,11 +51,9 @@ class CapFinder:
         #: 0 = unlimited: no throttle seen yet.
         self._rate = 0.0
         self.cap: float | None = None
-        self._second = math.floor(clock())
-        self._count = 0
-        self._last_count = 0
+        #: Accepted and throttled answers since the rate last changed.
+        self._accepted = 0
         self._throttled = 0
-        self._last_throttled = 0
         self._last_change = -math.inf
         self._stamp = clock()
 
@@ -63,41 +61,35 @@ class CapFinder:
     def rate(self) -> float:
         return self._rate
 
-    def _tick(self, now: float) -> None:
-        second = math.floor(now)
-        if second != self._second:
-            follows = second == self._second + 1
-            self._last_count = self._count if follows else 0
-            self._last_throttled = self._throttled if follows else 0
-            self._second, self._count, self._throttled = second, 0, 0
+    def _change(self, rate: float, now: float) -> float:
+        self._rate = rate
+        self._last_change = now
+        self._accepted = self._throttled = 0
+        return rate
 
     def on_accepted(self) -> float:
         now = self._clock()
-        self._tick(now)
-        self._count += 1
+        self._accepted += 1
         elapsed, self._stamp = now - self._stamp, now
         if self.cap is None and self._rate > 0:
             # Slowed down before the cap could be measured: climb (start / 20 per second)
-            # until a whole second runs above the cap, which then measures it.
+            # until an interval runs above the cap, which then measures it.
             self._rate += elapsed * self._start / 20
         elif self.cap is not None and now - self._last_change >= self._reprobe:
             self.cap *= 1 + self._step  # quiet for a while: see whether the cap was raised
-            self._rate = self.cap * self._margin
-            self._last_change = now
+            return self._change(self.cap * self._margin, now)
         return self._rate
 
     def on_throttle(self) -> float:
         now = self._clock()
-        self._tick(now)
         self._throttled += 1
-        if now - self._last_change < self._settle:
+        since = now - self._last_change
+        if since < self._settle:
             return self._rate  # answers to what was sent at the old rate
-        if self._last_throttled and self._last_count:
-            # The whole last second ran above the cap: what it accepted is the cap.
-            self.cap = float(self._last_count)
-            self._rate = max(1.0, self.cap * self._margin)
-        else:  # no saturated second to measure yet: slow down and keep looking
-            self.cap = None
-            self._rate = max(1.0, (self._rate or self._start) * 0.85)
-        self._last_change = now
-        return self._rate
+        if math.isfinite(since) and self._accepted:
+            # Throttled all along this interval: what the peer accepted in it is its cap.
+            self.cap = self._accepted / since
+            return self._change(max(1.0, self.cap * self._margin), now)
+        # The first throttle: nothing measured yet; slow down and start measuring.
+        self.cap = None
+        return self._change(max(1.0, (self._rate or self._start) * 0.85), now)
