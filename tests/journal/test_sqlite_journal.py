@@ -175,6 +175,48 @@ async def test_insert_then_get(journal: SqliteJournal) -> None:
     assert journal.pending() == {"web": 1}
 
 
+@pytest.mark.parametrize("size", [1, 3, 1023, 1025, 2500])
+@pytest.mark.parametrize("shape", ["plain", "every field", "one with every field"])
+async def test_batches_of_any_size_and_shape_store_every_field(
+    journal: SqliteJournal, size: int, shape: str
+) -> None:
+    # Inserts are multi-row statements of power-of-two sizes, in a plain and a full shape.
+    later = now_ms() + 60_000
+    extra: dict[str, Any] = {
+        "sender": "Acme",
+        "not_before": later,
+        "expires_at": later + 60_000,
+        "callback_url": HOOK,
+        "metadata": {"order": "42"},
+    }
+    batch = [
+        make(
+            recipient=f"+1555{i:07d}",
+            priority=Priority(i % 4),
+            **(extra if shape == "every field" or (shape != "plain" and i == size - 1) else {}),
+        )
+        for i in range(size)
+    ]
+    result = await journal.insert(TENANT, batch)
+    assert result.ids == [m.id for m in batch]
+    assert journal.pending() == {"web": size}
+    assert await journal.count_by_state() == {State.QUEUED: size}
+    for m in (batch[0], batch[size // 2], batch[-1]):
+        rec = await record(journal, m.id)
+        assert rec.message == m
+        assert rec.due_at == (later if m.not_before is not None else rec.updated_at)
+        [found] = await journal.by_recipient(TENANT, m.recipient, None, 10)
+        assert found.message.id == m.id
+
+
+async def test_a_group_larger_than_one_index_statement(journal: SqliteJournal) -> None:
+    batch = [make(recipient=f"+1555{i:07d}") for i in range(9_000)]
+    await journal.insert(TENANT, batch)
+    for m in (batch[0], batch[8_191], batch[8_192], batch[-1]):
+        [found] = await journal.by_recipient(TENANT, m.recipient, None, 10)
+        assert found.message.id == m.id
+
+
 async def test_get_unknown_or_other_tenant_is_none(journal: SqliteJournal) -> None:
     message = await insert_one(journal)
     assert await journal.get("someone-else", message.id) is None

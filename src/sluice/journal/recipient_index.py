@@ -31,6 +31,8 @@ import zlib
 
 import msgspec
 
+from sluice.journal.multirow import chunk_sizes, insert_sql
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recipient_runs (
     run INTEGER NOT NULL,
@@ -57,6 +59,11 @@ LOOKUP_SQL = (
     "SELECT id FROM recipient_runs WHERE run IN (SELECT run FROM recipient_run_levels) "
     "AND rkey = ? AND id < ?"
 )
+
+
+#: Rows per INSERT of a run (journal/multirow.py): 2 values a row and the run, 16,385 a statement.
+MAX_CHUNK_ROWS = 8192
+_RUN_INSERT = "INSERT INTO recipient_runs (run, rkey, id) VALUES "
 
 
 def recipient_key(tenant: str, recipient: str) -> int:
@@ -97,10 +104,13 @@ class RecipientIndex:
         pairs.sort()
         run = Run(self._next_run, 0, len(pairs))
         self._next_run += 1
-        # The run number is part of the statement so executemany binds two values, not three.
-        conn.executemany(
-            f"INSERT INTO recipient_runs (run, rkey, id) VALUES ({run.run}, ?, ?)", pairs
-        )
+        start = 0
+        for rows in chunk_sizes(len(pairs), MAX_CHUNK_ROWS):
+            values: list[int] = [run.run]
+            for pair in pairs[start : start + rows]:
+                values += pair
+            conn.execute(insert_sql(_RUN_INSERT, "(?1,?2,?3)", "(?1,?,?)", rows), values)
+            start += rows
         conn.execute(
             "INSERT INTO recipient_run_levels (run, level, size) VALUES (?, 0, ?)",
             (run.run, run.size),

@@ -46,6 +46,7 @@ from sluice.journal.base import (
     SweepResult,
     TimelineEntry,
 )
+from sluice.journal.multirow import chunk_sizes, insert_sql
 from sluice.journal.recipient_index import LOOKUP_SQL, RecipientIndex, recipient_key
 from sluice.model import (
     FINAL_STATES,
@@ -622,10 +623,31 @@ def _op_recover(conn: sqlite3.Connection, tx: _Transaction) -> None:
     tx.deltas.update(dict(counts))
 
 
-class _Insert(msgspec.Struct):
-    """An insert prepared on the caller's thread, so the writer only binds and steps."""
+#: Rows per INSERT of messages (journal/multirow.py): at most 11 values a row, 11,264 a statement.
+_MAX_CHUNK_ROWS = 1024
+_INSERT_HEAD = (
+    "INSERT INTO messages (id, tenant, channel, recipient, sender, body, priority, state, "
+    "due_at, not_before, expires_at, callback_url, metadata, updated_at) VALUES "
+)
+#: A row's values after ?1 (the tenant) and ?2 (the time of the insert), in two shapes: the
+#: common one (no sender, schedule, expiry, callback or metadata) binds 5 values a row.
+_PLAIN_WIDTH = 5
+_PLAIN_ROWS = (
+    "(?3,?1,?4,?5,NULL,?6,?7,1,?2,NULL,NULL,NULL,NULL,?2)",
+    "(?,?1,?,?,NULL,?,?,1,?2,NULL,NULL,NULL,NULL,?2)",
+)
+_FULL_WIDTH = 11
+_FULL_ROWS = (
+    "(?3,?1,?4,?5,?6,?7,?8,1,?9,?10,?11,?12,?13,?2)",
+    "(?,?1,?,?,?,?,?,1,?,?,?,?,?,?2)",
+)
 
-    rows: list[tuple[Any, ...]]
+
+class _Insert(msgspec.Struct):
+    """An insert prepared on the caller's thread, so the writer only binds and steps: a few
+    multi-row INSERTs (journal/multirow.py) with their values."""
+
+    statements: list[tuple[str, list[Any]]]
     ids: list[int]
     pairs: list[tuple[int, int]]
     counts: dict[str, int]
@@ -633,28 +655,46 @@ class _Insert(msgspec.Struct):
 
 def _prepare_insert(tenant: str, messages: list[Message]) -> _Insert:
     now = now_ms()
-    encode = _metadata_encoder.encode
-    rows = [
-        (
-            m.id,
-            tenant,
-            m.channel,
-            m.recipient,
-            m.sender,
-            m.body,
-            m.priority,
-            m.not_before or now,
-            m.not_before,
-            m.expires_at,
-            m.callback_url,
-            encode(m.metadata) if m.metadata else None,
-            now,
-        )
+    plain = not any(
+        m.sender is not None
+        or m.not_before is not None
+        or m.expires_at is not None
+        or m.callback_url is not None
+        or m.metadata
         for m in messages
-    ]
+    )
+    values: list[Any] = []
+    if plain:
+        for m in messages:
+            values += (m.id, m.channel, m.recipient, m.body, m.priority)
+        width, (first, row) = _PLAIN_WIDTH, _PLAIN_ROWS
+    else:
+        encode = _metadata_encoder.encode
+        for m in messages:
+            values += (
+                m.id,
+                m.channel,
+                m.recipient,
+                m.sender,
+                m.body,
+                m.priority,
+                m.not_before or now,
+                m.not_before,
+                m.expires_at,
+                m.callback_url,
+                encode(m.metadata) if m.metadata else None,
+            )
+        width, (first, row) = _FULL_WIDTH, _FULL_ROWS
+    statements = []
+    start = 0
+    for rows in chunk_sizes(len(messages), _MAX_CHUNK_ROWS):
+        end = start + rows * width
+        sql = insert_sql(_INSERT_HEAD, first, row, rows)
+        statements.append((sql, [tenant, now, *values[start:end]]))
+        start = end
     counts: Counter[str] = Counter(m.channel for m in messages)
     pairs = [(recipient_key(tenant, m.recipient), m.id) for m in messages]
-    return _Insert(rows, [m.id for m in messages], pairs, dict(counts))
+    return _Insert(statements, [m.id for m in messages], pairs, dict(counts))
 
 
 def _op_insert(
@@ -675,12 +715,8 @@ def _op_insert(
                     f"Idempotency-Key {key!r} was used before for a different request"
                 )
             return SubmitResult(msgspec.msgpack.decode(row[1], type=list[int]), True)
-    conn.executemany(
-        "INSERT INTO messages (id, tenant, channel, recipient, sender, body, priority, state, "
-        "due_at, not_before, expires_at, callback_url, metadata, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
-        prepared.rows,
-    )
+    for sql, params in prepared.statements:
+        conn.execute(sql, params)
     if key is not None:
         conn.execute(
             "INSERT INTO idempotency (tenant, key, digest, ids, created_at) VALUES (?, ?, ?, ?, ?)",
