@@ -623,6 +623,8 @@ def _op_recover(conn: sqlite3.Connection, tx: _Transaction) -> None:
     tx.deltas.update(dict(counts))
 
 
+#: Messages per UPDATE of a claim and per INSERT of its events (journal/multirow.py).
+_MAX_CLAIM_CHUNK = 512
 #: Rows per INSERT of messages (journal/multirow.py): at most 11 values a row, 11,264 a statement.
 _MAX_CHUNK_ROWS = 1024
 _INSERT_HEAD = (
@@ -761,18 +763,27 @@ def _op_claim(
             expired.append(row)
         else:
             live.append(_row_to_message(row))
-    if live:
-        conn.executemany(
-            "UPDATE messages SET state = 2, lease_owner = ?, lease_until = ?, "
-            "attempts = attempts + 1, updated_at = ? WHERE id = ?",
-            [(owner, now + lease_ms, now, m.id) for m in live],
+    # One statement per chunk, not per row (journal/multirow.py: one GIL hand-off each).
+    start = 0
+    for rows in chunk_sizes(len(live), _MAX_CLAIM_CHUNK):
+        chunk = live[start : start + rows]
+        start += rows
+        conn.execute(
+            "UPDATE messages SET state = 2, lease_owner = ?1, lease_until = ?2, "
+            "attempts = attempts + 1, updated_at = ?3 WHERE id IN (?4" + ",?" * (rows - 1) + ")",
+            [owner, now + lease_ms, now, *(m.id for m in chunk)],
         )
-        conn.executemany(
-            "INSERT INTO events (message_id, at, state, channel, attempt) VALUES (?, ?, 2, ?, ?)",
-            [(m.id, now, channel, m.attempts + 1) for m in live],
-        )
-        for m in live:
+        values: list[Any] = [now, channel]
+        for m in chunk:
             m.attempts += 1
+            values += (m.id, m.attempts)
+        conn.execute(
+            insert_sql(
+                "INSERT INTO events (message_id, at, state, channel, attempt) VALUES ",
+                "(?3,?1,2,?2,?4)", "(?,?1,2,?2,?)", rows,
+            ),
+            values,
+        )  # fmt: skip
     if expired:
         _expire(conn, tx, [r[0] for r in expired], now)
     return live
