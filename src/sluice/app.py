@@ -17,15 +17,14 @@ import contextlib
 import logging
 import os
 import socket
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.callbacks import CallbackSender
 from sluice.channels.runner import ChannelRunner
-from sluice.channels.transport import Transport
+from sluice.channels.transport import OnReceipts, Transport
 from sluice.channels.webhook import WebhookTransport
 from sluice.config import ChannelConfig, Config
 from sluice.ingress.contract import ChannelStatus
@@ -37,7 +36,6 @@ from sluice.stage import Stage
 
 log = logging.getLogger("sluice")
 
-OnReceipts = Callable[[str, list[Receipt]], Awaitable[None]]
 
 #: Completions waiting for their commit before senders are made to wait (backpressure).
 COMPLETION_CAPACITY = 100_000
@@ -195,8 +193,7 @@ class SluiceGateway:
     async def _commit(self, batch: list[Completion]) -> None:
         await self.journal.complete(self.owner, batch)
         self.callbacks.wake()
-        requeued = Counter(c.reroute_to or c.channel for c in batch if c.reroute_to)
-        for channel in requeued:
+        for channel in {c.reroute_to for c in batch if c.reroute_to}:
             self._wake_channel(channel)
 
     async def _maintain(self) -> None:

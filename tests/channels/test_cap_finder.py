@@ -28,7 +28,7 @@ def simulate(finder: CapFinder, clock: FakeClock, cap: float, seconds: float) ->
         tokens = min(burst, tokens + step * cap)
         if tokens >= 1:
             tokens -= 1
-            finder.on_accepted()
+            finder.on_success()
         else:
             throttles[int(clock.now - start)] += 1
             finder.on_throttle()
@@ -38,7 +38,7 @@ def simulate(finder: CapFinder, clock: FakeClock, cap: float, seconds: float) ->
 def test_unlimited_until_the_first_throttle() -> None:
     finder = CapFinder(start=200, clock=FakeClock())
     assert finder.rate == 0.0
-    assert finder.on_accepted() == 0.0
+    assert finder.on_success() == 0.0
 
 
 @pytest.mark.parametrize("cap", [100, 70, 30, 140, 500])
@@ -65,7 +65,7 @@ def test_reprobes_after_a_quiet_spell() -> None:
     settled = finder.rate
     assert finder.cap is not None
     clock.now += 31
-    assert finder.on_accepted() == pytest.approx(settled * 1.05, rel=0.01)
+    assert finder.on_success() == pytest.approx(settled * 1.05, rel=0.01)
 
 
 def test_rejects_nonsense() -> None:

@@ -10,7 +10,7 @@ throttle does it try `step` higher, in case the cap was raised.
 
 Examples:
     finder = CapFinder(start=200)
-    for each accepted message: bucket.rate = finder.on_accepted()
+    for each accepted message: bucket.rate = finder.on_success()
     on ESME_RTHROTTLED:        bucket.rate = finder.on_throttle()
 
 Warning: throttles that arrive within `settle_seconds` of a change were sent at the old rate
@@ -67,7 +67,7 @@ class CapFinder:
         self._accepted = self._throttled = 0
         return rate
 
-    def on_accepted(self) -> float:
+    def on_success(self) -> float:
         now = self._clock()
         self._accepted += 1
         elapsed, self._stamp = now - self._stamp, now

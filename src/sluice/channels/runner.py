@@ -301,7 +301,7 @@ class ChannelRunner:
         if outcome is Outcome.THROTTLED:
             self.breaker.release_probe()
             self.throttled += 1
-            if not getattr(self.transport, "paces_itself", False):
+            if not self.transport.paces_itself:
                 self.bucket.rate = self.adaptive.on_throttle()
             wait = result.retry_after if result.retry_after is not None else 0.0
             completion = self._requeue(message, self._clock() + wait, result.detail or "throttled")

@@ -20,14 +20,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import msgspec
 
 from sluice.channels.signing import MESSAGE_ID_HEADER
 from sluice.channels.smpp_bind import BindError, LinkLost, ResponseTimeout, SmppBind
-from sluice.channels.transport import SendResult
+from sluice.channels.transport import OnReceipts, SendResult
 from sluice.config import SmppConfig
 from sluice.journal.base import Receipt
 from sluice.model import IdGenerator, Message, Outcome, format_id
@@ -52,7 +51,6 @@ from sluice.stage import Stage
 
 log = logging.getLogger("sluice.smpp")
 
-OnReceipts = Callable[[str, list[Receipt]], Awaitable[None]]
 #: Receipts waiting for their commit before the binds stop reading more (backpressure).
 RECEIPT_QUEUE = 20_000
 THROTTLING = frozenset({CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQFUL})

@@ -92,12 +92,12 @@ class SmppBind(asyncio.Protocol):
         self.last_heard = time.monotonic()
         burst = max(1.0, config.bind_rate / 10) if config.bind_rate else 1.0
         self.bucket = TokenBucket(config.bind_rate, burst)
-        #: With no configured bind_rate, the bind measures the SMSC's cap from its throttles.
-        self.cap_finder = (
-            None if config.bind_rate > 0 else CapFinder(start=max(10.0, config.window * 20.0))
-        )
-        self.adaptive = AdaptiveRate(
-            ceiling=config.bind_rate or 1.0, floor=min(1.0, config.bind_rate or 1.0)
+        #: AIMD under a configured bind_rate; without one, the bind measures the SMSC's cap
+        #: from its throttles.
+        self.pacer: AdaptiveRate | CapFinder = (
+            AdaptiveRate(ceiling=config.bind_rate, floor=min(1.0, config.bind_rate))
+            if config.bind_rate > 0
+            else CapFinder(start=max(10.0, config.window * 20.0))
         )
         self.submitted = 0
         self.throttled = 0
@@ -248,18 +248,12 @@ class SmppBind(asyncio.Protocol):
 
     def on_throttled(self) -> None:
         self.throttled += 1
-        if self.cap_finder is not None:
-            self.bucket.rate = self.cap_finder.on_throttle()
-        else:
-            self.bucket.rate = self.adaptive.on_throttle()
+        self.bucket.rate = self.pacer.on_throttle()
 
     def on_accepted(self) -> None:
-        if self.cap_finder is not None:
-            rate = self.cap_finder.on_accepted()
-            if rate != self.bucket.rate:
-                self.bucket.rate = rate
-        else:
-            self.bucket.rate = self.adaptive.on_success()
+        rate = self.pacer.on_success()
+        if rate != self.bucket.rate:
+            self.bucket.rate = rate
 
     async def _request(self, pdu: Pdu, bound_required: bool = True) -> Pdu:
         if self._transport is None or (bound_required and not self.bound):

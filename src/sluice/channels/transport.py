@@ -6,11 +6,16 @@ the journal: the channel runner owns those. It classifies every answer into an `
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
 
+from sluice.journal.base import Receipt
 from sluice.model import Message, Outcome
+
+#: Where a transport hands delivery receipts; returns once they are committed.
+OnReceipts = Callable[[str, list[Receipt]], Awaitable[None]]
 
 
 class SendResult(msgspec.Struct, frozen=True):

@@ -9,7 +9,6 @@ in the `sluice.sim.smsc` module docstring.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ import msgspec
 
 from sluice.protocols.smpp import CommandStatus
 from sluice.protocols.smpp.receipt import MESSAGE_STATES
+from sluice.sim.options import with_changes
 
 #: SMPP v3.4 section 4.1: system_id is a C-Octet String of at most 16 octets, password of 9,
 #: both NUL included.
@@ -231,30 +231,10 @@ class SmscOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     def with_changes(self, changes: Mapping[str, object]) -> SmscOptions:
         """These options with ``changes`` applied, type-checked as if decoded from JSON."""
-        fields = SmscOptions.__struct_fields__
-        for key in changes:
-            if key not in fields:
-                raise ValueError(f"{key}: unknown SMSC option; known: {', '.join(fields)}")
-        merged = msgspec.structs.asdict(self) | dict(changes)
-        try:
-            return msgspec.convert(merged, SmscOptions)
-        except msgspec.ValidationError as exc:
-            raise ValueError(_name_field_first(str(exc))) from None
+        return with_changes(self, changes, "SMSC")
 
     def redacted(self) -> dict[str, Any]:
         """The options as a JSON-ready dict, passwords masked."""
         shown = msgspec.to_builtins(self)
         shown["accounts"] = dict.fromkeys(self.accounts, "***")
         return shown
-
-
-_AT_FIELD = re.compile(r"(?P<reason>.*) - at `\$\.(?P<field>\w+)(?P<rest>[^`]*)`")
-
-
-def _name_field_first(message: str) -> str:
-    """msgspec's ``Expected `float`, got `str` - at `$.x``` as ``x: expected `float`, ...``."""
-    match = _AT_FIELD.fullmatch(message)
-    if match is None:
-        return message
-    reason = match["reason"]
-    return f"{match['field']}{match['rest']}: {reason[:1].lower()}{reason[1:]}"

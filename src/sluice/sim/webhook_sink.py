@@ -70,7 +70,6 @@ import asyncio
 import hmac
 import math
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -78,6 +77,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from sluice.sim.options import with_changes
 
 #: Paths under this prefix are the sink's own endpoints; every other path is a webhook target.
 CONTROL_PREFIX = "/_sink/"
@@ -169,15 +170,7 @@ class SinkOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     def with_changes(self, changes: Mapping[str, object]) -> SinkOptions:
         """These options with ``changes`` applied, type-checked as if decoded from JSON."""
-        fields = SinkOptions.__struct_fields__
-        for key in changes:
-            if key not in fields:
-                raise ValueError(f"{key}: unknown sink option; known: {', '.join(fields)}")
-        merged = msgspec.structs.asdict(self) | dict(changes)
-        try:
-            return msgspec.convert(merged, SinkOptions)
-        except msgspec.ValidationError as exc:
-            raise ValueError(_name_field_first(str(exc))) from None
+        return with_changes(self, changes, "sink")
 
     def redacted(self) -> dict[str, Any]:
         """The options as a JSON-ready dict, the secret masked."""
@@ -185,18 +178,6 @@ class SinkOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
         if self.secret is not None:
             shown["secret"] = "***"
         return shown
-
-
-_AT_FIELD = re.compile(r"(?P<reason>.*) - at `\$\.(?P<field>\w+)`")
-
-
-def _name_field_first(message: str) -> str:
-    """msgspec's ``Expected `float`, got `str` - at `$.x``` as ``x: expected `float`, ...``."""
-    match = _AT_FIELD.fullmatch(message)
-    if match is None:
-        return message
-    reason = match["reason"]
-    return f"{match['field']}: {reason[:1].lower()}{reason[1:]}"
 
 
 class PathStats(msgspec.Struct, kw_only=True, frozen=True):
