@@ -82,6 +82,9 @@ class SmppBind(asyncio.Protocol):
         self._spawn = spawn
         self._session = SmppSession(Role.ESME)
         self._transport: asyncio.Transport | None = None
+        #: PDUs written during this turn of the event loop, sent in one write at its end: a
+        #: window of submit_sm costs one system call, not one each.
+        self._outbox: list[bytes] = []
         self._outstanding: dict[int, asyncio.Future[Pdu]] = {}
         #: (deadline, sequence) of requests in sending order, swept by `_expire`.
         self._deadlines: deque[tuple[float, int]] = deque()
@@ -142,6 +145,7 @@ class SmppBind(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.bound = False
         self._transport = None
+        self._outbox = []
         error = LinkLost(f"{self.name}: connection lost" + (f": {exc}" if exc else ""))
         for future in self._outstanding.values():
             if not future.done():
@@ -205,6 +209,7 @@ class SmppBind(asyncio.Protocol):
 
     def _abort(self) -> None:
         if self._transport is not None:
+            self._flush()  # a last answer (generic_nack, unbind_resp) goes out before the close
             self._transport.close()
 
     # ------------------------------------------------------------------ requests
@@ -297,8 +302,19 @@ class SmppBind(asyncio.Protocol):
             self._sweeper = loop.call_at(deadlines[0][0], self._expire)
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(data)
+        if self._transport is None:
+            return
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(data)
+
+    def _flush(self) -> None:
+        outbox = self._outbox
+        if not outbox:
+            return
+        self._outbox = []
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
 
     # ------------------------------------------------------------------ incoming
 

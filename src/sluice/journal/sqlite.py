@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fcntl
+import functools
 import logging
 import os
 import queue
@@ -863,9 +864,10 @@ def _op_complete(
     conn: sqlite3.Connection, tx: _Transaction, owner: int, completions: list[Completion]
 ) -> None:
     now = now_ms()
-    events = []
+    events: list[Any] = []
     tracked: list[Completion] = []
-    parts: list[tuple[str, str, int, int, int]] = []
+    parts: list[Any] = []
+    settling: list[Completion] = []
     for c in completions:
         state = c.state
         if state == State.QUEUED:
@@ -898,46 +900,33 @@ def _op_complete(
             if row[6] == _SENDING:
                 tx.deltas[row[1]] -= 1
             _final_callback(conn, c, row, now)
-        else:
-            row = conn.execute(
-                "UPDATE messages SET state = ?, provider_id = ?, lease_owner = NULL, "
-                "lease_until = NULL, updated_at = ? WHERE id = ? AND state = 2 AND lease_owner = ? "
-                "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
-                (int(state), c.provider_id, now, c.message_id, owner),
-            ).fetchone()
-            if row is None:
+        else:  # SENT or FAILED from SENDING: the bulk of a busy channel, settled in chunks
+            settling.append(c)
+            continue
+        events += _event_values(c, now)
+    start = 0
+    for rows in chunk_sizes(len(settling), _MAX_CLAIM_CHUNK):
+        chunk = settling[start : start + rows]
+        start += rows
+        values: list[Any] = [now, owner]
+        for c in chunk:
+            values += (c.message_id, int(c.state), c.provider_id)
+        settled = {row[0]: row for row in conn.execute(_settle_sql(rows), values)}
+        for c in chunk:
+            row = settled.get(c.message_id)
+            if row is None:  # lost its lease (swept, or completed twice)
                 continue
-            tx.deltas[row[1]] -= 1
-            if state in FINAL_STATES:
-                _final_callback(conn, c, row, now)
-            if c.parts and state == State.SENT:
+            tx.deltas[row[2]] -= 1
+            if c.state in FINAL_STATES:
+                _final_callback(conn, c, row[1:], now)
+            if c.parts and c.state == State.SENT:
                 n = len(c.parts)
-                parts.extend((c.channel, pid, c.message_id, i, n) for i, pid in enumerate(c.parts))
+                for i, pid in enumerate(c.parts):
+                    parts += (c.channel, pid, c.message_id, i, n)
                 tracked.append(c)
-        events.append(
-            (
-                c.message_id,
-                now,
-                int(state),
-                c.channel,
-                c.attempt,
-                int(c.outcome),
-                c.provider_id,
-                c.latency_ms,
-                c.detail,
-            )
-        )
-    conn.executemany(
-        "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
-        "latency_ms, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        events,
-    )
-    if parts:
-        conn.executemany(
-            "INSERT OR REPLACE INTO provider_parts (channel, provider_id, message_id, part, "
-            "parts) VALUES (?, ?, ?, ?, ?)",
-            parts,
-        )
+            events += _event_values(c, now)
+    _insert_rows(conn, _EVENT_INSERT, 9, events)
+    _insert_rows(conn, _PARTS_INSERT, 5, parts)
     if not tx.shared.early_receipts:
         return
     for c in tracked:  # receipts that arrived before this commit
@@ -950,6 +939,56 @@ def _op_complete(
             if early is not None:
                 tx.shared.early_receipts -= 1
                 _apply_receipt(conn, tx, c.channel, Receipt(pid, bool(early[0]), early[1]), now)
+
+
+_EVENT_INSERT = (
+    "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
+    "latency_ms, detail) VALUES "
+)
+_PARTS_INSERT = (
+    "INSERT OR REPLACE INTO provider_parts (channel, provider_id, message_id, part, parts) VALUES "
+)
+
+
+def _event_values(c: Completion, now: int) -> tuple[Any, ...]:
+    return (
+        c.message_id,
+        now,
+        int(c.state),
+        c.channel,
+        c.attempt,
+        int(c.outcome),
+        c.provider_id,
+        c.latency_ms,
+        c.detail,
+    )
+
+
+def _insert_rows(conn: sqlite3.Connection, head: str, width: int, values: list[Any]) -> None:
+    """Insert flattened rows of `width` values with one statement per chunk (multirow.py)."""
+    row = "(" + ",".join("?" * width) + ")"
+    start = 0
+    for rows in chunk_sizes(len(values) // width, _MAX_CLAIM_CHUNK):
+        end = start + rows * width
+        conn.execute(insert_sql(head, row, row, rows), values[start:end])
+        start = end
+
+
+@functools.cache
+def _settle_sql(rows: int) -> str:
+    """Settle `rows` messages from SENDING: ?1 now, ?2 owner, then (id, state, provider_id)."""
+    return (
+        insert_sql(
+            "UPDATE messages SET state = v.column2, provider_id = v.column3, "
+            "lease_owner = NULL, lease_until = NULL, updated_at = ?1 FROM (VALUES ",
+            "(?3,?4,?5)",
+            "(?,?,?)",
+            rows,
+        )
+        + ") AS v WHERE messages.id = v.column1 AND messages.state = 2 "
+        "AND messages.lease_owner = ?2 RETURNING messages.id, tenant, channel, recipient, "
+        "attempts, callback_url, metadata"
+    )
 
 
 def _final_callback(
