@@ -140,11 +140,13 @@ def throughput(args: argparse.Namespace) -> None:
             messages = [{"channel": "sms", "to": f"+4470{i:08d}", "body": f"Your code is {i:06d}"}
                         for i in range(args.messages)]  # fmt: skip
             cpu0 = cpu_seconds(proc.pid)
+            smsc_cpu0 = cpu_seconds(smsc.proc.pid)
             started = time.perf_counter()
             asyncio.run(post(base, messages))
             posted = time.perf_counter()
             finished = wait_drained(base)
             cpu = cpu_seconds(proc.pid) - cpu0
+            smsc_cpu = cpu_seconds(smsc.proc.pid) - smsc_cpu0
             stats = smsc.stats()
     finally:
         smsc.stop()
@@ -154,7 +156,9 @@ def throughput(args: argparse.Namespace) -> None:
           f"receipts {'off' if args.no_receipts else 'on'}, zero-latency SMSC")  # fmt: skip
     print(f"  posted in {posted - started:.2f} s; all sent after {elapsed:.2f} s: "
           f"{args.messages / elapsed:,.0f} messages/s end to end (goal >= 25,000)")  # fmt: skip
-    print(f"  gateway CPU {cpu:.1f} s = {cpu / args.messages * 1e6:.0f} µs per message")
+    per_message = 1e6 / args.messages
+    print(f"  gateway CPU {cpu:.1f} s = {cpu * per_message:.0f} µs per message; "
+          f"SMSC CPU {smsc_cpu:.1f} s = {smsc_cpu * per_message:.0f} µs per message")  # fmt: skip
     print(
         f"  SMSC: submit_sm {stats.get('submits')}, receipts acked "
         f"{stats.get('receipts_acked')}, max outstanding {stats.get('max_outstanding')}"

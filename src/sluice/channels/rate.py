@@ -134,6 +134,14 @@ class TokenBucket:
         self._tokens -= n
         return True
 
+    def give_back(self, n: float = 1) -> None:
+        """Return ``n`` tokens taken for a send that did not happen (never above ``burst``)."""
+        n = _check_amount(n)
+        if self._rate == 0:
+            return
+        self._refill()
+        self._tokens = min(self._burst, self._tokens + n)
+
     def reserve(self, n: float = 1) -> float:
         """Take ``n`` tokens unconditionally; return the seconds to wait before using them."""
         n = _check_amount(n)

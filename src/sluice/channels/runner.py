@@ -3,8 +3,10 @@
 Work is pulled, never pushed. The runner claims from the journal only as many due messages as
 it has free slots (`width`) and tokens (`rate`) for, urgent first; a share of the width
 (`urgent_reserve`) is never given to lower lanes, so an OTP does not wait behind a broadcast.
-Each message is sent in its own task; its outcome becomes a `Completion` handed to the
-completion stage, which commits many at once.
+A message goes out on the transport's task-free path (`send_soon`: a callback when the
+answer comes) while slots and tokens are free at once, otherwise in a task of its own that
+waits for them; either way its outcome becomes a `Completion` handed to the completion stage,
+which commits many at once.
 
 Outcomes: sent → SENT. Throttled → the rate drops (AIMD) and the message is queued again
 without counting the attempt. Transient → retried with exponential backoff and jitter until
@@ -16,10 +18,13 @@ succeeds. Permanent → FAILED at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import msgspec
 
@@ -31,7 +36,7 @@ from sluice.channels.transport import SendResult, Transport
 from sluice.config import ChannelConfig
 from sluice.journal.base import Completion, Journal
 from sluice.model import Message, Outcome, Priority, State, now_ms
-from sluice.stage import Stage
+from sluice.stage import Stage, StageClosed
 
 log = logging.getLogger("sluice.channel")
 
@@ -113,6 +118,13 @@ class ChannelRunner:
         self._kick = asyncio.Event()
         self._stopping = False
         self._urgent_waiting = False
+        #: Claimed messages waiting for a slot, one lane per priority (urgent first).
+        self._ready: tuple[deque[Message], ...] = tuple(deque() for _ in Priority)
+        self._pumping = False
+        self._pump_timer: asyncio.TimerHandle | None = None
+        #: Set when the last claimed message is done (for `run` to return after `stop`).
+        self._settled = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
         #: Claim only when this many slots are free (unless idle or an urgent message waits):
         #: one claim per answer would cost a journal round trip per message.
         self._claim_min = max(1, min(config.width // 8, CLAIM_MIN_CAP))
@@ -130,15 +142,23 @@ class ChannelRunner:
         self._stopping = True
         self._kick.set()
 
+    def width_room(self) -> int:
+        """Messages the runner may claim now: the width and the claim-ahead, less claimed."""
+        return self.config.width + self._prefetch - self.claimed
+
     # ------------------------------------------------------------------ loop
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
+            self._tasks = tg
             while not self._stopping:
                 self._kick.clear()
                 wait = await self._step(tg)
                 if wait is not None and not self._stopping:
                     await self._idle(wait)
+            while self.claimed:  # claimed messages still go out; wait for their answers
+                self._settled.clear()
+                await self._settled.wait()
 
     async def _idle(self, seconds: float) -> None:
         if seconds <= 0:
@@ -157,7 +177,7 @@ class ChannelRunner:
         if state is BreakerState.OPEN:
             return await self._parked()
         width = self.config.width
-        room = width + self._prefetch - self.claimed
+        room = self.width_room()
         if state is BreakerState.HALF_OPEN:
             room = min(room, 1 - self.claimed)  # one probe at a time
         if room <= 0:
@@ -186,11 +206,13 @@ class ChannelRunner:
                 # The lower lanes are full; a freed slot or an urgent arrival wakes us.
                 return IDLE_POLL_SECONDS
             return await self._until_due(now)
+        ready = self._ready
         for message in batch:
             self.claimed += 1
             if message.priority != Priority.URGENT:
                 self.claimed_non_urgent += 1
-            tg.create_task(self._deliver(message))
+            ready[message.priority].append(message)
+        self._pump()
         return None
 
     async def _until_due(self, now: int) -> float:
@@ -215,6 +237,99 @@ class ChannelRunner:
         return min(max(wait, 0.001), IDLE_POLL_SECONDS)
 
     # ------------------------------------------------------------------ one message
+
+    def _pump(self) -> None:
+        """Send ready messages, highest lane first, while a slot and a token are free now.
+
+        Most go out on the transport's task-free path (`send_soon`: a callback when the answer
+        comes, and that callback pumps again), so a busy channel runs without a task per
+        message. A message the transport cannot take that way, or any while the breaker is not
+        closed, gets a task of its own (`_deliver`), which waits for what it needs."""
+        if self._pumping:  # a `done` called from inside `send_soon`: the loop below goes on
+            return
+        self._pumping = True
+        try:
+            self._pump_lanes()
+        finally:
+            self._pumping = False
+
+    def _pump_lanes(self) -> None:
+        slots, bucket = self.slots, self.bucket
+        for lane in self._ready:
+            while lane:
+                message = lane[0]
+                if self.breaker.state is not BreakerState.CLOSED:
+                    lane.popleft()
+                    self._spawn(self._deliver(message))
+                    continue
+                priority = message.priority
+                if not slots.try_acquire(priority):
+                    return  # no slot for this lane, so none for the lanes below it
+                if bucket.rate > 0 and not bucket.try_take():
+                    slots.release(priority)
+                    self._pump_later(bucket.delay_for(1))
+                    return
+                lane.popleft()
+                self.in_flight += 1
+                started = time.perf_counter()
+                try:
+                    accepted = self.transport.send_soon(
+                        message, functools.partial(self._answered, message, started)
+                    )
+                except Exception:
+                    log.exception("channel %s: transport raised", self.name)
+                    accepted = False
+                if not accepted:
+                    self.in_flight -= 1
+                    if bucket.rate > 0:
+                        bucket.give_back()
+                    slots.release(priority)
+                    self._spawn(self._deliver(message))  # queues for its slot (first)
+
+    def _pump_later(self, seconds: float) -> None:
+        if self._pump_timer is None:
+            loop = asyncio.get_running_loop()
+            self._pump_timer = loop.call_later(max(seconds, 0.001), self._pump_timed)
+
+    def _pump_timed(self) -> None:
+        self._pump_timer = None
+        self._pump()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self._tasks is not None, "the runner is not running"
+        self._tasks.create_task(coro)
+
+    def _answered(self, message: Message, started: float, result: SendResult) -> None:
+        """The end of a `send_soon`: judge, free the slot, hand the outcome on."""
+        latency = time.perf_counter() - started
+        self._observe(result.outcome.name.lower(), latency)
+        try:
+            completion = self._judge(message, result, latency * 1000)
+        except Exception:  # a bug here must not take the channel down with it
+            log.exception("channel %s: judging an outcome failed", self.name)
+            completion = self._requeue(message, None, "internal error; retried")
+        self.in_flight -= 1
+        self.slots.release(message.priority)
+        self._finished(message.priority)
+        try:
+            if not self._completions.offer(completion):
+                self._spawn(self._completions.put(completion))
+        except (StageClosed, AssertionError, RuntimeError):
+            # Shut down without waiting for this answer: the message stays leased and the
+            # gateway releases it to the queue (or the next start recovers it).
+            log.debug("channel %s: outcome of %d after shutdown", self.name, message.id)
+
+    def _finished(self, priority: int) -> None:
+        """A claimed message is done (its slot, if it held one, is free again)."""
+        self.claimed -= 1
+        if priority != Priority.URGENT:
+            self.claimed_non_urgent -= 1
+        if not self.claimed:
+            self._settled.set()
+        self._pump()
+        # Wake the claim loop only when it would claim: once per batch, not per answer.
+        if self.width_room() >= self._claim_min or not self.claimed:
+            self._kick.set()
 
     async def _deliver(self, message: Message) -> None:
         priority = message.priority
@@ -257,11 +372,9 @@ class ChannelRunner:
             if holding:
                 self.in_flight -= 1
                 self.slots.release(priority)
-            self.claimed -= 1
-            if priority != Priority.URGENT:
-                self.claimed_non_urgent -= 1
-            self._kick.set()
-        await self._completions.put(completion)
+            self._finished(priority)
+        if not self._completions.offer(completion):
+            await self._completions.put(completion)
 
     def _requeue(self, message: Message, at: float | None, why: str) -> Completion:
         wait = 0.0 if at is None else max(0.0, at - self._clock())

@@ -53,6 +53,13 @@ class PrioritySlots:
     def waiting(self) -> int:
         return sum(1 for *_, f in self._waiters if not f.done())
 
+    def try_acquire(self, priority: int) -> bool:
+        """Take a slot if one is free now and nobody waits for one."""
+        if not self._waiters and self._can_take(priority):
+            self._take(priority)
+            return True
+        return False
+
     async def acquire(self, priority: int) -> None:
         if not self._waiters and self._can_take(priority):
             self._take(priority)

@@ -260,7 +260,31 @@ class SmppBind(asyncio.Protocol):
         if rate != self.bucket.rate:
             self.bucket.rate = rate
 
+    def submit_soon(self, pdu: SubmitSm, done: Callable[[asyncio.Future[Pdu]], None]) -> None:
+        """Send one submit_sm now, without a task: the caller saw a free window slot and a
+        token (`free`, `bucket`). `done` gets the response's future (a result, or LinkLost /
+        ResponseTimeout). Raises LinkLost if the link is down."""
+        sequence, future = self._send_request(pdu, bound_required=True)
+
+        def answered(future: asyncio.Future[Pdu]) -> None:
+            if self._outstanding.pop(sequence, None) is not None:
+                self._slot_freed.set()
+            if not future.cancelled() and future.exception() is None:
+                self.submitted += 1
+            done(future)
+
+        future.add_done_callback(answered)
+
     async def _request(self, pdu: Pdu, bound_required: bool = True) -> Pdu:
+        sequence, future = self._send_request(pdu, bound_required)
+        try:
+            return await future
+        finally:
+            if self._outstanding.pop(sequence, None) is not None:
+                self._slot_freed.set()
+
+    def _send_request(self, pdu: Pdu, bound_required: bool) -> tuple[int, asyncio.Future[Pdu]]:
+        """Write `pdu` and register its response's future, swept at the response timeout."""
         if self._transport is None or (bound_required and not self.bound):
             raise LinkLost(f"{self.name}: not connected")
         try:
@@ -275,11 +299,7 @@ class SmppBind(asyncio.Protocol):
         if self._sweeper is None:
             self._sweeper = loop.call_at(self._deadlines[0][0], self._expire)
         self._write(data)
-        try:
-            return await future
-        finally:
-            if self._outstanding.pop(sequence, None) is not None:
-                self._slot_freed.set()
+        return sequence, future
 
     def _expire(self) -> None:
         """Fail the requests whose deadline passed: one timer per bind, not one per request.

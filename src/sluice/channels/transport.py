@@ -53,3 +53,11 @@ class Transport(Protocol):
     async def send(self, message: Message) -> SendResult:
         """Deliver one message; never raises for a peer's failure, only reports it."""
         ...
+
+    def send_soon(self, message: Message, done: Callable[[SendResult], None]) -> bool:
+        """Start delivering `message` now without a task of its own, and call `done` with the
+        result later; or return False, having sent nothing, when this message needs `send`.
+
+        The fast path of a busy channel: a task per message costs more than an SMPP submit.
+        Transports with nothing to gain return False."""
+        ...

@@ -8,6 +8,7 @@ errors → transient; any other 4xx → permanent (the receiver refuses this mes
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import aiohttp
 import msgspec
@@ -70,6 +71,9 @@ class WebhookTransport:
         self._secret = config.secret.encode() if config.secret else None
         self._encode = msgspec.json.Encoder().encode
         self._session: aiohttp.ClientSession | None = None
+
+    def send_soon(self, message: Message, done: Callable[[SendResult], None]) -> bool:
+        return False  # an HTTP request needs its task (aiohttp) anyway
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._width, ttl_dns_cache=60, keepalive_timeout=30)
