@@ -191,8 +191,8 @@ class SluiceGateway:
             self.callbacks.wake()
 
     async def _commit(self, batch: list[Completion]) -> None:
-        await self.journal.complete(self.owner, batch)
-        self.callbacks.wake()
+        if await self.journal.complete(self.owner, batch):
+            self.callbacks.wake()
         for channel in {c.reroute_to for c in batch if c.reroute_to}:
             self._wake_channel(channel)
 

@@ -45,7 +45,7 @@ log = logging.getLogger("sluice.channel")
 CLAIM_HORIZON_SECONDS = 0.1
 #: Claim ahead of the free slots by this share of the width: while one window of messages is
 #: being sent, the next claim (a journal commit) is already on its way.
-PREFETCH_SHARE = 1.0
+PREFETCH_SHARE = 4.0
 #: Most free slots a runner waits for before claiming again while it has work in flight.
 CLAIM_MIN_CAP = 16
 #: Longest sleep of an idle runner between looks at the journal (scheduled messages, retries).
