@@ -43,9 +43,13 @@ log = logging.getLogger("sluice.channel")
 #: How far ahead of the token bucket a claim may reach, in seconds of rate. Larger claims
 #: amortise the journal round trip; smaller ones let a newly arrived urgent message overtake.
 CLAIM_HORIZON_SECONDS = 0.1
-#: Claim ahead of the free slots by this share of the width: while one window of messages is
-#: being sent, the next claim (a journal commit) is already on its way.
-PREFETCH_SHARE = 4.0
+#: Claim ahead of the free slots by what the channel sends in this many seconds (at least one
+#: width): while those are sent, the next claim (a journal commit, some milliseconds under
+#: load) is already on its way. A slow channel claims little ahead, a fast one up to
+#: `max_claim`.
+CLAIM_AHEAD_SECONDS = 0.05
+#: Seconds over which the send rate that sizes the claim-ahead is measured.
+RATE_WINDOW_SECONDS = 0.25
 #: Most free slots a runner waits for before claiming again while it has work in flight.
 CLAIM_MIN_CAP = 16
 #: Longest sleep of an idle runner between looks at the journal (scheduled messages, retries).
@@ -106,7 +110,9 @@ class ChannelRunner:
         self.reserve = int(config.width * config.urgent_reserve)  # rounded down
         self.slots = PrioritySlots(config.width, self.reserve)
         #: Messages claimed beyond the width, so the next claim's commit overlaps the sends.
-        self._prefetch = max(1, int(config.width * PREFETCH_SHARE))
+        self._prefetch = config.width
+        self._done_count = 0
+        self._rate_since = clock()
         #: Messages holding a send slot, and messages claimed and not yet completed.
         self.in_flight = 0
         self.claimed = 0
@@ -177,6 +183,7 @@ class ChannelRunner:
         if state is BreakerState.OPEN:
             return await self._parked()
         width = self.config.width
+        self._size_prefetch()
         room = self.width_room()
         if state is BreakerState.HALF_OPEN:
             room = min(room, 1 - self.claimed)  # one probe at a time
@@ -214,6 +221,18 @@ class ChannelRunner:
             ready[message.priority].append(message)
         self._pump()
         return None
+
+    def _size_prefetch(self) -> None:
+        """Claim ahead by CLAIM_AHEAD_SECONDS of the rate measured over the last window."""
+        now = self._clock()
+        elapsed = now - self._rate_since
+        if elapsed < RATE_WINDOW_SECONDS:
+            return
+        rate = self._done_count / elapsed
+        self._done_count = 0
+        self._rate_since = now
+        width = self.config.width
+        self._prefetch = max(width, min(int(rate * CLAIM_AHEAD_SECONDS), self._max_claim))
 
     async def _until_due(self, now: int) -> float:
         due = await self._journal.next_due(self.name)
@@ -322,6 +341,7 @@ class ChannelRunner:
     def _finished(self, priority: int) -> None:
         """A claimed message is done (its slot, if it held one, is free again)."""
         self.claimed -= 1
+        self._done_count += 1
         if priority != Priority.URGENT:
             self.claimed_non_urgent -= 1
         if not self.claimed:
