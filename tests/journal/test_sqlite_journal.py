@@ -303,6 +303,9 @@ async def test_a_failing_op_fails_only_its_caller(journal: SqliteJournal) -> Non
     assert await journal.get(TENANT, conflict.id) is None
     assert (await record(journal, first.id)).message.recipient == "+15550001"  # not overwritten
     assert journal.pending() == {"web": 2 + 20}
+    # The group was retried op by op: each one's recipient index went with its own commit.
+    history = await journal.by_recipient(TENANT, "+15550001", None, 100)
+    assert {m.id for m in good} <= {r.message.id for r in history}
 
 
 async def test_a_lone_failing_op_leaves_the_journal_usable(journal: SqliteJournal) -> None:

@@ -47,9 +47,11 @@ CLAIM_HORIZON_SECONDS = 0.1
 #: width): while those are sent, the next claim (a journal commit, some milliseconds under
 #: load) is already on its way. A slow channel claims little ahead, a fast one up to
 #: `max_claim`.
-CLAIM_AHEAD_SECONDS = 0.05
+CLAIM_AHEAD_SECONDS = 0.1
 #: Seconds over which the send rate that sizes the claim-ahead is measured.
 RATE_WINDOW_SECONDS = 0.25
+#: Claims a runner keeps on their way through the journal at once.
+MAX_CLAIMS_IN_FLIGHT = 2
 #: Most free slots a runner waits for before claiming again while it has work in flight.
 CLAIM_MIN_CAP = 16
 #: Longest sleep of an idle runner between looks at the journal (scheduled messages, retries).
@@ -124,6 +126,11 @@ class ChannelRunner:
         self._kick = asyncio.Event()
         self._stopping = False
         self._urgent_waiting = False
+        #: Claims on their way through the journal, the messages they ask for, and whether the
+        #: last one found nothing due.
+        self._claims_out = 0
+        self._claiming = 0
+        self._dry = False
         #: Claimed messages waiting for a slot, one lane per priority (urgent first).
         self._ready: tuple[deque[Message], ...] = tuple(deque() for _ in Priority)
         self._pumping = False
@@ -162,7 +169,7 @@ class ChannelRunner:
                 wait = await self._step(tg)
                 if wait is not None and not self._stopping:
                     await self._idle(wait)
-            while self.claimed:  # claimed messages still go out; wait for their answers
+            while self.claimed or self._claims_out:  # claimed messages still go out
                 self._settled.clear()
                 await self._settled.wait()
 
@@ -176,51 +183,80 @@ class ChannelRunner:
             pass
 
     async def _step(self, tg: asyncio.TaskGroup) -> float | None:
-        """Claim what can go soon; return how long to idle, or None to go on."""
+        """Start a claim of what can go soon; return how long to idle, or None to go on.
+
+        Up to MAX_CLAIMS_IN_FLIGHT claims run at once, so one is always on its way through
+        the journal while the last one's messages are sent."""
         if self.config.paused:
             return IDLE_POLL_SECONDS
         state = self.breaker.state
         if state is BreakerState.OPEN:
             return await self._parked()
+        if self._claims_out >= MAX_CLAIMS_IN_FLIGHT:
+            return IDLE_POLL_SECONDS  # a claim's return wakes us
         width = self.config.width
+        # Lower lanes may never fill the claim-ahead room an urgent message needs.
+        non_urgent = (
+            width + self._prefetch - self.reserve - self.claimed_non_urgent - self._claiming
+        )
+        if self._dry:  # the last claim found nothing due
+            if self._claims_out:
+                return IDLE_POLL_SECONDS
+            self._dry = False
+            if non_urgent < 1 and not self._urgent_waiting:
+                # The lower lanes are full; a freed slot or an urgent arrival wakes us.
+                return IDLE_POLL_SECONDS
+            if not self._urgent_waiting:
+                return await self._until_due(now_ms())
         self._size_prefetch()
-        room = self.width_room()
+        room = self.width_room() - self._claiming
         if state is BreakerState.HALF_OPEN:
-            room = min(room, 1 - self.claimed)  # one probe at a time
+            room = min(room, 1 - self.claimed - self._claiming)  # one probe at a time
         if room <= 0:
             return IDLE_POLL_SECONDS
-        if room < self._claim_min and self.claimed and not self._urgent_waiting:
+        busy = self.claimed or self._claims_out
+        if room < self._claim_min and busy and not self._urgent_waiting:
             return IDLE_POLL_SECONDS  # a few more answers first: claim in batches
         self._urgent_waiting = False
         limit = min(room, self._max_claim)
         if self.bucket.rate > 0:
             # Claimed messages still waiting for a slot will take tokens before these.
-            queued = self.claimed - self.in_flight
+            queued = self.claimed + self._claiming - self.in_flight
             affordable = self.bucket.available() + self.bucket.rate * CLAIM_HORIZON_SECONDS - queued
             if affordable < 1:
                 return max(self.bucket.delay_for(1 + max(queued, 0)), 0.001)
             limit = min(limit, int(affordable))
-        # Lower lanes may never fill the claim-ahead room an urgent message needs.
-        non_urgent = width + self._prefetch - self.reserve - self.claimed_non_urgent
         if state is BreakerState.HALF_OPEN:
             non_urgent = limit
-        now = now_ms()
-        batch = await self._journal.claim(
-            self.name, limit, max(0, min(limit, non_urgent)), self._owner, now, self._lease_ms
-        )
+        self._claims_out += 1
+        self._claiming += limit
+        tg.create_task(self._claim(limit, max(0, min(limit, non_urgent))))
+        return None
+
+    async def _claim(self, limit: int, non_urgent: int) -> None:
+        try:
+            batch = await self._journal.claim(
+                self.name, limit, non_urgent, self._owner, now_ms(), self._lease_ms
+            )
+        finally:
+            self._claims_out -= 1
+            self._claiming -= limit
+            if not self._claims_out and not self.claimed:
+                self._settled.set()
         if not batch:
-            if non_urgent < limit:
-                # The lower lanes are full; a freed slot or an urgent arrival wakes us.
-                return IDLE_POLL_SECONDS
-            return await self._until_due(now)
+            self._dry = True
+            if not self._claims_out:
+                self._kick.set()
+            return
         ready = self._ready
         for message in batch:
             self.claimed += 1
             if message.priority != Priority.URGENT:
                 self.claimed_non_urgent += 1
             ready[message.priority].append(message)
+        self._dry = False
         self._pump()
-        return None
+        self._kick.set()
 
     def _size_prefetch(self) -> None:
         """Claim ahead by CLAIM_AHEAD_SECONDS of the rate measured over the last window."""
@@ -232,7 +268,7 @@ class ChannelRunner:
         self._done_count = 0
         self._rate_since = now
         width = self.config.width
-        self._prefetch = max(width, min(int(rate * CLAIM_AHEAD_SECONDS), self._max_claim))
+        self._prefetch = max(width, min(int(rate * CLAIM_AHEAD_SECONDS), 4 * self._max_claim))
 
     async def _until_due(self, now: int) -> float:
         due = await self._journal.next_due(self.name)

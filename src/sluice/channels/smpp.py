@@ -233,23 +233,26 @@ class SmppTransport:
         return True
 
     def _answered(
-        self, bind: SmppBind, done: Callable[[SendResult], None], future: asyncio.Future[Pdu]
+        self, bind: SmppBind, done: Callable[[SendResult], None], response: Pdu | Exception
     ) -> None:
-        if future.cancelled():
-            result = SendResult(Outcome.TRANSIENT, detail=f"{bind.name}: cancelled")
-        elif (error := future.exception()) is not None:
-            result = SendResult(Outcome.TRANSIENT, detail=str(error))
+        if isinstance(response, Exception):
+            done(SendResult(Outcome.TRANSIENT, detail=str(response)))
         else:
-            response = future.result()
-            assert isinstance(response, SubmitSmResp)
-            result = self._outcome(bind, [response])
-        done(result)
+            done(self._outcome(bind, [response]))
 
-    def _outcome(self, bind: SmppBind, responses: list[SubmitSmResp]) -> SendResult:
-        """The message's outcome from the answers to its parts."""
+    def _outcome(self, bind: SmppBind, responses: list[Pdu]) -> SendResult:
+        """The message's outcome from the answers to its parts (submit_sm_resp, or a
+        generic_nack from an SMSC that refused the PDU itself)."""
+        ids = []
         for response in responses:
             status = response.command_status
             if status == CommandStatus.ESME_ROK:
+                if not isinstance(response, SubmitSmResp):
+                    return SendResult(
+                        Outcome.TRANSIENT,
+                        detail=f"unexpected answer {type(response).__name__} to submit_sm",
+                    )
+                ids.append(response.message_id)
                 continue
             detail = describe(status)
             if status in THROTTLING:
@@ -259,12 +262,11 @@ class SmppTransport:
                 return SendResult(Outcome.PERMANENT, detail=detail)
             return SendResult(Outcome.TRANSIENT, detail=detail)
         bind.on_accepted()
-        ids = tuple(r.message_id for r in responses)
         return SendResult(
             Outcome.SENT,
             provider_id=ids[0],
             detail=_ACCEPTED if len(ids) == 1 else f"{len(ids)} segments accepted",
-            parts=ids if self._config.receipts else (),
+            parts=tuple(ids) if self._config.receipts else (),
         )
 
     async def _pick_bind(self) -> SmppBind | None:

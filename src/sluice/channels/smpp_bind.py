@@ -65,6 +65,10 @@ class BindError(Exception):
 FLUSH_SHARE = 4
 
 
+#: Called with a request's response, or with the LinkLost / ResponseTimeout in its place.
+Answer = Callable[["Pdu | Exception"], None]
+
+
 class LinkLost(Exception):
     """The connection dropped (or was closed) while a request waited for its response."""
 
@@ -92,7 +96,8 @@ class SmppBind(asyncio.Protocol):
         #: window of submit_sm costs one system call, not one each.
         self._outbox: list[bytes] = []
         self._flush_at = max(1, config.window // FLUSH_SHARE)
-        self._outstanding: dict[int, asyncio.Future[Pdu]] = {}
+        #: What to call with the response (or LinkLost / ResponseTimeout), by sequence number.
+        self._outstanding: dict[int, Answer] = {}
         #: (deadline, sequence) of requests in sending order, swept by `_expire`.
         self._deadlines: deque[tuple[float, int]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -140,9 +145,7 @@ class SmppBind(asyncio.Protocol):
                     self._write(event.reply)
             elif isinstance(event, ProtocolViolation):
                 log.warning("%s: bad response from the SMSC: %s", self.name, event.reason)
-                future = self._outstanding.get(event.sequence_number)
-                if future is not None and not future.done():
-                    future.set_exception(LinkLost(f"{self.name}: {event.reason}"))
+                self._answer(event.sequence_number, LinkLost(f"{self.name}: {event.reason}"))
             elif isinstance(event, Fatal):
                 log.error("%s: protocol error from the SMSC, closing: %s", self.name, event.reason)
                 if event.reply:
@@ -154,10 +157,9 @@ class SmppBind(asyncio.Protocol):
         self._transport = None
         self._outbox = []
         error = LinkLost(f"{self.name}: connection lost" + (f": {exc}" if exc else ""))
-        for future in self._outstanding.values():
-            if not future.done():
-                future.set_exception(error)
-        self._outstanding.clear()
+        outstanding, self._outstanding = self._outstanding, {}
+        for answer in outstanding.values():
+            answer(error)
         self._deadlines.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -244,8 +246,9 @@ class SmppBind(asyncio.Protocol):
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
-    async def submit(self, pdu: SubmitSm) -> SubmitSmResp:
-        """Send one submit_sm within the window and the rate; return its response."""
+    async def submit(self, pdu: SubmitSm) -> Pdu:
+        """Send one submit_sm within the window and the rate; return its response
+        (submit_sm_resp, or generic_nack)."""
         await self.wait_slot()
         if not self.bound:
             raise LinkLost(f"{self.name}: not bound")
@@ -253,10 +256,7 @@ class SmppBind(asyncio.Protocol):
             delay = self.bucket.reserve()
             if delay > 0:
                 await asyncio.sleep(delay)
-        response = await self._request(pdu)
-        self.submitted += 1
-        assert isinstance(response, SubmitSmResp)
-        return response
+        return await self._request(pdu)
 
     def on_throttled(self) -> None:
         self.throttled += 1
@@ -267,31 +267,32 @@ class SmppBind(asyncio.Protocol):
         if rate != self.bucket.rate:
             self.bucket.rate = rate
 
-    def submit_soon(self, pdu: SubmitSm, done: Callable[[asyncio.Future[Pdu]], None]) -> None:
+    def submit_soon(self, pdu: SubmitSm, answer: Answer) -> None:
         """Send one submit_sm now, without a task: the caller saw a free window slot and a
-        token (`free`, `bucket`). `done` gets the response's future (a result, or LinkLost /
-        ResponseTimeout). Raises LinkLost if the link is down."""
-        sequence, future = self._send_request(pdu, bound_required=True)
-
-        def answered(future: asyncio.Future[Pdu]) -> None:
-            if self._outstanding.pop(sequence, None) is not None:
-                self._slot_freed.set()
-            if not future.cancelled() and future.exception() is None:
-                self.submitted += 1
-            done(future)
-
-        future.add_done_callback(answered)
+        token (`free`, `bucket`). `answer` is called with the response, or with LinkLost or
+        ResponseTimeout, from the event loop. Raises LinkLost if the link is down."""
+        self._send_request(pdu, True, answer)
 
     async def _request(self, pdu: Pdu, bound_required: bool = True) -> Pdu:
-        sequence, future = self._send_request(pdu, bound_required)
+        future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+
+        def answer(response: Pdu | Exception) -> None:
+            if future.done():
+                return
+            if isinstance(response, Exception):
+                future.set_exception(response)
+            else:
+                future.set_result(response)
+
+        sequence = self._send_request(pdu, bound_required, answer)
         try:
             return await future
-        finally:
+        finally:  # cancelled: the window slot is free again
             if self._outstanding.pop(sequence, None) is not None:
                 self._slot_freed.set()
 
-    def _send_request(self, pdu: Pdu, bound_required: bool) -> tuple[int, asyncio.Future[Pdu]]:
-        """Write `pdu` and register its response's future, swept at the response timeout."""
+    def _send_request(self, pdu: Pdu, bound_required: bool, answer: Answer) -> int:
+        """Write `pdu`, remember who waits for its response; swept at the response timeout."""
         if self._transport is None or (bound_required and not self.bound):
             raise LinkLost(f"{self.name}: not connected")
         try:
@@ -300,13 +301,23 @@ class SmppBind(asyncio.Protocol):
             raise LinkLost(f"{self.name}: {exc}") from None
         sequence = self._session.last_sequence
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Pdu] = loop.create_future()
-        self._outstanding[sequence] = future
+        self._outstanding[sequence] = answer
         self._deadlines.append((loop.time() + self._config.response_timeout_seconds, sequence))
         if self._sweeper is None:
             self._sweeper = loop.call_at(self._deadlines[0][0], self._expire)
         self._write(data)
-        return sequence, future
+        return sequence
+
+    def _answer(self, sequence: int, response: Pdu | Exception) -> bool:
+        """Hand a response (or the error in its place) to its request; frees the slot."""
+        answer = self._outstanding.pop(sequence, None)
+        if answer is None:
+            return False
+        self._slot_freed.set()
+        if isinstance(response, SubmitSmResp):
+            self.submitted += 1
+        answer(response)
+        return True
 
     def _expire(self) -> None:
         """Fail the requests whose deadline passed: one timer per bind, not one per request.
@@ -317,13 +328,13 @@ class SmppBind(asyncio.Protocol):
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, sequence = deadlines.popleft()
-            future = self._outstanding.get(sequence)
-            if future is not None and not future.done():
-                future.set_exception(
+            if sequence in self._outstanding:
+                self._answer(
+                    sequence,
                     ResponseTimeout(
                         f"{self.name}: no response within "
                         f"{self._config.response_timeout_seconds:g} s"
-                    )
+                    ),
                 )
         if deadlines:
             self._sweeper = loop.call_at(deadlines[0][0], self._expire)
@@ -350,10 +361,7 @@ class SmppBind(asyncio.Protocol):
 
     def _dispatch(self, pdu: Pdu) -> None:
         if not is_request(pdu):
-            future = self._outstanding.get(pdu.sequence_number)
-            if future is not None and not future.done():
-                future.set_result(pdu)
-            elif future is None:
+            if not self._answer(pdu.sequence_number, pdu):
                 log.debug("%s: response to an unknown request %d", self.name, pdu.sequence_number)
             return
         if isinstance(pdu, DeliverSm):

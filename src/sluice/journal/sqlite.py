@@ -161,17 +161,28 @@ _MESSAGE_COLUMNS = (
 _json = msgspec.json.Encoder()
 _rows_decoder = msgspec.json.Decoder(list[list[Any]])
 
+
 # The writer's statements return their rows as ONE value (a JSON array built by SQLite) and
 # take their keys as one JSON parameter. `sqlite3` releases the GIL around every step, and a
 # thread waiting to take it back waits up to the switch interval (5 ms) while the event loop
 # runs: a 600-row SELECT measured 0.3 ms alone and 270 ms next to a busy event loop, the same
 # rows as one aggregated step 11 ms. Rows from RETURNING cannot be aggregated, so updates that
 # need their rows read them first with an aggregated SELECT.
+def _lane(priority: int, limit: str) -> str:
+    return (
+        "SELECT * FROM (SELECT * FROM messages INDEXED BY messages_due WHERE state = 1 AND "
+        f"channel = ?1 AND priority = {priority} AND due_at <= ?2 ORDER BY due_at LIMIT {limit})"
+    )
+
+
+#: ?1 channel, ?2 now, ?3 limit, ?4 limit of the lanes below urgent: the due messages, urgent
+#: first, each lane oldest first.
 _CLAIM_SELECT = (
     "SELECT json_group_array(json_array(id, tenant, channel, recipient, body, sender, priority, "
     "due_at, expires_at, callback_url, hex(metadata), attempts)) FROM ("
-    "SELECT * FROM messages INDEXED BY messages_due "
-    "WHERE state = 1 AND channel = ? AND priority = ? AND due_at <= ? ORDER BY due_at LIMIT ?)"
+    f"{_lane(Priority.URGENT, '?3')} UNION ALL SELECT * FROM (SELECT * FROM ("
+    + " UNION ALL ".join(_lane(p, "?4") for p in Priority if p != Priority.URGENT)
+    + ") LIMIT ?4) LIMIT ?3)"
 )
 #: ?1 a JSON array of [id, …] arrays, ?2 the lease owner: [id, tenant, channel, recipient,
 #: attempts, callback_url, metadata as hex] of those still leased by the owner.
@@ -444,30 +455,20 @@ class SqliteJournal:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, args, future in group:
+            try:
+                # Optimistic: every operation in one transaction, no savepoint each (each
+                # statement is a GIL hand-off). Operations rarely fail; when one does, the
+                # group is rolled back and each operation runs again in its own transaction.
+                for op, args, future in group:
+                    results.append((future, op(conn, tx, *args), None))
+            except Exception as exc:
+                conn.execute("ROLLBACK")
+                tx = _Transaction(self._shared)
                 if len(group) == 1:
-                    try:
-                        results.append((future, op(conn, tx, *args), None))
-                    except Exception as exc:
-                        results.append((future, None, exc))
-                        conn.execute("ROLLBACK")
-                        conn.execute("BEGIN IMMEDIATE")
-                        tx.deltas.clear()
-                        tx.index_pairs.clear()
-                    continue
-                conn.execute("SAVEPOINT op")
-                before = Counter(tx.deltas)
-                indexed = len(tx.index_pairs)
-                try:
-                    value = op(conn, tx, *args)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    tx.deltas = before
-                    del tx.index_pairs[indexed:]
-                    results.append((future, None, exc))
+                    results = [(group[0][2], None, exc)]
                 else:
-                    results.append((future, value, None))
-                conn.execute("RELEASE op")
+                    results = [self._run_alone(conn, tx, item) for item in group]
+                conn.execute("BEGIN IMMEDIATE")
             run = self._index.write_run(conn, tx.index_pairs) if tx.index_pairs else None
             conn.execute("COMMIT")
         except Exception as exc:
@@ -490,6 +491,29 @@ class SqliteJournal:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve, results)
         self._merge_index_runs(conn)
+
+    def _run_alone(
+        self,
+        conn: sqlite3.Connection,
+        tx: _Transaction,
+        item: tuple[Op, tuple[Any, ...], asyncio.Future[Any]],
+    ) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
+        """One operation in its own transaction (after its group failed); its count changes
+        are added to `tx` only if it commits."""
+        op, args, future = item
+        alone = _Transaction(self._shared)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = op(conn, alone, *args)
+            run = self._index.write_run(conn, alone.index_pairs) if alone.index_pairs else None
+            conn.execute("COMMIT")
+        except Exception as exc:
+            conn.execute("ROLLBACK")
+            return future, None, exc
+        if run is not None:
+            self._index.committed(run)
+        tx.deltas.update(alone.deltas)
+        return future, value, None
 
     def _merge_index_runs(self, conn: sqlite3.Connection) -> None:
         try:
@@ -792,16 +816,11 @@ def _op_claim(
     now: int,
     lease_ms: int,
 ) -> list[Message]:
-    rows: list[tuple[Any, ...]] = []
-    for priority in _PRIORITIES:
-        want = limit - len(rows)
-        if priority != Priority.URGENT:
-            want = min(want, non_urgent_limit - sum(1 for r in rows if r[6] != Priority.URGENT))
-        if want <= 0:
-            break
-        # One step returns every row as one JSON array (see `_AGGREGATE`).
-        (found,) = conn.execute(_CLAIM_SELECT, (channel, priority, now, want)).fetchone()
-        rows.extend(_rows_decoder.decode(found))
+    # Every lane in one step, urgent first; the lower lanes share `non_urgent_limit`.
+    (found,) = conn.execute(
+        _CLAIM_SELECT, (channel, now, limit, min(limit, non_urgent_limit))
+    ).fetchone()
+    rows = _rows_decoder.decode(found)
     if not rows:
         return []
     live: list[Message] = []
