@@ -9,7 +9,9 @@ Three real processes: `sluice sim smsc` (the SMSC simulator), `sluice serve` (SQ
 synchronous=FULL) with one SMPP channel, and this script as the producer over HTTP.
 
 - throughput: a zero-latency simulator, one bind, the given window; N messages posted in
-  batches of 1,000; messages/s = N / (first POST → the journal shows them all sent). Receipts
+  batches of 1,000 by 4 concurrent producers; messages/s = N / (first POST → the journal
+  shows them all sent). `--queued` posts them with the channel paused and times the drain
+  alone. Receipts
   are on (every message also gets a deliver_sm receipt, --receipt-delay-ms after its submit,
   committed before it is answered); `--no-receipts` turns them off.
 - latency: the simulator answers each submit_sm after --latency-ms; one bind; the backlog is
@@ -105,15 +107,23 @@ async def post(base: str, messages: list[dict[str, Any]]) -> list[str]:
 
 
 async def post_with(
-    session: aiohttp.ClientSession, base: str, messages: list[dict[str, Any]]
+    session: aiohttp.ClientSession, base: str, messages: list[dict[str, Any]], producers: int = 4
 ) -> list[str]:
-    ids: list[str] = []
-    for start in range(0, len(messages), 1000):
-        body = msgspec.json.encode({"messages": messages[start : start + 1000]})
-        async with session.post(f"{base}/v1/messages", data=body, headers=headers()) as resp:
-            assert resp.status == 202, await resp.text()
-            ids.extend((await resp.json())["ids"])
-    return ids
+    """Post in batches of 1,000 from `producers` concurrent requests, as several
+    applications would."""
+    batches = [messages[i : i + 1000] for i in range(0, len(messages), 1000)]
+    results: list[list[str]] = [[] for _ in batches]
+    turn = iter(range(len(batches)))
+
+    async def producer() -> None:
+        for i in turn:
+            body = msgspec.json.encode({"messages": batches[i]})
+            async with session.post(f"{base}/v1/messages", data=body, headers=headers()) as resp:
+                assert resp.status == 202, await resp.text()
+                results[i] = (await resp.json())["ids"]
+
+    await asyncio.gather(*(producer() for _ in range(producers)))
+    return [i for ids in results for i in ids]
 
 
 def channel_status(base: str) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from sluice.protocols.smpp.constants import ESM_CLASS_DELIVERY_RECEIPT, ESM_CLAS
 from sluice.protocols.smpp.gsm import decode_short_message
 from sluice.protocols.smpp.receipt import merge, parse_receipt_text, receipt_from_tlvs
 from sluice.protocols.smpp.segmentation import Segment, TooLong, split
-from sluice.stage import Stage
+from sluice.stage import Stage, StageClosed
 
 log = logging.getLogger("sluice.smpp")
 
@@ -92,7 +92,7 @@ class SmppTransport:
         self._rng = random.Random()
         self._inbound_ids = IdGenerator()
         #: Receipts wait here to be committed together: one journal write for many.
-        self._receipts: Stage[tuple[Receipt, asyncio.Future[None]]] = Stage(
+        self._receipts: Stage[tuple[Receipt, Callable[[int], None]]] = Stage(
             f"receipts:{channel}",
             self._commit_receipts,
             capacity=RECEIPT_QUEUE,
@@ -130,7 +130,7 @@ class SmppTransport:
         name = f"{self._channel}#{index}"
         delay = self._config.reconnect_min_seconds
         while not self._closing.is_set():
-            bind = SmppBind(name, self._config, self._on_deliver, tg.create_task)
+            bind = SmppBind(name, self._config, self._on_deliver, tg.create_task, self._receipt_now)
             started = time.monotonic()
             try:
                 await bind.open()
@@ -351,7 +351,31 @@ class SmppTransport:
             return await self._receipt(pdu)
         return await self._inbound(pdu)
 
+    def _receipt_now(self, pdu: DeliverSm, reply: Callable[[int], None]) -> bool:
+        """The task-free path for receipts: parsed now, answered by `reply` once committed
+        (in a batch). False for anything else, or when the receipt queue is full."""
+        if pdu.esm_class & ESM_CLASS_TYPE_MASK != ESM_CLASS_DELIVERY_RECEIPT:
+            return False
+        receipt = self._parse_receipt(pdu)
+        if receipt is None:
+            reply(CommandStatus.ESME_ROK)
+            return True
+        try:
+            return self._receipts.offer((receipt, reply))
+        except StageClosed:
+            return False  # shutting down: the task path answers "try again later"
+
     async def _receipt(self, pdu: DeliverSm) -> int:
+        receipt = self._parse_receipt(pdu)
+        if receipt is None:
+            return CommandStatus.ESME_ROK
+        answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        await self._receipts.put((receipt, answered.set_result))
+        return await answered  # answered only once the receipt is committed
+
+    def _parse_receipt(self, pdu: DeliverSm) -> Receipt | None:
+        """The final outcome a receipt reports, or None when there is nothing to record (not
+        final yet, or no id or state; logged)."""
         from_tlvs = receipt_from_tlvs(
             tlv_cstring_value(pdu, Tag.receipted_message_id),
             tlv_u8_value(pdu, Tag.message_state),
@@ -364,29 +388,23 @@ class SmppTransport:
         if receipt is None:
             log.warning("%s: a receipt without an id or state: %r", self._channel,
                         pdu.short_message[:80])  # fmt: skip
-            return CommandStatus.ESME_ROK  # nothing to do with it; do not make it come back
+            return None  # nothing to do with it; answered so that it does not come back
         self.receipts += 1
         if receipt.final is None:
-            return CommandStatus.ESME_ROK  # ENROUTE / ACCEPTD: not final yet
+            return None  # ENROUTE / ACCEPTD: not final yet
         detail = f"stat:{receipt.stat}" + (f" err:{receipt.err}" if receipt.err else "")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._receipts.put(
-            (Receipt(receipt.message_id, receipt.final == "delivered", detail), done)
-        )
-        await done  # answered only once the receipt is committed
-        return CommandStatus.ESME_ROK
+        return Receipt(receipt.message_id, receipt.final == "delivered", detail)
 
-    async def _commit_receipts(self, batch: list[tuple[Receipt, asyncio.Future[None]]]) -> None:
+    async def _commit_receipts(self, batch: list[tuple[Receipt, Callable[[int], None]]]) -> None:
         try:
             await self._on_receipts(self._channel, [receipt for receipt, _ in batch])
-        except Exception as exc:
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
-            return
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+        except Exception:
+            log.exception("%s: committing %d receipts failed", self._channel, len(batch))
+            status = CommandStatus.ESME_RX_T_APPN  # temporary: the SMSC will send them again
+        else:
+            status = CommandStatus.ESME_ROK
+        for _, reply in batch:
+            reply(status)
 
     async def _inbound(self, pdu: DeliverSm) -> int:
         if self._session is None or self._config.mo_webhook is None:

@@ -13,6 +13,7 @@ committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -51,6 +52,10 @@ log = logging.getLogger("sluice.smpp")
 UNBIND_WAIT_SECONDS = 1.0
 
 OnDeliver = Callable[[DeliverSm], Awaitable[int]]
+#: Take a deliver_sm without a task: call the reply function with the command status once it
+#: is handled (from the event loop), and return True; or return False to have `OnDeliver`
+#: handle it in a task.
+OnDeliverNow = Callable[[DeliverSm, Callable[[int], None]], bool]
 #: Starts a task in the owner's task group (the bind's connection outlives none of them).
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
@@ -85,10 +90,18 @@ class SmppBind(asyncio.Protocol):
     await bind.closed                    # the connection ended
     """
 
-    def __init__(self, name: str, config: SmppConfig, on_deliver: OnDeliver, spawn: Spawn) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: SmppConfig,
+        on_deliver: OnDeliver,
+        spawn: Spawn,
+        on_deliver_now: OnDeliverNow = lambda pdu, reply: False,
+    ) -> None:
         self.name = name
         self._config = config
         self._on_deliver = on_deliver
+        self._on_deliver_now = on_deliver_now
         self._spawn = spawn
         self._session = SmppSession(Role.ESME)
         self._transport: asyncio.Transport | None = None
@@ -365,7 +378,8 @@ class SmppBind(asyncio.Protocol):
                 log.debug("%s: response to an unknown request %d", self.name, pdu.sequence_number)
             return
         if isinstance(pdu, DeliverSm):
-            self._spawn(self._deliver(pdu))
+            if not self._on_deliver_now(pdu, functools.partial(self._answer_deliver, pdu)):
+                self._spawn(self._deliver(pdu))
         elif isinstance(pdu, Unbind):
             self._reply(response_for(pdu, CommandStatus.ESME_ROK))
             self.bound = False
@@ -379,6 +393,9 @@ class SmppBind(asyncio.Protocol):
         except Exception:
             log.exception("%s: handling a deliver_sm failed", self.name)
             status = CommandStatus.ESME_RX_T_APPN  # temporary: the SMSC will try again
+        self._reply(response_for(pdu, status))
+
+    def _answer_deliver(self, pdu: DeliverSm, status: int) -> None:
         self._reply(response_for(pdu, status))
 
     def _reply(self, response: Pdu) -> None:

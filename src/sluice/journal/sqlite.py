@@ -830,27 +830,22 @@ def _op_claim(
             expired.append(row)
         else:
             live.append(_json_row_to_message(row))
-    # One statement per chunk, not per row (journal/multirow.py: one GIL hand-off each).
-    start = 0
-    for rows in chunk_sizes(len(live), _MAX_CLAIM_CHUNK):
-        chunk = live[start : start + rows]
-        start += rows
+    if live:
+        ids = _json.encode([m.id for m in live])
         conn.execute(
             "UPDATE messages SET state = 2, lease_owner = ?1, lease_until = ?2, "
-            "attempts = attempts + 1, updated_at = ?3 WHERE id IN (?4" + ",?" * (rows - 1) + ")",
-            [owner, now + lease_ms, now, *(m.id for m in chunk)],
+            "attempts = attempts + 1, updated_at = ?3 "
+            "WHERE id IN (SELECT value FROM json_each(?4))",
+            (owner, now + lease_ms, now, ids),
         )
-        values: list[Any] = [now, channel]
-        for m in chunk:
-            m.attempts += 1
-            values += (m.id, m.attempts)
         conn.execute(
-            insert_sql(
-                "INSERT INTO events (message_id, at, state, channel, attempt) VALUES ",
-                "(?3,?1,2,?2,?4)", "(?,?1,2,?2,?)", rows,
-            ),
-            values,
-        )  # fmt: skip
+            "INSERT INTO events (message_id, at, state, channel, attempt) "
+            "SELECT id, ?1, 2, channel, attempts FROM messages "
+            "WHERE id IN (SELECT value FROM json_each(?2))",
+            (now, ids),
+        )
+        for m in live:
+            m.attempts += 1
     if expired:
         _expire(conn, tx, [r[0] for r in expired], now)
     return live
@@ -931,7 +926,7 @@ def _op_complete(
 ) -> int:
     """Apply outcomes; return how many status callbacks were queued."""
     now = now_ms()
-    events: list[Any] = []
+    events: list[Completion] = []
     parts: list[Any] = []
     tracked: list[Completion] = []
     settling: list[Completion] = []
@@ -960,7 +955,7 @@ def _op_complete(
             if c.reroute_to and c.reroute_to != c.channel:
                 tx.deltas[c.channel] -= 1
                 tx.deltas[c.reroute_to] += 1
-            events += _event_values(c, now)
+            events.append(c)
     if settling:
         keys = _json.encode([(c.message_id, int(c.state), c.provider_id) for c in settling])
         leased = _leased(conn, keys, owner)
@@ -976,7 +971,7 @@ def _op_complete(
                 for i, pid in enumerate(c.parts):
                     parts += (c.channel, pid, c.message_id, i, n)
                 tracked.append(c)
-            events += _event_values(c, now)
+            events.append(c)
     for c in delivered:
         # A receipt can overtake the commit of its own SENT outcome: from SENDING too.
         found = conn.execute(
@@ -994,8 +989,9 @@ def _op_complete(
         if found[6] == _SENDING:
             tx.deltas[found[1]] -= 1
         callbacks += _final_callback(conn, c, found, now)
-        events += _event_values(c, now)
-    _insert_rows(conn, _EVENT_INSERT, 9, events)
+        events.append(c)
+    if events:
+        conn.execute(_EVENTS_FROM_COMPLETIONS, (now, _json.encode(events)))
     _insert_rows(conn, _PARTS_INSERT, 5, parts)
     if not tx.shared.early_receipts:
         return callbacks
@@ -1024,27 +1020,16 @@ def _leased(conn: sqlite3.Connection, keys: bytes, owner: int) -> dict[int, tupl
     return leased
 
 
-_EVENT_INSERT = (
+#: ?1 now, ?2 a JSON array of Completion (array_like: message_id, state, channel, attempt,
+#: outcome, latency_ms, provider_id, detail, …).
+_EVENTS_FROM_COMPLETIONS = (
     "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
-    "latency_ms, detail) VALUES "
+    "latency_ms, detail) SELECT value ->> 0, ?1, value ->> 1, value ->> 2, value ->> 3, "
+    "value ->> 4, value ->> 6, value ->> 5, value ->> 7 FROM json_each(?2)"
 )
 _PARTS_INSERT = (
     "INSERT OR REPLACE INTO provider_parts (channel, provider_id, message_id, part, parts) VALUES "
 )
-
-
-def _event_values(c: Completion, now: int) -> tuple[Any, ...]:
-    return (
-        c.message_id,
-        now,
-        int(c.state),
-        c.channel,
-        c.attempt,
-        int(c.outcome),
-        c.provider_id,
-        c.latency_ms,
-        c.detail,
-    )
 
 
 def _insert_rows(conn: sqlite3.Connection, head: str, width: int, values: list[Any]) -> None:
@@ -1083,8 +1068,94 @@ def _final_callback(conn: sqlite3.Connection, c: Completion, row: tuple[Any, ...
 def _op_apply_receipts(
     conn: sqlite3.Connection, tx: _Transaction, channel: str, receipts: list[Receipt]
 ) -> int:
+    """Apply a batch of receipts; return how many messages reached a final state.
+
+    Receipts for single-part messages, the bulk of them, are applied a few statements per
+    batch (see `_AGGREGATE`); early ones are kept in one statement; parts of longer messages
+    go one by one through `_apply_receipt`."""
     now = now_ms()
-    return sum(_apply_receipt(conn, tx, channel, r, now) for r in receipts)
+    keys = _json.encode([r.provider_id for r in receipts])
+    (found,) = conn.execute(_PARTS_SELECT, (channel, keys)).fetchone()
+    known = {pid: (mid, n) for pid, mid, n in _rows_decoder.decode(found)}
+    early: list[Receipt] = []
+    single: dict[int, Receipt] = {}
+    multi: list[Receipt] = []
+    for r in receipts:
+        hit = known.get(r.provider_id)
+        if hit is None:
+            early.append(r)
+        elif hit[1] > 1:
+            multi.append(r)
+        elif hit[0] in single:  # the same receipt twice: the second finds nothing left
+            early.append(r)
+        else:
+            single[hit[0]] = r
+    if early:
+        conn.execute(
+            "INSERT OR REPLACE INTO early_receipts (channel, provider_id, delivered, detail, at) "
+            "SELECT ?1, value ->> 0, value ->> 1, value ->> 2, ?2 FROM json_each(?3)",
+            (channel, now, _json.encode(early)),
+        )
+        tx.shared.early_receipts += len(early)
+    finals = _settle_receipts(conn, channel, single, now) if single else 0
+    for r in multi:
+        finals += _apply_receipt(conn, tx, channel, r, now)
+    return finals
+
+
+#: ?1 channel, ?2 a JSON array of provider ids: [provider_id, message_id, parts] known.
+_PARTS_SELECT = (
+    "SELECT json_group_array(json_array(provider_id, message_id, parts)) FROM provider_parts "
+    "WHERE channel = ?1 AND provider_id IN (SELECT value FROM json_each(?2))"
+)
+
+
+def _settle_receipts(
+    conn: sqlite3.Connection, channel: str, receipts: dict[int, Receipt], now: int
+) -> int:
+    """Final states for single-part messages from their receipts, by message id."""
+    rows = [
+        (mid, r.provider_id, int(State.DELIVERED if r.delivered else State.FAILED))
+        for mid, r in receipts.items()
+    ]
+    keys = _json.encode(rows)
+    conn.execute(
+        "DELETE FROM provider_parts WHERE channel = ?1 AND provider_id IN "
+        "(SELECT value ->> 1 FROM json_each(?2))",
+        (channel, keys),
+    )
+    (found,) = conn.execute(
+        "SELECT json_group_array(json_array(id, tenant, channel, recipient, attempts, "
+        "callback_url, hex(metadata))) FROM messages "
+        "WHERE id IN (SELECT value ->> 0 FROM json_each(?1)) AND state = 3",
+        (keys,),
+    ).fetchone()
+    sent = _rows_decoder.decode(found)
+    if not sent:
+        return 0
+    conn.execute(
+        "UPDATE messages SET state = v.value ->> 2, updated_at = ?2 FROM json_each(?1) AS v "
+        "WHERE messages.id = v.value ->> 0 AND messages.state = 3",
+        (keys, now),
+    )
+    events = []
+    for mid, tenant, msg_channel, recipient, attempts, callback_url, metadata in sent:
+        r = receipts[mid]
+        state = State.DELIVERED if r.delivered else State.FAILED
+        outcome = Outcome.SENT if r.delivered else Outcome.PERMANENT
+        events.append((mid, int(state), attempts, int(outcome), r.provider_id, r.detail))
+        if callback_url:
+            _add_callback(
+                conn, mid, callback_url, state, now, msg_channel, attempts, tenant, recipient,
+                r.provider_id, r.detail, bytes.fromhex(metadata) if metadata else None,
+            )  # fmt: skip
+    conn.execute(
+        "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
+        "detail) SELECT value ->> 0, ?1, value ->> 1, ?2, value ->> 2, value ->> 3, "
+        "value ->> 4, value ->> 5 FROM json_each(?3)",
+        (now, channel, _json.encode(events)),
+    )
+    return len(sent)
 
 
 def _apply_receipt(
