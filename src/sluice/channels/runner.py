@@ -47,7 +47,7 @@ CLAIM_HORIZON_SECONDS = 0.1
 #: width): while those are sent, the next claim (a journal commit, some milliseconds under
 #: load) is already on its way. A slow channel claims little ahead, a fast one up to
 #: `max_claim`.
-CLAIM_AHEAD_SECONDS = 0.1
+CLAIM_AHEAD_SECONDS = 0.05
 #: Seconds over which the send rate that sizes the claim-ahead is measured.
 RATE_WINDOW_SECONDS = 0.25
 #: Claims a runner keeps on their way through the journal at once.
@@ -130,6 +130,7 @@ class ChannelRunner:
         #: last one found nothing due.
         self._claims_out = 0
         self._claiming = 0
+        self._urgent_claim_out = False
         self._dry = False
         #: Claimed messages waiting for a slot, one lane per priority (urgent first).
         self._ready: tuple[deque[Message], ...] = tuple(deque() for _ in Priority)
@@ -193,6 +194,8 @@ class ChannelRunner:
         if state is BreakerState.OPEN:
             return await self._parked()
         if self._claims_out >= MAX_CLAIMS_IN_FLIGHT:
+            if self._urgent_waiting and not self._urgent_claim_out:
+                return self._claim_urgent(tg)
             return IDLE_POLL_SECONDS  # a claim's return wakes us
         width = self.config.width
         # Lower lanes may never fill the claim-ahead room an urgent message needs.
@@ -233,7 +236,21 @@ class ChannelRunner:
         tg.create_task(self._claim(limit, max(0, min(limit, non_urgent))))
         return None
 
-    async def _claim(self, limit: int, non_urgent: int) -> None:
+    def _claim_urgent(self, tg: asyncio.TaskGroup) -> float | None:
+        """An urgent arrival does not wait for the bulk claims on their way: it gets a claim
+        of its own, of urgent messages only."""
+        self._urgent_waiting = False
+        room = self.config.width + self._prefetch - self.claimed - self._claiming
+        if room < 1:
+            room = 1  # one beyond the claim-ahead: it goes first in any case
+        limit = min(room, self._max_claim)
+        self._urgent_claim_out = True
+        self._claims_out += 1
+        self._claiming += limit
+        tg.create_task(self._claim(limit, 0, urgent=True))
+        return None
+
+    async def _claim(self, limit: int, non_urgent: int, urgent: bool = False) -> None:
         try:
             batch = await self._journal.claim(
                 self.name, limit, non_urgent, self._owner, now_ms(), self._lease_ms
@@ -241,9 +258,13 @@ class ChannelRunner:
         finally:
             self._claims_out -= 1
             self._claiming -= limit
+            if urgent:
+                self._urgent_claim_out = False
             if not self._claims_out and not self.claimed:
                 self._settled.set()
         if not batch:
+            if urgent:
+                return  # no urgent message (yet): the bulk claims go on as they were
             self._dry = True
             if not self._claims_out:
                 self._kick.set()
@@ -268,7 +289,7 @@ class ChannelRunner:
         self._done_count = 0
         self._rate_since = now
         width = self.config.width
-        self._prefetch = max(width, min(int(rate * CLAIM_AHEAD_SECONDS), 4 * self._max_claim))
+        self._prefetch = max(width, min(int(rate * CLAIM_AHEAD_SECONDS), self._max_claim))
 
     async def _until_due(self, now: int) -> float:
         due = await self._journal.next_due(self.name)

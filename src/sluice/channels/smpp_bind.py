@@ -64,9 +64,10 @@ class BindError(Exception):
     """The SMSC refused the bind or the connection failed while binding."""
 
 
-#: Write the PDUs gathered in one loop turn as soon as they make up this fraction (1/n) of the
-#: window: fewer system calls than one write each, and the SMSC works on the first ones while
-#: the rest are encoded.
+#: PDUs written while a read is handled (answers make room for new submit_sm) are gathered and
+#: written when the read is done, or as soon as they make up this fraction (1/n) of the window:
+#: fewer system calls than one write each, and the SMSC works on the first ones while the rest
+#: are encoded. Other writes go out at once.
 FLUSH_SHARE = 4
 
 
@@ -109,6 +110,8 @@ class SmppBind(asyncio.Protocol):
         #: window of submit_sm costs one system call, not one each.
         self._outbox: list[bytes] = []
         self._flush_at = max(1, config.window // FLUSH_SHARE)
+        #: Inside `data_received`: what it writes goes out when it returns.
+        self._reading = False
         #: What to call with the response (or LinkLost / ResponseTimeout), by sequence number.
         self._outstanding: dict[int, Answer] = {}
         #: (deadline, sequence) of requests in sending order, swept by `_expire`.
@@ -148,6 +151,14 @@ class SmppBind(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
+        self._reading = True
+        try:
+            self._handle(data)
+        finally:
+            self._reading = False
+            self._write_out()
+
+    def _handle(self, data: bytes) -> None:
         for event in self._session.receive_data(data):
             if isinstance(event, PduReceived):
                 self._dispatch(event.pdu)
@@ -231,7 +242,7 @@ class SmppBind(asyncio.Protocol):
 
     def _abort(self) -> None:
         if self._transport is not None:
-            self._flush()  # a last answer (generic_nack, unbind_resp) goes out before the close
+            self._write_out()  # a last answer (generic_nack, unbind_resp) before the close
             self._transport.close()
 
     # ------------------------------------------------------------------ requests
@@ -355,14 +366,17 @@ class SmppBind(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self._transport is None:
             return
+        if not self._reading:
+            self._transport.write(data)
+            return
         outbox = self._outbox
-        if not outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
         outbox.append(data)
         if len(outbox) >= self._flush_at:  # the SMSC starts on these while we go on
-            self._flush()
+            self._write_out()
 
-    def _flush(self) -> None:
+    def _write_out(self) -> None:
+        """Write the PDUs gathered while handling a read (the requests its answers made room
+        for): one write for many."""
         outbox = self._outbox
         if not outbox:
             return

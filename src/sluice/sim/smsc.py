@@ -313,6 +313,9 @@ class SmscStats(msgspec.Struct, kw_only=True, frozen=True):
     mo_unanswered: int
     #: The most submit_sm one bind had unanswered at once.
     max_outstanding: int
+    #: Mean time from a submit_sm's arrival to its answer's write, over the answers that
+    #: were delayed (latency_ms > 0): what the link really had, timer precision included.
+    answer_delay_ms: float
     #: Accepted messages in the record now (at most ``record_limit``).
     recorded: int
     arrivals_per_second: list[int]
@@ -351,8 +354,10 @@ class _Counts:
 
     __slots__ = (
         "accepted",
+        "answer_delay_seconds",
         "binds_refused",
         "binds_total",
+        "delayed_answers",
         "disconnects",
         "errors",
         "garbage",
@@ -758,6 +763,11 @@ class SmscSimulator:
             receipts_retried=counts.receipts_retried,
             receipts_abandoned=counts.receipts_abandoned,
             receipts_dropped=counts.receipts_dropped,
+            answer_delay_ms=(
+                counts.answer_delay_seconds / counts.delayed_answers * 1000
+                if counts.delayed_answers
+                else 0.0
+            ),
             receipts_requeued=counts.receipts_requeued,
             receipts_pending=sum(len(account.pending) for account in self._accounts.values()),
             mo_sent=counts.mo_sent,
@@ -1150,7 +1160,7 @@ class SmscSimulator:
             return 1
         timeline = self._timeline
         assert timeline is not None
-        timeline.at(now + delay, self._answer_later, (link, data))
+        timeline.at(now + delay, self._answer_later, (link, data, now))
         if record is not None and pdu.registered_delivery & REG_DLV_SMSC_RECEIPT_MASK:
             self._schedule_receipts(record, now + delay, now)
         return 0
@@ -1192,11 +1202,16 @@ class SmscSimulator:
             self._by_id[message_id] = record
         return record
 
-    def _answer_later(self, item: tuple[_Link, bytes]) -> None:
-        link, data = item
+    def _answer_later(self, item: tuple[_Link, bytes, float]) -> None:
+        link, data, received = item
         if not link.is_open or link.closing:
             return
         link.outstanding -= 1
+        counts = self._counts
+        loop = self._loop
+        assert loop is not None
+        counts.delayed_answers += 1
+        counts.answer_delay_seconds += loop.time() - received
         self._emit(link, data)
 
     def _on_bind(self, link: _Link, pdu: Pdu) -> None:
