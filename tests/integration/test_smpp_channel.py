@@ -76,6 +76,35 @@ async def test_sms_is_submitted_then_delivered_with_callbacks(tmp_path: Path) ->
         await smsc.close()
 
 
+async def test_the_window_holds_and_urgent_messages_go_before_the_bulk(tmp_path: Path) -> None:
+    smsc = SmscSimulator(SmscOptions(latency_ms=20, max_window=5))
+    await smsc.start()
+    try:
+        channel = smpp_channel(smsc.port, window=5, width=5, receipts=False)
+        async with running_gateway(gateway_config(tmp_path, {"sms": channel})) as run:
+            await run.post(
+                [{"channel": "sms", "to": f"+44700{i:04d}", "body": "news", "priority": "bulk"}
+                 for i in range(300)]
+            )  # fmt: skip
+            await eventually(lambda: smsc.stats().accepted >= 20, what="bulk flowing")
+            before = smsc.stats().accepted
+            await run.post(
+                [{"channel": "sms", "to": f"+44799{i:04d}", "body": "code", "priority": "urgent"}
+                 for i in range(5)]
+            )  # fmt: skip
+            await eventually(lambda: run.gateway.backlog() == 0, within=30, what="all sent")
+            order = [s.destination for s in smsc.received()]
+            urgent_at = [order.index(f"+44799{i:04d}") for i in range(5)]
+            # ~250 bulk messages were still queued, some claimed ahead and waiting for the
+            # window: the urgent ones went out within a few windows of their arrival.
+            assert max(urgent_at) < before + 40, (before, urgent_at)
+            stats = smsc.stats()
+            assert stats.max_outstanding <= 5
+            assert stats.throttled_window == 0  # never more than the window outstanding
+    finally:
+        await smsc.close()
+
+
 async def test_permanent_and_transient_smsc_errors(tmp_path: Path) -> None:
     smsc = SmscSimulator(SmscOptions(destinations_rejected={"+100"}, receipt_delay_ms=10))
     await smsc.start()

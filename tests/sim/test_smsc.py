@@ -401,6 +401,15 @@ async def test_latency_distributions(make_smsc: MakeSmsc, esmes: list[Esme]):
     assert all(r.command_status == 0 for r in results)
 
 
+async def test_the_answer_delay_served_is_reported(make_smsc: MakeSmsc, esmes: list[Esme]):
+    smsc = await make_smsc(latency_ms=30)
+    esme = await bound(smsc, esmes)
+    assert smsc.stats().answer_delay_ms == 0.0  # nothing delayed yet
+    await asyncio.gather(*esme.send(*(submit() for _ in range(10))))
+    # On 1 ms ticks: each answer within half a tick of the set latency, plus timer lateness.
+    assert 29.4 <= smsc.stats().answer_delay_ms < 40
+
+
 # -- receipts ----------------------------------------------------------------------------------
 
 
