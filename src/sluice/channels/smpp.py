@@ -202,7 +202,7 @@ class SmppTransport:
 
     def send_soon(self, message: Message, done: Callable[[SendResult], None]) -> bool:
         """The task-free path for the common case: one part, a bound link with a free window
-        slot and a token now. False (nothing sent) otherwise; the runner then uses `send`."""
+        slot and no pacing. False (nothing sent) otherwise; the runner then uses `send`."""
         config = self._config
         try:
             segments = split(
@@ -216,10 +216,9 @@ class SmppTransport:
         if len(segments) != 1:
             return False
         bind = self._best_bind()
-        if bind is None or bind.free <= 0:
-            return False
-        bucket = bind.bucket
-        if bucket.rate > 0 and not bucket.try_take():
+        if bind is None or bind.free <= 0 or bind.bucket.rate > 0:
+            # A paced bind (a configured bind_rate, or the SMSC's cap found) spaces its
+            # submits in `send`; this path is for binds that may go as fast as answers come.
             return False
         try:
             bind.submit_soon(
@@ -227,8 +226,6 @@ class SmppTransport:
                 functools.partial(self._answered, bind, done),
             )
         except LinkLost:
-            if bucket.rate > 0:
-                bucket.give_back()
             return False
         return True
 
