@@ -154,8 +154,40 @@ class SmppConfig(_Base):
     max_pdu_bytes: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] = 65_536 + 512
 
 
+class EmailConfig(_Base):
+    """Email over SMTP: through a relay (`relay_host`), or straight to each recipient
+    domain's MX when no relay is set."""
+
+    #: Smart host to hand every message to; unset: look up the recipient domain's MX.
+    relay_host: str | None = None
+    relay_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
+    #: AUTH credentials for the relay (sent only over TLS).
+    username: str | None = None
+    password: str | None = None
+    #: STARTTLS: "auto" when the server offers it, "always" (refuse to send in clear), "never".
+    starttls: Literal["auto", "always", "never"] = "auto"
+    #: Verify the server's certificate; turn off only for test servers.
+    tls_verify: bool = True
+    #: DNS servers for MX lookups as "host" or "host:port"; empty: the system's resolvers.
+    nameservers: list[str] = []
+    #: Port of the MX hosts (25; another for tests against a local server).
+    mx_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
+    #: Envelope sender and From for messages that have no sender.
+    default_from: str = "sluice@localhost"
+    #: Name given in EHLO; empty: this host's name.
+    helo_name: str = ""
+    connect_timeout_seconds: Seconds = 10.0
+    #: Longest wait for any one SMTP reply (DATA's final reply included).
+    command_timeout_seconds: Seconds = 60.0
+    #: Connections kept open per destination between messages, and for how long.
+    max_idle_per_destination: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 4
+    idle_seconds: Seconds = 30.0
+    #: Messages sent on one connection before it is replaced (servers limit this too).
+    max_messages_per_connection: Positive = 100
+
+
 class ChannelConfig(_Base):
-    type: Literal["webhook", "smpp"]
+    type: Literal["webhook", "smpp", "email"]
     #: Messages in flight at once on this channel.
     width: Positive = 32
     #: Messages per second (token bucket); 0 means unlimited.
@@ -173,6 +205,7 @@ class ChannelConfig(_Base):
     breaker: BreakerConfig = BreakerConfig()
     webhook: WebhookConfig | None = None
     smpp: SmppConfig | None = None
+    email: EmailConfig | None = None
 
 
 class TenantConfig(_Base):
@@ -230,6 +263,11 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{key}.webhook: required for a channel of type 'webhook'")
         if channel.type == "smpp" and channel.smpp is None:
             raise ConfigError(f"{key}.smpp: required for a channel of type 'smpp'")
+        if channel.type == "email" and channel.email is None:
+            raise ConfigError(
+                f"{key}.email: required for a channel of type 'email' (an empty table sends "
+                "to each recipient domain's MX)"
+            )
         if channel.smpp is not None:
             smpp = channel.smpp
             if smpp.reconnect_min_seconds > smpp.reconnect_max_seconds:
