@@ -17,7 +17,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,12 +36,18 @@ from sluice.metrics import GatewayMetrics
 from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.stage import Stage
 
+if TYPE_CHECKING:
+    from sluice.ingress.smtp import SmtpFrontDoor
+
 log = logging.getLogger("sluice")
 
 
 #: Completions waiting for their commit before senders are made to wait (backpressure).
 COMPLETION_CAPACITY = 100_000
 COMPLETION_BATCH = 5_000
+#: Names of the SMTP front door's state in the journal.
+CLIENT_MEMORY_STATE = "smtp.client_memory"
+GREYLIST_STATE = "smtp.greylist"
 
 
 def build_transport(name: str, config: ChannelConfig, on_receipts: OnReceipts) -> Transport:
@@ -50,6 +58,10 @@ def build_transport(name: str, config: ChannelConfig, on_receipts: OnReceipts) -
         from sluice.channels.smpp import SmppTransport
 
         return SmppTransport(name, config.smpp, on_receipts)
+    if config.type == "email" and config.email is not None:
+        from sluice.channels.email import EmailTransport
+
+        return EmailTransport(name, config.email, config.width)
     raise ValueError(f"channels.{name}.type: no transport for {config.type!r}")
 
 
@@ -108,6 +120,8 @@ class SluiceGateway:
         self._ready = False
         self.started = asyncio.Event()
         self.port: int | None = None
+        #: The SMTP front door, when configured (created in `run`, once the journal is open).
+        self.smtp: SmtpFrontDoor | None = None
 
     # ------------------------------------------------------------------ Gateway contract
 
@@ -177,6 +191,48 @@ class SluiceGateway:
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.telemetry.registry), CONTENT_TYPE_LATEST
+
+    # ------------------------------------------------------------------ SMTP front door
+
+    async def _open_front_door(self) -> SmtpFrontDoor:
+        """The front door with the client memory and greylist saved by the last run."""
+        from sluice.ingress.smtp import SmtpFrontDoor
+        from sluice.screening.client_memory import ClientMemory
+
+        door = SmtpFrontDoor(self.config, self)
+        saved = await self.journal.load_state(CLIENT_MEMORY_STATE)
+        if saved is not None:
+            try:
+                door.memory = ClientMemory.restore(saved)
+            except ValueError as exc:
+                log.warning("smtp: the saved client memory is unreadable (%s); starting empty", exc)
+        if door.greylist is not None:
+            saved = await self.journal.load_state(GREYLIST_STATE)
+            if saved is not None:
+                try:
+                    door.restore_greylist(saved)
+                except ValueError as exc:
+                    log.warning("smtp: the saved greylist is unreadable (%s); starting empty", exc)
+        return door
+
+    async def _save_front_door(self, door: SmtpFrontDoor) -> None:
+        """Forget clients past their retention and save the memory, every save_every_seconds."""
+        assert self.config.smtp is not None
+        screening = self.config.smtp.screening
+        while True:
+            await asyncio.sleep(screening.save_every_seconds)
+            await self._save_state(door)
+
+    async def _save_state(self, door: SmtpFrontDoor) -> None:
+        assert self.config.smtp is not None
+        retention = self.config.smtp.screening.client_retention_seconds
+        forgotten = door.memory.forget_before(int(time.time() - retention))
+        if forgotten:
+            log.info("smtp: forgot %d clients not seen for %.0f s", forgotten, retention)
+        await self.journal.save_state(CLIENT_MEMORY_STATE, door.memory.snapshot())
+        if door.greylist is not None:
+            door.greylist.cleanup()
+            await self.journal.save_state(GREYLIST_STATE, door.greylist.snapshot())
 
     # ------------------------------------------------------------------ pipeline
 
@@ -268,6 +324,12 @@ class SluiceGateway:
                 runners = [tg.create_task(r.run()) for r in self.runners.values()]
                 maintenance = tg.create_task(self._maintain())
                 http = tg.create_task(server.serve(sockets=[sock]))
+                front_door = saver = None
+                if self.config.smtp is not None:
+                    self.smtp = await self._open_front_door()
+                    front_door = tg.create_task(self.smtp.run())
+                    saver = tg.create_task(self._save_front_door(self.smtp))
+                    await self.smtp.listening.wait()
                 self._ready = True
                 self.started.set()
                 log.info("sluice serving on %s:%d", sock.getsockname()[0], self.port)
@@ -275,6 +337,11 @@ class SluiceGateway:
                 log.info("shutting down: no new requests, finishing in-flight work")
                 self._ready = False
                 server.should_exit = True
+                if self.smtp is not None and front_door is not None and saver is not None:
+                    saver.cancel()
+                    self.smtp.close()
+                    await front_door
+                    await self._save_state(self.smtp)
                 await http
                 for runner in self.runners.values():
                     runner.stop()

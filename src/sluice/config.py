@@ -229,6 +229,105 @@ class CallbacksConfig(_Base):
     secret: str | None = None
 
 
+Action = Literal["enforce", "drop", "ignore"]
+
+
+class ScreeningConfig(_Base):
+    """Checks on the raw connection before any SMTP work (Postfix postscreen's tests).
+
+    Actions, as in postscreen: "enforce" lets the client go on but refuses every RCPT TO with
+    550 5.7.1; "drop" answers 521 and disconnects; "ignore" only logs (and records no pass).
+    """
+
+    #: Permanent allow and deny lists (CIDR, IPv4 and IPv6); allow wins over deny.
+    allow: list[str] = []
+    deny: list[str] = []
+    deny_action: Action = "drop"
+    #: Connections one client address may have open at once; 0 = unlimited.
+    max_connections_per_client: NonNegative = 50
+    #: New connections per minute per client address (token bucket); 0 = unlimited.
+    connection_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    connection_burst: Positive = 10
+    #: Connections being screened at once; more are answered 421 and closed.
+    max_screening: Positive = 1000
+    #: Share of max_screening above which the shorter waits below apply.
+    stress_share: Fraction = 0.8
+    #: Pregreet test: the greeting's first line, then this long to catch clients that talk
+    #: before the greeting ends (0 turns the test off).
+    greet_wait_seconds: Annotated[float, msgspec.Meta(ge=0)] = 6.0
+    greet_wait_stressed_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    pregreet_action: Action = "enforce"
+    pregreet_ttl_seconds: Seconds = 86_400.0
+    #: DNSBL / DNSWL zones in postscreen syntax: "zen.example.org=127.0.0.[2..11]*3",
+    #: "list.dnswl.example*-5".
+    dnsbl_zones: list[str] = []
+    #: A client scoring at least this is listed; at most dnsbl_allowlist_threshold is
+    #: allowlisted (skips the other tests).
+    dnsbl_threshold: int = 1
+    dnsbl_allowlist_threshold: int = -1
+    dnsbl_action: Action = "enforce"
+    dnsbl_timeout_seconds: Seconds = 10.0
+    dnsbl_min_ttl_seconds: Positive = 60
+    dnsbl_max_ttl_seconds: Positive = 3600
+    #: How long a DNSBL pass is remembered for the client.
+    dnsbl_ttl_seconds: Seconds = 3600.0
+    #: DNS servers as "host" or "host:port"; empty: the system's resolvers.
+    nameservers: list[str] = []
+    #: Clients not seen for this long are forgotten.
+    client_retention_seconds: Seconds = 7 * 86_400.0
+    #: The client memory is saved to the journal this often (and at shutdown).
+    save_every_seconds: Seconds = 60.0
+
+
+class GreylistConfig(_Base):
+    """Greylisting at RCPT TO (postgrey): a new (client /24 or /64, sender, recipient) triplet
+    is refused with 451 4.7.1 until it retries after `delay_seconds`."""
+
+    enabled: bool = False
+    delay_seconds: Seconds = 300.0
+    retry_window_seconds: Seconds = 2 * 86_400.0
+    max_age_seconds: Seconds = 35 * 86_400.0
+    #: Client networks that passed this many times (counted once an hour) skip greylisting.
+    auto_allowlist_passes: NonNegative = 5
+    #: Clients (CIDR) and recipients ("user@example.com", "@example.com") never greylisted.
+    clients: list[str] = []
+    recipients: list[str] = []
+
+
+class SmtpConfig(_Base):
+    """The SMTP front door: screening, then an SMTP session; accepted mail becomes messages."""
+
+    #: Tenant that owns mail from clients that did not authenticate (AUTH names the tenant).
+    tenant: str
+    listen: str = "127.0.0.1:2525"
+    #: Name in the greeting and in EHLO answers.
+    hostname: str = "localhost"
+    #: Mail to <number>@sms_domain becomes an SMS on sms_channel.
+    sms_domain: str | None = None
+    sms_channel: str | None = None
+    #: Other mail goes to email_channel: to local_domains from anyone, elsewhere only from
+    #: authenticated clients (no open relay).
+    email_channel: str | None = None
+    local_domains: list[str] = []
+    #: Expect a PROXY protocol header (v1 or v2) from a load balancer on every connection.
+    proxy_protocol: bool = False
+    proxy_timeout_seconds: Seconds = 5.0
+    #: Certificate and key (PEM) for STARTTLS; AUTH is offered only over TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_starttls: bool = False
+    max_message_bytes: Positive = 10 * 1024 * 1024
+    max_recipients: Positive = 100
+    #: Longest wait for one command line (a client that sends one byte a second is cut off).
+    command_timeout_seconds: Seconds = 60.0
+    #: Longest SMTP session, whatever the client does.
+    max_session_seconds: Seconds = 600.0
+    #: Most commands of one kind in one session (aiosmtpd's command_call_limit).
+    max_commands: Positive = 100
+    screening: ScreeningConfig = ScreeningConfig()
+    greylist: GreylistConfig = GreylistConfig()
+
+
 class Config(_Base):
     server: ServerConfig = ServerConfig()
     journal: JournalConfig = JournalConfig()
@@ -236,6 +335,29 @@ class Config(_Base):
     callbacks: CallbacksConfig = CallbacksConfig()
     channels: dict[str, ChannelConfig] = {}
     tenants: dict[str, TenantConfig] = {}
+    #: The SMTP front door; absent: no SMTP listener.
+    smtp: SmtpConfig | None = None
+
+
+def _check_smtp(config: Config, smtp: SmtpConfig) -> None:
+    host, sep, port = smtp.listen.rpartition(":")
+    if not sep or not host or not (port.isdigit() and int(port) < 65536):
+        raise ConfigError(f"smtp.listen: expected host:port, got {smtp.listen!r}")
+    if smtp.tenant not in config.tenants:
+        raise ConfigError(f"smtp.tenant: {smtp.tenant!r} is not a configured tenant")
+    for field in ("sms_channel", "email_channel"):
+        channel = getattr(smtp, field)
+        if channel is not None and channel not in config.channels:
+            raise ConfigError(f"smtp.{field}: {channel!r} is not a configured channel")
+    if (smtp.sms_domain is None) != (smtp.sms_channel is None):
+        raise ConfigError("smtp.sms_domain and smtp.sms_channel: set both or neither")
+    if (smtp.tls_cert is None) != (smtp.tls_key is None):
+        raise ConfigError("smtp.tls_cert and smtp.tls_key: set both or neither")
+    if smtp.require_starttls and smtp.tls_cert is None:
+        raise ConfigError("smtp.require_starttls: needs smtp.tls_cert and smtp.tls_key")
+    screening = smtp.screening
+    if screening.dnsbl_min_ttl_seconds > screening.dnsbl_max_ttl_seconds:
+        raise ConfigError("smtp.screening.dnsbl_min_ttl_seconds: larger than dnsbl_max_ttl")
 
 
 def hash_api_key(key: str) -> str:
@@ -257,6 +379,8 @@ def _check(config: Config) -> None:
             "journal.heartbeat_seconds: must be shorter than journal.lease_seconds "
             f"({config.journal.heartbeat_seconds} >= {config.journal.lease_seconds})"
         )
+    if config.smtp is not None:
+        _check_smtp(config, config.smtp)
     for name, channel in config.channels.items():
         key = f"channels.{name}"
         if channel.type == "webhook" and channel.webhook is None:

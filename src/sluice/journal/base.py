@@ -128,6 +128,14 @@ class Journal(Protocol):
         may be below urgent priority. Expired ones are marked expired instead."""
         ...
 
+    async def save_state(self, name: str, data: bytes) -> None:
+        """Keep a component's state (the SMTP client memory, the greylist) across restarts."""
+        ...
+
+    async def load_state(self, name: str) -> bytes | None:
+        """The state last saved under `name`, or None."""
+        ...
+
     async def complete(self, owner: int, completions: list[Completion]) -> int:
         """Apply outcomes of attempts by `owner` (those whose lease it lost are skipped).
         Returns the number of status callbacks queued."""

@@ -131,6 +131,11 @@ CREATE TABLE IF NOT EXISTS provider_parts (
     PRIMARY KEY (channel, provider_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS provider_parts_message ON provider_parts (message_id);
+CREATE TABLE IF NOT EXISTS saved_state (
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    saved_at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS early_receipts (
     channel TEXT NOT NULL,
     provider_id TEXT NOT NULL,
@@ -567,6 +572,19 @@ class SqliteJournal:
         )
         return claimed
 
+    async def save_state(self, name: str, data: bytes) -> None:
+        """Keep a component's state (the SMTP client memory, the greylist) across restarts."""
+        await self._write(_op_save_state, name, data, now_ms())
+
+    async def load_state(self, name: str) -> bytes | None:
+        row = await self._read(
+            lambda conn, key: conn.execute(
+                "SELECT data FROM saved_state WHERE name = ?", (key,)
+            ).fetchone(),
+            name,
+        )
+        return None if row is None else bytes(row[0])
+
     async def complete(self, owner: int, completions: list[Completion]) -> int:
         if not completions:
             return 0
@@ -649,6 +667,15 @@ class SqliteJournal:
             ).fetchall()
         )
         return {State(state): n for state, n in rows}
+
+
+def _op_save_state(
+    conn: sqlite3.Connection, tx: _Transaction, name: str, data: bytes, now: int
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO saved_state (name, data, saved_at) VALUES (?, ?, ?)",
+        (name, data, now),
+    )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,336 @@
+"""The SMTP front door end to end: real clients (smtplib, swaks, raw sockets) against the
+screening listener of a running gateway; mail becomes messages and is delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import smtplib
+import subprocess
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import eventually, gateway_config, running_gateway, webhook_channel
+from sluice.screening.greylist import Greylist
+
+from sluice.app import SluiceGateway
+from sluice.sim.webhook_sink import WebhookSink
+
+pytestmark = pytest.mark.integration
+
+SMS_DOMAIN = "sms.example.test"
+
+
+def smtp_section(**options: Any) -> dict[str, Any]:
+    screening = {"greet_wait_seconds": 0.3, "greet_wait_stressed_seconds": 0.1}
+    screening.update(options.pop("screening", {}))
+    return {
+        "listen": "127.0.0.1:0",
+        "hostname": "mx.example.test",
+        "tenant": "acme",
+        "sms_domain": SMS_DOMAIN,
+        "sms_channel": "sms",
+        "command_timeout_seconds": 2.0,
+        "screening": screening,
+        **options,
+    }
+
+
+def config_for(tmp_path: Path, sink_url: str, **smtp: Any) -> dict[str, Any]:
+    channels = {"sms": webhook_channel(f"{sink_url}/sms")}
+    return gateway_config(tmp_path, channels, smtp=smtp_section(**smtp))
+
+
+async def delivered(run: Any, sink: WebhookSink, count: int = 1) -> list[dict[str, Any]]:
+    """The messages the sink accepted, once `count` of them arrived, as the API shows them."""
+    await eventually(lambda: len(sink.received("/sms")) >= count, what=f"{count} delivered")
+    return [await run.message(i) for i in sink.received("/sms")]
+
+
+def door_port(gateway: SluiceGateway) -> int:
+    assert gateway.smtp is not None
+    return gateway.smtp.port
+
+
+def counted(gateway: SluiceGateway, test: str, verdict: str) -> int:
+    assert gateway.smtp is not None
+    return gateway.smtp.stats.counts.get((test, verdict), 0)
+
+
+def send_with_smtplib(port: int, to: str, body: str = "Your code is 4711") -> dict[str, Any]:
+    message = EmailMessage()
+    message["From"] = "app@example.test"
+    message["To"] = to
+    message["Subject"] = "code"
+    message.set_content(body)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.example.test")
+        return client.send_message(message)
+
+
+class RawClient:
+    """A client that speaks when it likes (pregreet, garbage, slow bytes)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, first: bytes = b"") -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if first:
+            writer.write(first)
+        return cls(reader, writer)
+
+    async def reply(self) -> str:
+        """One complete (possibly multi-line) reply."""
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 10)
+            if not line:
+                break
+            lines.append(line.decode().rstrip("\r\n"))
+            if len(line) < 4 or line[3:4] != b"-":
+                break
+        return "\n".join(lines)
+
+    async def command(self, line: str) -> str:
+        self.writer.write(line.encode() + b"\r\n")
+        return await self.reply()
+
+    async def closed(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(), 10) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_mail_to_a_number_becomes_an_sms_committed_before_250(tmp_path: Path) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+        port = door_port(run.gateway)
+        refused = await asyncio.to_thread(send_with_smtplib, port, f"+447700900123@{SMS_DOMAIN}")
+        assert refused == {}
+        [record] = await delivered(run, sink)
+        assert record["to"] == "+447700900123"
+        assert record["body"] == "Your code is 4711"
+        assert record["channel"] == "sms"
+        assert counted(run.gateway, "screening", "pass_new") == 1
+
+
+async def test_the_250_names_the_stored_message(tmp_path: Path) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+        client = await RawClient.connect(door_port(run.gateway))
+        greeting = await client.reply()
+        assert greeting.startswith("220-mx.example.test") and "\n220 " in greeting
+        assert (await client.command("EHLO c.example.test")).startswith("250")
+        assert (await client.command("MAIL FROM:<a@b.test>")).startswith("250")
+        assert (await client.command(f"RCPT TO:<+15550001111@{SMS_DOMAIN}>")).startswith("250")
+        assert (await client.command("DATA")).startswith("354")
+        answer = await client.command("Subject: hi\r\n\r\nhello there\r\n.")
+        assert answer.startswith("250 2.0.0 Ok: queued as ")
+        message_id = answer.rsplit(" ", 1)[1]
+        record = await run.message(message_id)  # committed: the API finds it
+        assert record["to"] == "+15550001111"
+        assert record["body"] == "hello there"
+        client.close()
+
+
+async def test_no_open_relay_and_bad_recipients_are_named(tmp_path: Path) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+        client = await RawClient.connect(door_port(run.gateway))
+        await client.reply()
+        await client.command("EHLO c.example.test")
+        await client.command("MAIL FROM:<a@b.test>")
+        relay = await client.command("RCPT TO:<bob@elsewhere.example>")
+        assert relay.startswith("550 5.1.2") or relay.startswith("554 5.7.1"), relay
+        not_a_number = await client.command(f"RCPT TO:<bob@{SMS_DOMAIN}>")
+        assert not_a_number.startswith("550 5.1.1") and "phone number" in not_a_number
+        client.close()
+
+
+async def test_a_pregreeting_client_is_refused_at_rcpt_and_a_polite_one_remembered(
+    tmp_path: Path,
+) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+        port = door_port(run.gateway)
+        bot = await RawClient.connect(port, first=b"EHLO bot.example\r\n")
+        greeting = await bot.reply()
+        assert greeting.startswith("220")
+        await bot.reply()  # the EHLO it sent too early is answered by the session
+        await bot.command("MAIL FROM:<spam@bot.example>")
+        refused = await bot.command(f"RCPT TO:<+15550001111@{SMS_DOMAIN}>")
+        assert refused.startswith("550 5.7.1") and "talked too early" in refused
+        bot.close()
+        assert counted(run.gateway, "pregreet", "fail") == 1
+        # 127.0.0.1 failed: no pass recorded, so a polite client from it is tested again
+        await asyncio.to_thread(send_with_smtplib, port, f"+15550002222@{SMS_DOMAIN}")
+        assert counted(run.gateway, "screening", "pass_new") == 1
+        await asyncio.to_thread(send_with_smtplib, port, f"+15550003333@{SMS_DOMAIN}")
+        assert counted(run.gateway, "screening", "pass_old") == 1
+
+
+async def test_allow_and_deny_lists(tmp_path: Path) -> None:
+    async with WebhookSink() as sink:
+        denied = config_for(
+            tmp_path, sink.url, screening={"deny": ["127.0.0.0/8"], "deny_action": "drop"}
+        )
+        async with running_gateway(denied) as run:
+            client = await RawClient.connect(door_port(run.gateway))
+            assert (await client.reply()).startswith("521 5.7.1")
+            assert await client.closed()
+            assert counted(run.gateway, "access", "denylisted") == 1
+        allowed = config_for(
+            tmp_path / "b",
+            sink.url,
+            screening={"allow": ["127.0.0.1"], "deny": ["127.0.0.0/8"], "greet_wait_seconds": 30},
+        )
+        (tmp_path / "b").mkdir()
+        async with running_gateway(allowed) as run:
+            # Allowlisted: no 30 s pregreet wait, and the deny list does not apply.
+            await asyncio.wait_for(
+                asyncio.to_thread(
+                    send_with_smtplib, door_port(run.gateway), f"+1555000444@{SMS_DOMAIN}"
+                ),
+                10,
+            )
+            assert counted(run.gateway, "access", "allowlisted") == 1
+
+
+async def test_per_client_and_global_limits(tmp_path: Path) -> None:
+    async with WebhookSink() as sink:
+        config = config_for(
+            tmp_path,
+            sink.url,
+            screening={"max_connections_per_client": 1, "greet_wait_seconds": 5},
+        )
+        async with running_gateway(config) as run:
+            port = door_port(run.gateway)
+            first = await RawClient.connect(port)
+            await eventually(lambda: run.gateway.smtp.gate.busy == 1, what="first screened")  # type: ignore[union-attr]
+            second = await RawClient.connect(port)
+            refusal = await second.reply()
+            assert refusal.startswith("421 4.7.0") and "127.0.0.1" in refusal
+            first.close()
+            second.close()
+        config = config_for(
+            tmp_path / "g", sink.url, screening={"max_screening": 1, "greet_wait_seconds": 5}
+        )
+        (tmp_path / "g").mkdir()
+        async with running_gateway(config) as run:
+            port = door_port(run.gateway)
+            first = await RawClient.connect(port)
+            await eventually(lambda: run.gateway.smtp.gate.busy == 1, what="first screened")  # type: ignore[union-attr]
+            second = await RawClient.connect(port)
+            assert (await second.reply()).startswith("421 4.3.2 All server ports are busy")
+            first.close()
+            second.close()
+
+
+async def test_greylisting_with_an_injected_clock(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    async with WebhookSink() as sink:
+        config = config_for(tmp_path, sink.url, greylist={"enabled": True})
+        async with running_gateway(config) as run:
+            door = run.gateway.smtp
+            assert door is not None
+            door.greylist = Greylist(clock=lambda: now[0])
+            port = door.port
+            to = f"+15550005555@{SMS_DOMAIN}"
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as first:
+                await asyncio.to_thread(send_with_smtplib, port, to)
+            code, text = first.value.recipients[to]
+            assert code == 451 and b"4.7.1" in text
+            now[0] += 301  # the retry after the delay passes
+            assert await asyncio.to_thread(send_with_smtplib, port, to) == {}
+            await delivered(run, sink)
+
+
+async def test_restart_keeps_the_client_memory(tmp_path: Path) -> None:
+    async with WebhookSink() as sink:
+        config = config_for(tmp_path, sink.url)
+        async with running_gateway(config) as run:
+            await asyncio.to_thread(
+                send_with_smtplib, door_port(run.gateway), f"+15550001@{SMS_DOMAIN}"
+            )
+            assert counted(run.gateway, "screening", "pass_new") == 1
+        async with running_gateway(config) as run:
+            await asyncio.to_thread(
+                send_with_smtplib, door_port(run.gateway), f"+15550002@{SMS_DOMAIN}"
+            )
+            assert counted(run.gateway, "screening", "pass_old") == 1
+            assert counted(run.gateway, "screening", "pass_new") == 0
+
+
+async def test_bad_input_fires_limits_and_nothing_hangs(tmp_path: Path) -> None:
+    async with WebhookSink() as sink:
+        config = config_for(tmp_path, sink.url, max_message_bytes=2000)
+        async with running_gateway(config) as run:
+            port = door_port(run.gateway)
+            # An over-long command line.
+            client = await RawClient.connect(port)
+            await client.reply()
+            assert (await client.command("EHLO " + "x" * 3000)).startswith("500")
+            # Oversize DATA.
+            await client.command("EHLO c.example.test")
+            await client.command("MAIL FROM:<a@b.test>")
+            await client.command(f"RCPT TO:<+15550001111@{SMS_DOMAIN}>")
+            await client.command("DATA")
+            too_big = await client.command("Subject: x\r\n\r\n" + ("y" * 80 + "\r\n") * 50 + ".")
+            assert too_big.startswith("552"), too_big
+            client.close()
+            # Binary garbage after the greeting.
+            garbage = await RawClient.connect(port)
+            await garbage.reply()
+            assert (await garbage.command("\x00\xff\xfe GARBAGE")).startswith("500")
+            garbage.close()
+            # One byte a second: the command timeout (2 s) ends it.
+            slow = await RawClient.connect(port)
+            await slow.reply()
+            for byte in b"EHLO":
+                slow.writer.write(bytes([byte]))
+                await asyncio.sleep(0.8)
+            assert await slow.closed() or True
+            assert (await asyncio.wait_for(slow.reader.read(), 5)) == b""
+            # The door still works.
+            assert await asyncio.to_thread(send_with_smtplib, port, f"+15550009@{SMS_DOMAIN}") == {}
+
+
+async def test_proxy_protocol_names_the_real_client(tmp_path: Path) -> None:
+    async with WebhookSink() as sink:
+        config = config_for(
+            tmp_path,
+            sink.url,
+            proxy_protocol=True,
+            screening={"deny": ["203.0.113.0/24"], "deny_action": "drop"},
+        )
+        async with running_gateway(config) as run:
+            port = door_port(run.gateway)
+            header = b"PROXY TCP4 203.0.113.9 192.0.2.1 40000 25\r\n"
+            client = await RawClient.connect(port, first=header)
+            assert (await client.reply()).startswith("521 5.7.1")
+            ok = await RawClient.connect(port, first=b"PROXY TCP4 198.51.100.7 192.0.2.1 1 25\r\n")
+            assert (await ok.reply()).startswith("220")
+            ok.close()
+            broken = await RawClient.connect(port, first=b"HELLO\r\n")
+            assert await broken.closed()
+
+
+swaks = shutil.which("swaks")
+
+
+@pytest.mark.skipif(swaks is None, reason="Debian's swaks is installed by ./dev test")
+async def test_swaks_sends_through_the_front_door(tmp_path: Path) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+        port = door_port(run.gateway)
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "swaks", "--server", f"127.0.0.1:{port}", "--to", f"15550007777@{SMS_DOMAIN}",
+                "--from", "app@example.test", "--body", "from swaks", "--hide-all",
+            ],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        [record] = await delivered(run, sink)
+        assert record["body"] == "from swaks"
