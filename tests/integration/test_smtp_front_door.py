@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from harness import eventually, gateway_config, running_gateway, webhook_channel
-from sluice.screening.greylist import Greylist
 
 from sluice.app import SluiceGateway
+from sluice.screening.greylist import Greylist
 from sluice.sim.webhook_sink import WebhookSink
 
 pytestmark = pytest.mark.integration
