@@ -327,6 +327,7 @@ class SluiceGateway:
                 front_door = saver = None
                 if self.config.smtp is not None:
                     self.smtp = await self._open_front_door()
+                    self.telemetry.watch_front_door(self.smtp)
                     front_door = tg.create_task(self.smtp.run())
                     saver = tg.create_task(self._save_front_door(self.smtp))
                     await self.smtp.listening.wait()

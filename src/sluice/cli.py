@@ -121,6 +121,12 @@ async def _sim_smsc(args: argparse.Namespace) -> int:
     return await _simulate("smsc", run_from_args, args)
 
 
+async def _sim_smtp(args: argparse.Namespace) -> int:
+    from sluice.sim.smtp_sink import run_from_args
+
+    return await _simulate("smtp", run_from_args, args)
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from sluice.demo import run_demo
 
@@ -179,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     smsc_sim.add_arguments(smsc)
     smsc.set_defaults(handler=_sim_smsc)
+    smtp = peers.add_parser("smtp", help="an SMTP sink (aiosmtpd)")
+    from sluice.sim import smtp_sink
+
+    smtp_sink.add_arguments(smtp)
+    smtp.set_defaults(handler=_sim_smtp)
 
     hash_key = commands.add_parser("hash-key", help="print the config form of an API key")
     hash_key.add_argument("key")

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 if TYPE_CHECKING:
     from sluice.callbacks import CallbackSender
     from sluice.channels.runner import ChannelRunner
+    from sluice.ingress.smtp import SmtpFrontDoor
     from sluice.journal.sqlite import SqliteJournal
     from sluice.stage import Stage
 
@@ -56,6 +57,9 @@ class GatewayMetrics:
 
         return observe
 
+    def watch_front_door(self, door: SmtpFrontDoor) -> None:
+        self.registry.register(_FrontDoorCollector(door))
+
     def watch(
         self,
         runners: Iterable[ChannelRunner],
@@ -64,6 +68,45 @@ class GatewayMetrics:
         callbacks: CallbackSender,
     ) -> None:
         self.registry.register(_LiveCollector(list(runners), list(stages), journal, callbacks))
+
+
+class _FrontDoorCollector:
+    """The SMTP front door's verdicts per test and its live sizes."""
+
+    def __init__(self, door: SmtpFrontDoor) -> None:
+        self._door = door
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        door = self._door
+        verdicts = CounterMetricFamily(
+            "sluice_smtp_screening",
+            "Screening outcomes: connect/busy, access/allowlisted, pregreet/fail, dnsbl/pass, "
+            "screening/pass_new, log/GREYLISTED …",
+            labels=["test", "verdict"],
+        )
+        for (test, verdict), count in sorted(door.stats.counts.items()):
+            verdicts.add_metric([test, verdict], count)
+        yield verdicts
+        yield GaugeMetricFamily(
+            "sluice_smtp_screening_busy", "Connections being screened.", value=door.gate.busy
+        )
+        yield GaugeMetricFamily(
+            "sluice_smtp_clients", "Client addresses remembered.", value=len(door.memory)
+        )
+        yield GaugeMetricFamily(
+            "sluice_smtp_client_memory_bytes",
+            "Bytes held by the client memory.",
+            value=door.memory.bytes_used(),
+        )
+        if door.greylist is not None:
+            yield GaugeMetricFamily(
+                "sluice_smtp_greylist_triplets",
+                "Greylist triplets remembered.",
+                value=len(door.greylist),
+            )
 
 
 class _LiveCollector:

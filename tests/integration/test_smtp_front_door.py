@@ -7,16 +7,23 @@ import asyncio
 import shutil
 import smtplib
 import subprocess
+import sys
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import eventually, gateway_config, running_gateway, webhook_channel
+from harness import KEY, eventually, gateway_config, running_gateway, webhook_channel
 
 from sluice.app import SluiceGateway
+from sluice.model import State
 from sluice.screening.greylist import Greylist
+from sluice.sim.smtp_sink import SmtpSink, SmtpSinkOptions
 from sluice.sim.webhook_sink import WebhookSink
+
+# The loopback DNS server the screening tests use (tests/screening/dns_server.py).
+sys.path.insert(0, str(Path(__file__).parent.parent / "screening"))
+from dns_server import ZoneServer
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +341,138 @@ async def test_swaks_sends_through_the_front_door(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         [record] = await delivered(run, sink)
         assert record["body"] == "from swaks"
+
+
+def self_signed(directory: Path) -> tuple[str, str]:
+    """A throwaway certificate for the front door's STARTTLS (openssl is on every machine)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=mx.example.test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def test_mail_goes_out_by_the_email_channel_and_ends_sent(tmp_path: Path) -> None:
+    async with SmtpSink(SmtpSinkOptions()) as relay, WebhookSink() as sink:
+        channels = {
+            "sms": webhook_channel(f"{sink.url}/sms"),
+            "email": {
+                "type": "email",
+                "width": 4,
+                "email": {"relay_host": "127.0.0.1", "relay_port": relay.port},
+            },
+        }
+        smtp = smtp_section(email_channel="email", local_domains=["example.test"])
+        async with running_gateway(gateway_config(tmp_path, channels, smtp=smtp)) as run:
+            port = door_port(run.gateway)
+            assert (
+                await asyncio.to_thread(
+                    send_with_smtplib, port, "alice@example.test", "Hello Alice"
+                )
+                == {}
+            )
+            await relay.wait_for(messages=1)
+            [mail] = relay.messages()
+            assert list(mail.rcpt_tos) == ["alice@example.test"]
+            assert mail.mail_from == "app@example.test"
+            assert b"Hello Alice" in mail.data and b"Subject: code" in mail.data
+            ids = await run.gateway.journal.count_by_state()
+            assert sum(ids.values()) == 1
+
+            async def sent() -> bool:
+                counts = await run.gateway.journal.count_by_state()
+                return counts.get(State.SENT, 0) == 1
+
+            await eventually(sent, what="the mail message in state sent")
+
+
+@pytest.mark.skipif(swaks is None, reason="Debian's swaks is installed by ./dev test")
+async def test_starttls_and_auth_with_swaks_let_a_tenant_relay(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    async with SmtpSink(SmtpSinkOptions()) as relay, WebhookSink() as sink:
+        channels = {
+            "sms": webhook_channel(f"{sink.url}/sms"),
+            "email": {
+                "type": "email",
+                "email": {"relay_host": "127.0.0.1", "relay_port": relay.port},
+            },
+        }
+        smtp = smtp_section(email_channel="email", tls_cert=cert, tls_key=key)
+        async with running_gateway(gateway_config(tmp_path, channels, smtp=smtp)) as run:
+            port = door_port(run.gateway)
+
+            def swaks_run(*extra: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    ["swaks", "--server", f"127.0.0.1:{port}", "--to", "bob@elsewhere.example",
+                     "--from", "app@example.test", "--body", "relayed", *extra],
+                    capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+
+            plain = await asyncio.to_thread(swaks_run)
+            assert plain.returncode != 0 and "Relay access denied" in plain.stdout
+            no_tls = await asyncio.to_thread(
+                swaks_run, "--auth", "PLAIN", "--auth-user", "acme", "--auth-password", KEY
+            )
+            assert no_tls.returncode != 0  # AUTH is not offered in clear
+            wrong = await asyncio.to_thread(
+                swaks_run, "-tls", "--auth", "PLAIN", "--auth-user", "acme", "--auth-password", "no"
+            )
+            assert wrong.returncode != 0
+            good = await asyncio.to_thread(
+                swaks_run, "-tls", "--auth", "PLAIN", "--auth-user", "acme", "--auth-password", KEY
+            )
+            assert good.returncode == 0, good.stdout
+            await relay.wait_for(messages=1)
+            assert list(relay.messages()[0].rcpt_tos) == ["bob@elsewhere.example"]
+
+
+async def test_dnsbl_scores_from_a_real_dns_server(tmp_path: Path) -> None:
+    with ZoneServer() as dns:
+        dns.set("1.0.0.127.bl.test", ["127.0.0.2"], ttl=300)
+        host, dns_port = dns.address
+        async with WebhookSink() as sink:
+            listed = config_for(
+                tmp_path,
+                sink.url,
+                screening={
+                    "dnsbl_zones": ["bl.test=127.0.0.[2..4]*2", "wl.test*-5"],
+                    "dnsbl_threshold": 2,
+                    "nameservers": [f"{host}:{dns_port}"],
+                    "dnsbl_timeout_seconds": 2,
+                },
+            )
+            async with running_gateway(listed) as run:
+                with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                    await asyncio.to_thread(
+                        send_with_smtplib, door_port(run.gateway), f"+15550001@{SMS_DOMAIN}"
+                    )
+                code, text = next(iter(refused.value.recipients.values()))
+                assert code == 550 and b"bl.test" in text
+                assert counted(run.gateway, "dnsbl", "fail") == 1
+                assert dns.queries("1.0.0.127.bl.test") == 1
+            dns.set("1.0.0.127.wl.test", ["127.0.0.1"], ttl=300)  # now also on an allowlist
+            (tmp_path / "b").mkdir()
+            async with running_gateway(
+                {
+                    **listed,
+                    "journal": {"path": str(tmp_path / "b" / "j.db"), "synchronous": "normal"},
+                }
+            ) as run:
+                assert (
+                    await asyncio.to_thread(
+                        send_with_smtplib, door_port(run.gateway), f"+15550002@{SMS_DOMAIN}"
+                    )
+                    == {}
+                )
+                assert counted(run.gateway, "dnsbl", "allowlisted") == 1
+
+
+async def test_metrics_count_the_verdicts(tmp_path: Path) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+        await asyncio.to_thread(send_with_smtplib, door_port(run.gateway), f"+1555000@{SMS_DOMAIN}")
+        async with run.client.get("/metrics") as resp:
+            text = await resp.text()
+        assert 'sluice_smtp_screening_total{test="screening",verdict="pass_new"} 1.0' in text
+        assert "sluice_smtp_clients 1.0" in text
