@@ -476,3 +476,27 @@ async def test_metrics_count_the_verdicts(tmp_path: Path) -> None:
             text = await resp.text()
         assert 'sluice_smtp_screening_total{test="screening",verdict="pass_new"} 1.0' in text
         assert "sluice_smtp_clients 1.0" in text
+
+
+async def test_a_client_that_keeps_passing_greylisting_is_auto_allowlisted(
+    tmp_path: Path,
+) -> None:
+    now = [1_700_000_000.0]
+    async with WebhookSink() as sink:
+        config = config_for(tmp_path, sink.url, greylist={"enabled": True})
+        async with running_gateway(config) as run:
+            door = run.gateway.smtp
+            assert door is not None
+            door.greylist = Greylist(auto_allowlist_passes=2, clock=lambda: now[0])
+            port = door.port
+            for n in range(2):  # two triplets, each greylisted once and passed an hour apart
+                to = f"+1555000900{n}@{SMS_DOMAIN}"
+                with pytest.raises(smtplib.SMTPRecipientsRefused):
+                    await asyncio.to_thread(send_with_smtplib, port, to)
+                now[0] += 301
+                assert await asyncio.to_thread(send_with_smtplib, port, to) == {}
+                now[0] += 3600
+            # A brand-new triplet from the same /24 now passes at once.
+            assert (
+                await asyncio.to_thread(send_with_smtplib, port, f"+15550009999@{SMS_DOMAIN}") == {}
+            )
