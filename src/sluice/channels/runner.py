@@ -377,13 +377,7 @@ class ChannelRunner:
 
     def _answered(self, message: Message, started: float, result: SendResult) -> None:
         """The end of a `send_soon`: judge, free the slot, hand the outcome on."""
-        latency = time.perf_counter() - started
-        self._observe(result.outcome.name.lower(), latency)
-        try:
-            completion = self._judge(message, result, latency * 1000)
-        except Exception:  # a bug here must not take the channel down with it
-            log.exception("channel %s: judging an outcome failed", self.name)
-            completion = self._requeue(message, None, "internal error; retried")
+        completion = self._outcome(message, started, result)
         self.in_flight -= 1
         self.slots.release(message.priority)
         self._finished(message.priority)
@@ -435,13 +429,7 @@ class ChannelRunner:
                 except Exception as exc:
                     log.exception("channel %s: transport raised", self.name)
                     result = SendResult(Outcome.TRANSIENT, detail=f"transport error: {exc!r}")
-                latency = time.perf_counter() - started
-                self._observe(result.outcome.name.lower(), latency)
-                try:
-                    completion = self._judge(message, result, latency * 1000)
-                except Exception:  # a bug here must not take the channel down with it
-                    log.exception("channel %s: judging an outcome failed", self.name)
-                    completion = self._requeue(message, None, "internal error; retried")
+                completion = self._outcome(message, started, result)
         except asyncio.CancelledError:
             self.breaker.release_probe()
             raise
@@ -452,6 +440,16 @@ class ChannelRunner:
             self._finished(priority)
         if not self._completions.offer(completion):
             await self._completions.put(completion)
+
+    def _outcome(self, message: Message, started: float, result: SendResult) -> Completion:
+        """The completion for a transport's answer (sent at `started`, perf_counter)."""
+        latency = time.perf_counter() - started
+        self._observe(result.outcome.name.lower(), latency)
+        try:
+            return self._judge(message, result, latency * 1000)
+        except Exception:  # a bug here must not take the channel down with it
+            log.exception("channel %s: judging an outcome failed", self.name)
+            return self._requeue(message, None, "internal error; retried")
 
     def _requeue(self, message: Message, at: float | None, why: str) -> Completion:
         wait = 0.0 if at is None else max(0.0, at - self._clock())

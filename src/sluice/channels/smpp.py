@@ -170,10 +170,11 @@ class SmppTransport:
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, message: Message) -> SendResult:
+    def _split(self, message: Message) -> list[Segment] | SendResult:
+        """The message's segments, or the refusal of a text too long for smpp.max_segments."""
         config = self._config
         try:
-            segments = split(
+            return split(
                 message.body,
                 mode=config.segmentation,
                 reference=next(self._references) & 0xFFFF,
@@ -181,6 +182,12 @@ class SmppTransport:
             )
         except TooLong as exc:
             return SendResult(Outcome.PERMANENT, detail=f"{exc} (smpp.max_segments)")
+
+    async def send(self, message: Message) -> SendResult:
+        config = self._config
+        segments = self._split(message)
+        if isinstance(segments, SendResult):
+            return segments
         bind = await self._pick_bind()
         if bind is None:
             return SendResult(
@@ -203,17 +210,8 @@ class SmppTransport:
     def send_soon(self, message: Message, done: Callable[[SendResult], None]) -> bool:
         """The task-free path for the common case: one part, a bound link with a free window
         slot and no pacing. False (nothing sent) otherwise; the runner then uses `send`."""
-        config = self._config
-        try:
-            segments = split(
-                message.body,
-                mode=config.segmentation,
-                reference=next(self._references) & 0xFFFF,
-                max_segments=config.max_segments,
-            )
-        except TooLong:
-            return False  # `send` words the refusal
-        if len(segments) != 1:
+        segments = self._split(message)
+        if isinstance(segments, SendResult) or len(segments) != 1:  # `send` words a refusal
             return False
         bind = self._best_bind()
         if bind is None or bind.free <= 0 or bind.bucket.rate > 0:

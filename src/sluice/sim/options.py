@@ -1,9 +1,13 @@
-"""Run-time option changes shared by the simulators: unknown keys and bad types named."""
+"""What the simulators share: run-time option changes (unknown keys and bad types named) and
+the command line's periodic one-line report."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import msgspec
@@ -35,3 +39,23 @@ def with_changes(options: S, changes: Mapping[str, object], what: str) -> S:
         return msgspec.convert(merged, kind)
     except msgspec.ValidationError as exc:
         raise ValueError(name_field_first(str(exc))) from None
+
+
+def add_report_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report-seconds",
+        type=float,
+        default=0.0,
+        help="print a one-line stats summary every N seconds; 0 = off",
+    )
+
+
+async def report(summary: Callable[[], str], every: float) -> None:
+    """Print `summary()` every `every` seconds (0: never) until cancelled."""
+    if not (math.isfinite(every) and every >= 0):
+        raise ValueError(f"--report-seconds: expected a number >= 0, got {every}")
+    if every == 0:
+        await asyncio.Event().wait()
+    while True:
+        await asyncio.sleep(every)
+        print(summary(), flush=True)

@@ -67,6 +67,8 @@ from typing import Any
 import msgspec
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
 
+from sluice.sim.options import add_report_argument, report
+
 log = logging.getLogger("sluice.sim.smtp")
 
 #: aiosmtpd's own default limit on message data (32 MiB), kept as the sink's default.
@@ -743,12 +745,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_message_size,
         help="largest message in bytes, 0 = no limit (%(default)s)",
     )
-    parser.add_argument(
-        "--report-seconds",
-        type=float,
-        default=0.0,
-        help="print a one-line stats summary every N seconds; 0 = off",
-    )
+    add_report_argument(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> SmtpSinkOptions:
@@ -780,17 +777,10 @@ def options_from_args(args: argparse.Namespace) -> SmtpSinkOptions:
 async def run_from_args(args: argparse.Namespace) -> None:
     """Run the sink until cancelled, printing a summary every ``--report-seconds``."""
     options = options_from_args(args)
-    if not (math.isfinite(args.report_seconds) and args.report_seconds >= 0):
-        raise ValueError(f"--report-seconds: expected a number >= 0, got {args.report_seconds}")
     async with SmtpSink(options) as sink:
         tls = " with STARTTLS" if options.has_tls else ""
         print(f"SMTP sink listening on {options.host}:{sink.port}{tls}", flush=True)
         try:
-            if args.report_seconds > 0:
-                while True:
-                    await asyncio.sleep(args.report_seconds)
-                    print(sink.stats().summary(), flush=True)
-            else:
-                await asyncio.Event().wait()
+            await report(lambda: sink.stats().summary(), args.report_seconds)
         finally:
             print(f"SMTP sink closed: {sink.stats().summary()}", flush=True)

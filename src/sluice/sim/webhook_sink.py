@@ -78,7 +78,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from sluice.sim.options import with_changes
+from sluice.sim.options import add_report_argument, report, with_changes
 
 #: Paths under this prefix are the sink's own endpoints; every other path is a webhook target.
 CONTROL_PREFIX = "/_sink/"
@@ -682,12 +682,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=defaults.seed, help="seed for jitter and error draws"
     )
-    parser.add_argument(
-        "--report-seconds",
-        type=float,
-        default=0.0,
-        help="print a one-line stats summary every N seconds; 0 = off",
-    )
+    add_report_argument(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> SinkOptions:
@@ -718,12 +713,7 @@ async def run_from_args(args: argparse.Namespace) -> None:
     await sink.start(args.host, args.port)
     try:
         print(f"webhook sink listening on {sink.url}", flush=True)
-        if args.report_seconds > 0:
-            while True:
-                await asyncio.sleep(args.report_seconds)
-                print(sink.stats().summary(), flush=True)
-        else:
-            await asyncio.Event().wait()
+        await report(lambda: sink.stats().summary(), args.report_seconds)
     finally:
         await sink.close()
         print(f"webhook sink closed: {sink.stats().summary()}", flush=True)
