@@ -500,3 +500,26 @@ async def test_a_client_that_keeps_passing_greylisting_is_auto_allowlisted(
             assert (
                 await asyncio.to_thread(send_with_smtplib, port, f"+15550009999@{SMS_DOMAIN}") == {}
             )
+
+
+async def test_a_client_that_only_quits_is_answered_without_a_session(tmp_path: Path) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+        port = door_port(run.gateway)
+        for _ in range(2):  # PASS NEW, then PASS OLD
+            client = await RawClient.connect(port)
+            assert (await client.reply()).endswith("ESMTP Sluice")
+            assert await client.command("QUIT") == "221 2.0.0 Bye"
+            assert await client.closed()
+        # A command split over two writes still reaches the session whole.
+        client = await RawClient.connect(port)
+        await client.reply()
+        client.writer.write(b"QU")
+        await client.writer.drain()
+        assert (await client.command("IT")).startswith("221")
+        split = await RawClient.connect(port)
+        await split.reply()
+        split.writer.write(b"EH")
+        await split.writer.drain()
+        assert (await split.command("LO c.example.test")).startswith("250")
+        split.close()
+        assert counted(run.gateway, "screening", "pass_old") == 3
