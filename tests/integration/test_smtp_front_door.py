@@ -221,6 +221,22 @@ async def test_per_client_and_global_limits(tmp_path: Path) -> None:
             first.close()
             second.close()
         config = config_for(
+            tmp_path / "r",
+            sink.url,
+            screening={"connection_rate_per_minute": 2, "connection_burst": 2},
+        )
+        (tmp_path / "r").mkdir()
+        async with running_gateway(config) as run:
+            port = door_port(run.gateway)
+            for _ in range(2):
+                client = await RawClient.connect(port)
+                assert (await client.reply()).startswith("220")
+                assert await client.command("QUIT") == "221 2.0.0 Bye"
+            third = await RawClient.connect(port)
+            refusal = await third.reply()
+            assert refusal.startswith("421 4.7.0") and "rate" in refusal
+            third.close()
+        config = config_for(
             tmp_path / "g", sink.url, screening={"max_screening": 1, "greet_wait_seconds": 5}
         )
         (tmp_path / "g").mkdir()
