@@ -65,9 +65,9 @@ class BindError(Exception):
 
 
 #: PDUs written while a read is handled (answers make room for new submit_sm) are gathered and
-#: written when the read is done, or as soon as they make up this fraction (1/n) of the window:
-#: fewer system calls than one write each, and the SMSC works on the first ones while the rest
-#: are encoded. Other writes go out at once.
+#: written when the read is done, or as soon as they make up this fraction (1/n) of the read's
+#: PDUs (at most of the window): fewer system calls than one write each, and the SMSC works on
+#: the first ones while the rest are encoded. Other writes go out at once.
 FLUSH_SHARE = 4
 
 
@@ -109,7 +109,8 @@ class SmppBind(asyncio.Protocol):
         #: PDUs written during this turn of the event loop, sent in one write at its end: a
         #: window of submit_sm costs one system call, not one each.
         self._outbox: list[bytes] = []
-        self._flush_at = max(1, config.window // FLUSH_SHARE)
+        self._gather_max = max(1, config.window // FLUSH_SHARE)
+        self._flush_at = self._gather_max
         #: Inside `data_received`: what it writes goes out when it returns.
         self._reading = False
         #: What to call with the response (or LinkLost / ResponseTimeout), by sequence number.
@@ -159,7 +160,12 @@ class SmppBind(asyncio.Protocol):
             self._write_out()
 
     def _handle(self, data: bytes) -> None:
-        for event in self._session.receive_data(data):
+        events = self._session.receive_data(data)
+        # Gather in proportion to what this read brings: many answers at once (a fast SMSC)
+        # make room for many submit_sm, written a quarter of them at a time; a few (a slow
+        # one) go out one by one, so none waits for the others to be encoded.
+        self._flush_at = max(1, min(self._gather_max, len(events) // FLUSH_SHARE))
+        for event in events:
             if isinstance(event, PduReceived):
                 self._dispatch(event.pdu)
             elif isinstance(event, Rejected):
