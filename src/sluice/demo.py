@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import smtplib
 import statistics
 import time
+from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +26,7 @@ from sluice.app import SluiceGateway
 from sluice.config import from_dict, hash_api_key
 from sluice.model import State
 from sluice.sim.smsc import SmscOptions, SmscSimulator
+from sluice.sim.smtp_sink import SmtpSink, SmtpSinkOptions
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 
 DEMO_KEY = "demo-key"
@@ -65,6 +68,30 @@ def sms_channel(smsc_port: int) -> dict[str, object]:
     }
 
 
+MAIL_DOMAIN = "demo.test"
+MAIL_COUNT = 5
+
+
+def smtp_front_door(smtp_sink_port: int) -> tuple[dict[str, object], dict[str, object]]:
+    """The email channel (to the bundled SMTP sink) and the SMTP front door's section."""
+    email = {
+        "type": "email",
+        "width": 4,
+        "email": {"relay_host": "127.0.0.1", "relay_port": smtp_sink_port},
+    }
+    smtp = {
+        "listen": "127.0.0.1:0",
+        "hostname": f"mx.{MAIL_DOMAIN}",
+        "tenant": "demo",
+        "sms_domain": f"sms.{MAIL_DOMAIN}",
+        "sms_channel": "sms",
+        "email_channel": "email",
+        "local_domains": [MAIL_DOMAIN],
+        "screening": {"greet_wait_seconds": 0.5},
+    }
+    return email, smtp
+
+
 async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
     console = Console()
     workdir = Path(directory)
@@ -91,12 +118,15 @@ async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
         )
     )
     await smsc.start()
+    mail_sink = SmtpSink(SmtpSinkOptions())
+    await mail_sink.start()
     raw = demo_config(workdir, sink.url)
     raw["channels"]["sms"] = sms_channel(smsc.port)  # type: ignore[index]
+    raw["channels"]["email"], raw["smtp"] = smtp_front_door(mail_sink.port)  # type: ignore[index]
     gateway = SluiceGateway(from_dict(raw))
     console.print(
         f"[bold]Sluice demo[/]: webhook sink at {sink.url}, SMSC simulator at "
-        f"127.0.0.1:{smsc.port}, journal in {workdir}"
+        f"127.0.0.1:{smsc.port}, SMTP sink at 127.0.0.1:{mail_sink.port}, journal in {workdir}"
     )
     try:
         async with asyncio.TaskGroup() as tg:
@@ -106,13 +136,54 @@ async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
             console.print(f"gateway API at {base} (tenant 'demo', key '{DEMO_KEY}')")
             try:
                 await _drive(console, gateway, base, sink, smsc, messages)
+                await _mail(console, gateway, mail_sink)
+                console.print(
+                    "[bold green]done[/]: every message reached a final state; see the "
+                    "timeline API at GET /v1/messages/{id}"
+                )
             finally:
                 gateway.request_stop()
             await serving
     finally:
         await sink.close()
         await smsc.close()
+        await mail_sink.close()
     return 0
+
+
+def _send_mail(port: int, to: str, body: str) -> None:
+    message = EmailMessage()
+    message["From"] = f"app@{MAIL_DOMAIN}"
+    message["To"] = to
+    message["Subject"] = "Sluice demo"
+    message.set_content(body)
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.send_message(message)
+
+
+async def _mail(console: Console, gateway: SluiceGateway, mail_sink: SmtpSink) -> None:
+    """Mail through the SMTP front door: to numbers at the SMS domain, and to local users."""
+    assert gateway.smtp is not None
+    port = gateway.smtp.port
+    before = sum((await gateway.journal.count_by_state()).values())
+    for i in range(MAIL_COUNT):
+        await asyncio.to_thread(_send_mail, port, f"+4477008{i:05d}@sms.{MAIL_DOMAIN}",
+                                f"Mail to SMS #{i}: your parcel arrives today")  # fmt: skip
+        await asyncio.to_thread(_send_mail, port, f"user{i}@{MAIL_DOMAIN}", f"Hello #{i}")
+    await mail_sink.wait_for(messages=MAIL_COUNT, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the SMS get their receipts
+        if not gateway.backlog():
+            break
+        await asyncio.sleep(0.1)
+    after = sum((await gateway.journal.count_by_state()).values())
+    counts = gateway.smtp.stats.counts
+    console.print(
+        f"SMTP front door: {2 * MAIL_COUNT} mails accepted ({after - before} messages stored "
+        f"before each 250); screening: {counts.get(('screening', 'pass_new'), 0)} PASS NEW, "
+        f"{counts.get(('screening', 'pass_old'), 0)} PASS OLD; the email channel delivered "
+        f"{len(mail_sink.messages())} to the SMTP sink, the SMS channel takes the rest"
+    )
 
 
 def _fresh_directory(path: Path) -> None:
@@ -213,10 +284,6 @@ async def _drive(
         await _receipts(gateway, len(sms_ids))
         await _report(console, gateway, sink, session, base, bulk_ids, urgent_ids)
         _report_sms(console, smsc)
-        console.print(
-            "[bold green]done[/]: every message reached a final state; see the "
-            "timeline API at GET /v1/messages/{id}"
-        )
 
 
 async def _receipts(gateway: SluiceGateway, count: int, within: float = 30) -> None:
