@@ -29,7 +29,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import aiosmtpd.smtp as aiosmtpd_smtp
@@ -201,9 +201,9 @@ class SmtpFrontDoor:
         """Take the greylist saved by an earlier run (ValueError if unreadable)."""
         self.greylist = Greylist.restore(data, **self._greylist_settings)
 
-    def spawn(self, coro: object) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._tasks is not None, "the front door is not running"
-        self._tasks.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.create_task(coro)
 
     def check_login(self, user: str, password: str) -> bool:
         return self._keys.tenant_for(b"Bearer " + password.encode()) == user
