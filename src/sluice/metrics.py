@@ -2,16 +2,23 @@
 
 Counters that the hot path already keeps (runner and stage tallies, journal commits) are read
 at scrape time by a collector, so measuring costs nothing per message; only send latencies
-are observed as they happen, into a histogram.
+are observed as they happen, into plain bucket lists (`LatencyHistogram`) that the collector
+exports: a prometheus_client Histogram takes locks for every observation.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 if TYPE_CHECKING:
     from sluice.callbacks import CallbackSender
@@ -21,6 +28,31 @@ if TYPE_CHECKING:
     from sluice.stage import Stage
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+#: Upper bounds (seconds) of the send-latency buckets.
+SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class LatencyHistogram:
+    """Observations counted per bucket, with their sum; read at scrape time."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = SEND_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: (upper bound, observations at or below it)."""
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
 
 
 class GatewayMetrics:
@@ -38,21 +70,20 @@ class GatewayMetrics:
             ["code"],
             registry=self.registry,
         )
-        self.send_seconds = Histogram(
-            "sluice_send_seconds",
-            "Time from handing a message to a transport to its answer.",
-            ["channel", "outcome"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
+        #: Send latencies by (channel, outcome).
+        self.send_seconds: dict[tuple[str, str], LatencyHistogram] = {}
+        self.registry.register(_SendLatencyCollector(self.send_seconds))
 
     def observer(self, channel: str) -> Callable[[str, float], None]:
-        children = {}
+        histograms = self.send_seconds
+        children: dict[str, LatencyHistogram] = {}
 
         def observe(outcome: str, seconds: float) -> None:
             child = children.get(outcome)
             if child is None:
-                child = children[outcome] = self.send_seconds.labels(channel, outcome)
+                child = children[outcome] = histograms.setdefault(
+                    (channel, outcome), LatencyHistogram()
+                )
             child.observe(seconds)
 
         return observe
@@ -68,6 +99,24 @@ class GatewayMetrics:
         callbacks: CallbackSender,
     ) -> None:
         self.registry.register(_LiveCollector(list(runners), list(stages), journal, callbacks))
+
+
+class _SendLatencyCollector:
+    def __init__(self, histograms: dict[tuple[str, str], LatencyHistogram]) -> None:
+        self._histograms = histograms
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "sluice_send_seconds",
+            "Time from handing a message to a transport to its answer.",
+            labels=["channel", "outcome"],
+        )
+        for (channel, outcome), histogram in sorted(self._histograms.items()):
+            family.add_metric([channel, outcome], histogram.cumulative(), histogram.total)
+        yield family
 
 
 class _FrontDoorCollector:
