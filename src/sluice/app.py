@@ -199,22 +199,19 @@ class SluiceGateway:
     async def _open_front_door(self) -> SmtpFrontDoor:
         """The front door with the client memory and greylist saved by the last run."""
         from sluice.ingress.smtp import SmtpFrontDoor
-        from sluice.screening.client_memory import ClientMemory
 
         door = SmtpFrontDoor(self.config, self)
-        saved = await self.journal.load_state(CLIENT_MEMORY_STATE)
-        if saved is not None:
-            try:
-                door.memory = ClientMemory.restore(saved)
-            except ValueError as exc:
-                log.warning("smtp: the saved client memory is unreadable (%s); starting empty", exc)
+        restorers = {CLIENT_MEMORY_STATE: door.restore_memory}
         if door.greylist is not None:
-            saved = await self.journal.load_state(GREYLIST_STATE)
-            if saved is not None:
-                try:
-                    door.restore_greylist(saved)
-                except ValueError as exc:
-                    log.warning("smtp: the saved greylist is unreadable (%s); starting empty", exc)
+            restorers[GREYLIST_STATE] = door.restore_greylist
+        for name, restore in restorers.items():
+            saved = await self.journal.load_state(name)
+            if saved is None:
+                continue
+            try:
+                restore(saved)
+            except ValueError as exc:
+                log.warning("%s: the saved state is unreadable (%s); starting empty", name, exc)
         return door
 
     async def _save_front_door(self, door: SmtpFrontDoor) -> None:

@@ -240,10 +240,8 @@ class ChannelRunner:
         """An urgent arrival does not wait for the bulk claims on their way: it gets a claim
         of its own, of urgent messages only."""
         self._urgent_waiting = False
-        room = self.config.width + self._prefetch - self.claimed - self._claiming
-        if room < 1:
-            room = 1  # one beyond the claim-ahead: it goes first in any case
-        limit = min(room, self._max_claim)
+        # At least one, beyond the claim-ahead if need be: it goes first in any case.
+        limit = min(max(1, self.width_room() - self._claiming), self._max_claim)
         self._urgent_claim_out = True
         self._claims_out += 1
         self._claiming += limit
@@ -384,7 +382,7 @@ class ChannelRunner:
         try:
             if not self._completions.offer(completion):
                 self._spawn(self._completions.put(completion))
-        except (StageClosed, AssertionError, RuntimeError):
+        except (StageClosed, RuntimeError):
             # Shut down without waiting for this answer: the message stays leased and the
             # gateway releases it to the queue (or the next start recovers it).
             log.debug("channel %s: outcome of %d after shutdown", self.name, message.id)

@@ -106,8 +106,7 @@ class SmppBind(asyncio.Protocol):
         self._spawn = spawn
         self._session = SmppSession(Role.ESME)
         self._transport: asyncio.Transport | None = None
-        #: PDUs written during this turn of the event loop, sent in one write at its end: a
-        #: window of submit_sm costs one system call, not one each.
+        #: PDUs written while a read is handled, sent together (see FLUSH_SHARE).
         self._outbox: list[bytes] = []
         self._gather_max = max(1, config.window // FLUSH_SHARE)
         self._flush_at = self._gather_max
@@ -298,9 +297,9 @@ class SmppBind(asyncio.Protocol):
             self.bucket.rate = rate
 
     def submit_soon(self, pdu: SubmitSm, answer: Answer) -> None:
-        """Send one submit_sm now, without a task: the caller saw a free window slot and a
-        token (`free`, `bucket`). `answer` is called with the response, or with LinkLost or
-        ResponseTimeout, from the event loop. Raises LinkLost if the link is down."""
+        """Send one submit_sm now, without a task: the caller saw a free window slot (`free`)
+        on a bind that is not paced (`bucket`). `answer` is called with the response, or with
+        LinkLost or ResponseTimeout, from the event loop. Raises LinkLost if the link is down."""
         self._send_request(pdu, True, answer)
 
     async def _request(self, pdu: Pdu, bound_required: bool = True) -> Pdu:

@@ -197,6 +197,10 @@ class SmtpFrontDoor:
     def close(self) -> None:
         self._closing.set()
 
+    def restore_memory(self, data: bytes) -> None:
+        """Take the client memory saved by an earlier run (ValueError if unreadable)."""
+        self.memory = ClientMemory.restore(data)
+
     def restore_greylist(self, data: bytes) -> None:
         """Take the greylist saved by an earlier run (ValueError if unreadable)."""
         self.greylist = Greylist.restore(data, **self._greylist_settings)
@@ -338,9 +342,6 @@ class FirstCommand(asyncio.Protocol):
         self._door.open_session(
             self._transport, self._verdict, self._on_end, self._deadline, buffer
         )
-
-    def eof_received(self) -> bool | None:
-        return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._started:

@@ -230,17 +230,18 @@ class CallbackPayload(msgspec.Struct, omit_defaults=True):
     metadata: dict[str, str] | None = None
 
 
+def _unhex(metadata: str) -> bytes | None:
+    """A metadata blob as the aggregated JSON rows carry it: hex, '' for none."""
+    return bytes.fromhex(metadata) if metadata else None
+
+
 def _json_row_to_message(row: list[Any]) -> Message:
-    """A row of `_CLAIM_SELECT` (metadata as hex, '' for none) as a Message."""
-    *head, metadata, attempts = row
-    return Message(
-        *head,
-        _metadata_decoder.decode(bytes.fromhex(metadata)) if metadata else None,
-        attempts,
-    )
+    """A row of `_CLAIM_SELECT` (metadata as hex) as a Message."""
+    row[-2] = _unhex(row[-2])
+    return _row_to_message(row)
 
 
-def _row_to_message(row: tuple[Any, ...]) -> Message:
+def _row_to_message(row: tuple[Any, ...] | list[Any]) -> Message:
     """A row of `_MESSAGE_COLUMNS`, in order, as a Message (metadata unpacked)."""
     *head, metadata, attempts = row
     return Message(
@@ -1041,8 +1042,7 @@ def _leased(conn: sqlite3.Connection, keys: bytes, owner: int) -> dict[int, tupl
     (found,) = conn.execute(_LEASED_SELECT, (keys, owner)).fetchone()
     leased = {}
     for row in _rows_decoder.decode(found):
-        metadata = row[6]
-        row[6] = bytes.fromhex(metadata) if metadata else None
+        row[6] = _unhex(row[6])
         leased[row[0]] = tuple(row)
     return leased
 
@@ -1174,7 +1174,7 @@ def _settle_receipts(
         if callback_url:
             _add_callback(
                 conn, mid, callback_url, state, now, msg_channel, attempts, tenant, recipient,
-                r.provider_id, r.detail, bytes.fromhex(metadata) if metadata else None,
+                r.provider_id, r.detail, _unhex(metadata),
             )  # fmt: skip
     conn.execute(
         "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
