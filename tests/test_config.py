@@ -113,6 +113,7 @@ rate = 100
         ('[server]\nnode = "seven"', "server.node", "str"),
         ("[server]\nnode = 1024", "server.node", "1023"),
         ("[server]\nlisten = 8080", "server.listen", "int"),
+        ("[server]\ngil_switch_interval_ms = 0", "server.gil_switch_interval_ms", "> 0"),
         ("[journal]\nlease_seconds = 0", "journal.lease_seconds", "> 0"),
         ('[journal]\nsynchronous = "sometimes"', "journal.synchronous", "sometimes"),
         ("[journal]\nmax_claim = 0", "journal.max_claim", ">= 1"),

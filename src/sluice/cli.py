@@ -37,6 +37,7 @@ async def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sluice: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    sys.setswitchinterval(config.server.gil_switch_interval_ms / 1000)
     gateway = SluiceGateway(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -47,6 +47,10 @@ class ServerConfig(_Base):
     node: Annotated[int, msgspec.Meta(ge=0, le=1023)] | None = None
     #: Seconds to finish in-flight work after SIGTERM before releasing it to the queue.
     shutdown_grace_seconds: Seconds = 10.0
+    #: How long a thread may hold the GIL while another waits for it (Python's default is
+    #: 5 ms). The journal writer takes the GIL back after every SQLite statement; a short
+    #: interval keeps it from waiting behind a busy event loop (docs/benchmarks.md).
+    gil_switch_interval_ms: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 0.5
 
 
 class JournalConfig(_Base):
