@@ -51,11 +51,26 @@ class ServerConfig(_Base):
     #: 5 ms). The journal writer takes the GIL back after every SQLite statement; a short
     #: interval keeps it from waiting behind a busy event loop (docs/benchmarks.md).
     gil_switch_interval_ms: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 0.5
+    #: What this process does: "api" takes messages (HTTP, SMTP front door), "worker" delivers
+    #: them (channel runners, callbacks), "all" both. Split roles need a shared journal.
+    role: Literal["all", "api", "worker"] = "all"
+    #: Processes `sluice serve` starts on this machine (each a full gateway of `role`, sharing
+    #: the listening ports); more than one needs the postgres journal.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
 
 
 class JournalConfig(_Base):
-    backend: Literal["sqlite"] = "sqlite"
+    #: "sqlite": embedded, one process. "postgres": shared by any number of processes.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    #: The SQLite database file.
     path: str = "var/sluice.db"
+    #: The PostgreSQL server (libpq URL) and the schema that holds Sluice's tables.
+    url: str = "postgresql://127.0.0.1:5432/postgres"
+    schema: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "sluice"
+    #: Connections each process keeps to PostgreSQL.
+    pool_size: Annotated[int, msgspec.Meta(ge=2, le=100)] = 8
+    #: How long a PostgreSQL statement may run before it is cancelled (and retried or failed).
+    statement_timeout_seconds: Seconds = 30.0
     #: FULL: a commit survives power loss. NORMAL: survives a process crash, faster.
     synchronous: Literal["full", "normal"] = "full"
     #: With FULL, also fsync commits that hold only claims, send outcomes and leases. Off by
@@ -332,9 +347,23 @@ class SmtpConfig(_Base):
     greylist: GreylistConfig = GreylistConfig()
 
 
+class RedisConfig(_Base):
+    """Redis, for what processes share: global channel rates. Unset: every limit is local."""
+
+    #: redis://host:port/db; empty: no Redis.
+    url: str = ""
+    #: Prefix of every key Sluice writes (several gateways can share one Redis).
+    prefix: Annotated[str, msgspec.Meta(max_length=64)] = "sluice"
+    #: A process counts as live while it has refreshed its key within this many seconds.
+    liveness_seconds: Seconds = 5.0
+    #: Connect and command timeout; past it Redis counts as down and limits fall back.
+    timeout_seconds: Seconds = 0.5
+
+
 class Config(_Base):
     server: ServerConfig = ServerConfig()
     journal: JournalConfig = JournalConfig()
+    redis: RedisConfig = RedisConfig()
     limits: LimitsConfig = LimitsConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     channels: dict[str, ChannelConfig] = {}
@@ -383,6 +412,21 @@ def _check(config: Config) -> None:
             "journal.heartbeat_seconds: must be shorter than journal.lease_seconds "
             f"({config.journal.heartbeat_seconds} >= {config.journal.lease_seconds})"
         )
+    if config.journal.backend == "sqlite":
+        if config.server.workers > 1:
+            raise ConfigError(
+                "server.workers: the sqlite journal serves one process; "
+                'use journal.backend = "postgres" for more'
+            )
+        if config.server.role != "all":
+            raise ConfigError(
+                'server.role: "api" and "worker" need a journal they share '
+                '(journal.backend = "postgres")'
+            )
+    elif not config.journal.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"journal.url: expected postgresql://…, got {config.journal.url!r}")
+    if config.redis.url and not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis.url: expected redis://…, got {config.redis.url!r}")
     if config.smtp is not None:
         _check_smtp(config, config.smtp)
     for name, channel in config.channels.items():
