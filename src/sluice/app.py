@@ -30,8 +30,8 @@ from sluice.channels.transport import OnReceipts, Transport
 from sluice.channels.webhook import WebhookTransport
 from sluice.config import ChannelConfig, Config
 from sluice.ingress.contract import ChannelStatus
+from sluice.journal.backends import build_journal
 from sluice.journal.base import CancelResult, Completion, MessageRecord, Receipt, SubmitResult
-from sluice.journal.sqlite import SqliteJournal
 from sluice.metrics import GatewayMetrics
 from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.stage import Stage
@@ -87,12 +87,7 @@ class SluiceGateway:
         self.owner = int.from_bytes(os.urandom(8), "big") >> 2
         self._ids = IdGenerator(config.server.node)
         self.telemetry = GatewayMetrics()
-        self.journal = SqliteJournal(
-            config.journal.path,
-            synchronous=config.journal.synchronous,
-            max_ops_per_commit=config.journal.max_ops_per_commit,
-            fsync_outcomes=config.journal.fsync_outcomes,
-        )
+        self.journal = build_journal(config.journal)
         self.completions: Stage[Completion] = Stage(
             "completions", self._commit, capacity=COMPLETION_CAPACITY, max_batch=COMPLETION_BATCH
         )

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sluice.callbacks import CallbackSender
     from sluice.channels.runner import ChannelRunner
     from sluice.ingress.smtp import SmtpFrontDoor
-    from sluice.journal.sqlite import SqliteJournal
+    from sluice.journal.base import Journal
     from sluice.stage import Stage
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -95,7 +95,7 @@ class GatewayMetrics:
         self,
         runners: Iterable[ChannelRunner],
         stages: Iterable[Stage[object]],
-        journal: SqliteJournal,
+        journal: Journal,
         callbacks: CallbackSender,
     ) -> None:
         self.registry.register(_LiveCollector(list(runners), list(stages), journal, callbacks))
@@ -163,7 +163,7 @@ class _LiveCollector:
         self,
         runners: list[ChannelRunner],
         stages: list[Stage[object]],
-        journal: SqliteJournal,
+        journal: Journal,
         callbacks: CallbackSender,
     ) -> None:
         self._runners = runners

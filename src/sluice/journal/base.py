@@ -107,6 +107,17 @@ class CallbackJob(msgspec.Struct, frozen=True):
 class Journal(Protocol):
     """What every journal backend provides. Times are integer ms since the Unix epoch."""
 
+    #: Transactions committed, operations in them, and seconds spent in them (for metrics).
+    commits: int
+    ops: int
+    busy_seconds: float
+
+    def queue_depth(self) -> int:
+        """Operations waiting for the journal (a writer or a connection)."""
+        ...
+
+    async def count_by_state(self) -> dict[State, int]: ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

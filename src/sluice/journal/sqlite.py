@@ -48,15 +48,21 @@ from sluice.journal.base import (
 )
 from sluice.journal.multirow import chunk_sizes, insert_sql
 from sluice.journal.recipient_index import LOOKUP_SQL, RecipientIndex, recipient_key
+from sluice.journal.rows import (
+    EVENT_COLUMNS,
+    MESSAGE_COLUMNS,
+    callback_payload,
+    encode_metadata,
+    message_record,
+    row_to_message,
+    timeline_entry,
+)
 from sluice.model import (
     FINAL_STATES,
-    STATE_NAMES,
     Message,
     Outcome,
     Priority,
     State,
-    format_id,
-    id_time_ms,
     now_ms,
 )
 
@@ -159,10 +165,6 @@ CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due_at);
 _QUEUED = int(State.QUEUED)
 _SENDING = int(State.SENDING)
 _PRIORITIES = tuple(int(p) for p in Priority)
-_MESSAGE_COLUMNS = (
-    "id, tenant, channel, recipient, body, sender, priority, due_at, expires_at, callback_url, "
-    "metadata, attempts"
-)
 _json = msgspec.json.Encoder()
 _rows_decoder = msgspec.json.Decoder(list[list[Any]])
 
@@ -209,25 +211,8 @@ _REQUEUE_UPDATE = (
     "updated_at = ?2 FROM json_each(?1) AS v "
     "WHERE messages.id = v.value ->> 0 AND messages.state = 2 AND messages.lease_owner = ?3"
 )
-_metadata_decoder = msgspec.msgpack.Decoder(dict[str, str])
-_metadata_encoder = msgspec.msgpack.Encoder()
 
 Op = Callable[..., Any]
-
-
-class CallbackPayload(msgspec.Struct, omit_defaults=True):
-    """What a producer's callback URL receives when its message reaches a final state."""
-
-    id: str
-    state: str
-    at: int
-    channel: str
-    attempts: int
-    tenant: str
-    to: str
-    provider_id: str | None = None
-    detail: str | None = None
-    metadata: dict[str, str] | None = None
 
 
 def _unhex(metadata: str) -> bytes | None:
@@ -235,20 +220,10 @@ def _unhex(metadata: str) -> bytes | None:
     return bytes.fromhex(metadata) if metadata else None
 
 
-def _json_row_to_message(row: list[Any]) -> Message:
+def _jsonrow_to_message(row: list[Any]) -> Message:
     """A row of `_CLAIM_SELECT` (metadata as hex) as a Message."""
     row[-2] = _unhex(row[-2])
-    return _row_to_message(row)
-
-
-def _row_to_message(row: tuple[Any, ...] | list[Any]) -> Message:
-    """A row of `_MESSAGE_COLUMNS`, in order, as a Message (metadata unpacked)."""
-    *head, metadata, attempts = row
-    return Message(
-        *head,
-        _metadata_decoder.decode(metadata) if metadata is not None else None,  # type: ignore[arg-type]
-        attempts,
-    )
+    return row_to_message(row)
 
 
 class _WriterState:
@@ -776,7 +751,6 @@ def _prepare_insert(tenant: str, messages: list[Message]) -> _Insert:
             values += (m.id, m.channel, m.recipient, m.body, m.priority)
         width, (first, row) = _PLAIN_WIDTH, _PLAIN_ROWS
     else:
-        encode = _metadata_encoder.encode
         for m in messages:
             values += (
                 m.id,
@@ -789,7 +763,7 @@ def _prepare_insert(tenant: str, messages: list[Message]) -> _Insert:
                 m.not_before,
                 m.expires_at,
                 m.callback_url,
-                encode(m.metadata) if m.metadata else None,
+                encode_metadata(m.metadata),
             )
         width, (first, row) = _FULL_WIDTH, _FULL_ROWS
     statements = []
@@ -857,7 +831,7 @@ def _op_claim(
         if row[8] is not None and row[8] <= now:
             expired.append(row)
         else:
-            live.append(_json_row_to_message(row))
+            live.append(_jsonrow_to_message(row))
     if live:
         ids = _json.encode([m.id for m in live])
         conn.execute(
@@ -929,19 +903,8 @@ def _add_callback(
     detail: str | None,
     metadata: bytes | None,
 ) -> None:
-    payload = _json.encode(
-        CallbackPayload(
-            id=format_id(mid),
-            state=STATE_NAMES[state],
-            at=now,
-            channel=channel,
-            attempts=attempts,
-            tenant=tenant,
-            to=recipient,
-            provider_id=provider_id,
-            detail=detail,
-            metadata=_metadata_decoder.decode(metadata) if metadata is not None else None,
-        )
+    payload = callback_payload(
+        mid, state, now, channel, attempts, tenant, recipient, provider_id, detail, metadata
     )
     conn.execute(
         "INSERT INTO callbacks (message_id, url, payload, due_at) VALUES (?, ?, ?, ?)",
@@ -1383,7 +1346,7 @@ def _read_records(
     conn: sqlite3.Connection, where: str, params: tuple[Any, ...]
 ) -> list[MessageRecord]:
     rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS}, state, updated_at, provider_id, not_before FROM messages "
+        f"SELECT {MESSAGE_COLUMNS}, state, updated_at, provider_id, not_before FROM messages "
         f"{where}",
         params,
     ).fetchall()
@@ -1392,45 +1355,13 @@ def _read_records(
     ids = [row[0] for row in rows]
     marks = ",".join("?" * len(ids))
     timelines: dict[int, list[TimelineEntry]] = {mid: [] for mid in ids}
-    for mid, at, state, channel, attempt, outcome, provider_id, latency_ms, detail in conn.execute(
-        "SELECT message_id, at, state, channel, attempt, outcome, provider_id, latency_ms, detail "
-        f"FROM events WHERE message_id IN ({marks}) ORDER BY rowid",
+    for row in conn.execute(
+        f"SELECT message_id, {EVENT_COLUMNS} FROM events WHERE message_id IN ({marks}) "
+        "ORDER BY rowid",
         ids,
     ):
-        timelines[mid].append(
-            TimelineEntry(
-                at,
-                State(state),
-                channel,
-                attempt,
-                Outcome(outcome) if outcome is not None else None,
-                provider_id,
-                latency_ms,
-                detail,
-            )
-        )
-    records = []
-    for row in rows:
-        message = _row_to_message(row[:12])
-        created = id_time_ms(message.id)
-        due_at = row[7]
-        message.not_before = row[15]
-        accepted = [
-            TimelineEntry(created, State.ACCEPTED, message.channel),
-            TimelineEntry(created, State.QUEUED, message.channel),
-        ]
-        records.append(
-            MessageRecord(
-                message,
-                State(row[12]),
-                created,
-                row[13],
-                due_at,
-                row[14],
-                accepted + timelines[message.id],
-            )
-        )
-    return records
+        timelines[row[0]].append(timeline_entry(row[1:]))
+    return [message_record(row, timelines[row[0]]) for row in rows]
 
 
 def _read_next_due(conn: sqlite3.Connection, channel: str) -> int | None:

@@ -1,0 +1,26 @@
+"""The journal a configuration asks for: SQLite (embedded, one process) or PostgreSQL."""
+
+from __future__ import annotations
+
+from sluice.config import JournalConfig
+from sluice.journal.base import Journal
+
+
+def build_journal(config: JournalConfig) -> Journal:
+    if config.backend == "postgres":
+        from sluice.journal.postgres import PostgresJournal
+
+        return PostgresJournal(
+            config.url,
+            schema=config.schema,
+            pool_size=config.pool_size,
+            statement_timeout_seconds=config.statement_timeout_seconds,
+        )
+    from sluice.journal.sqlite import SqliteJournal
+
+    return SqliteJournal(
+        config.path,
+        synchronous=config.synchronous,
+        max_ops_per_commit=config.max_ops_per_commit,
+        fsync_outcomes=config.fsync_outcomes,
+    )
