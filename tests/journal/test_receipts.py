@@ -1,4 +1,4 @@
-"""Delivery receipts in the SQLite journal: parts, order of arrival, final states, callbacks."""
+"""Delivery receipts in both journals: parts, order of arrival, final states, callbacks."""
 
 from __future__ import annotations
 
@@ -8,23 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from sluice.journal.base import Completion, Receipt
-from sluice.journal.sqlite import SqliteJournal
+from journal_backends import BACKENDS, open_journal
+from sluice.journal.base import Completion, Journal, Receipt
 from sluice.model import IdGenerator, Message, Outcome, State, now_ms
 
 OWNER = 5
 HOOK = "https://app.example.com/status"
 
 
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
-    j = SqliteJournal(tmp_path / "journal.db")
-    await j.open()
-    yield j
-    await j.close()
+@pytest.fixture(params=BACKENDS)
+async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
+    async with open_journal(request.param, tmp_path) as j:
+        yield j
 
 
-async def sent(journal: SqliteJournal, parts: tuple[str, ...]) -> int:
+async def sent(journal: Journal, parts: tuple[str, ...]) -> int:
     message = Message(IdGenerator(node=3).next(), "acme", "sms", "+1555", "hi", callback_url=HOOK)
     await journal.insert("acme", [message])
     [claimed] = await journal.claim("sms", 1, 1, OWNER, now_ms(), 30_000)
@@ -35,18 +33,18 @@ async def sent(journal: SqliteJournal, parts: tuple[str, ...]) -> int:
     return message.id
 
 
-async def state(journal: SqliteJournal, message_id: int) -> State:
+async def state(journal: Journal, message_id: int) -> State:
     record = await journal.get("acme", message_id)
     assert record is not None
     return record.state
 
 
-async def callback_states(journal: SqliteJournal) -> list[str]:
+async def callback_states(journal: Journal) -> list[str]:
     jobs = await journal.claim_callbacks(100, now_ms() + 1, 60_000)
     return [json.loads(job.payload)["state"] for job in jobs]
 
 
-async def test_a_receipt_moves_a_sent_message_to_delivered(journal: SqliteJournal) -> None:
+async def test_a_receipt_moves_a_sent_message_to_delivered(journal: Journal) -> None:
     mid = await sent(journal, ("abc123",))
     assert await journal.apply_receipts("sms", [Receipt("abc123", True, "stat:DELIVRD")]) == 1
     assert await state(journal, mid) == State.DELIVERED
@@ -61,7 +59,7 @@ async def test_a_receipt_moves_a_sent_message_to_delivered(journal: SqliteJourna
     assert await callback_states(journal) == ["sent", "delivered"]
 
 
-async def test_a_long_message_is_delivered_when_every_part_is(journal: SqliteJournal) -> None:
+async def test_a_long_message_is_delivered_when_every_part_is(journal: Journal) -> None:
     mid = await sent(journal, ("p1", "p2", "p3"))
     assert await journal.apply_receipts("sms", [Receipt("p2", True)]) == 0
     assert await journal.apply_receipts("sms", [Receipt("p1", True)]) == 0
@@ -70,7 +68,7 @@ async def test_a_long_message_is_delivered_when_every_part_is(journal: SqliteJou
     assert await state(journal, mid) == State.DELIVERED
 
 
-async def test_one_undelivered_part_fails_the_message(journal: SqliteJournal) -> None:
+async def test_one_undelivered_part_fails_the_message(journal: Journal) -> None:
     mid = await sent(journal, ("p1", "p2"))
     await journal.apply_receipts(
         "sms", [Receipt("p1", True), Receipt("p2", False, "stat:UNDELIV err:001")]
@@ -83,7 +81,7 @@ async def test_one_undelivered_part_fails_the_message(journal: SqliteJournal) ->
 
 
 async def test_a_receipt_that_overtakes_its_sent_commit_is_applied_on_arrival(
-    journal: SqliteJournal,
+    journal: Journal,
 ) -> None:
     assert await journal.apply_receipts("sms", [Receipt("early", True, "stat:DELIVRD")]) == 0
     mid = await sent(journal, ("early",))
@@ -94,7 +92,7 @@ async def test_a_receipt_that_overtakes_its_sent_commit_is_applied_on_arrival(
 
 
 async def test_receipts_are_per_channel_and_repeats_change_nothing(
-    journal: SqliteJournal,
+    journal: Journal,
 ) -> None:
     mid = await sent(journal, ("same",))
     assert await journal.apply_receipts("other", [Receipt("same", True)]) == 0
@@ -104,7 +102,7 @@ async def test_receipts_are_per_channel_and_repeats_change_nothing(
     assert await state(journal, mid) == State.DELIVERED
 
 
-async def test_unmatched_receipts_are_forgotten_after_a_day(journal: SqliteJournal) -> None:
+async def test_unmatched_receipts_are_forgotten_after_a_day(journal: Journal) -> None:
     await journal.apply_receipts("sms", [Receipt("stranger", True)])
     await journal.sweep(now_ms() + 25 * 3600 * 1000, 86_400_000)
     mid = await sent(journal, ("stranger",))

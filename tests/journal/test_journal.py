@@ -1,4 +1,6 @@
-"""The SQLite journal against its contract (journal/base.py), on real files in tmp_path.
+"""Both journals against their contract (journal/base.py): SQLite on real files in tmp_path,
+PostgreSQL in a fresh schema of the real server. Tests of one backend's own machinery (the
+SQLite writer's group commits, its file lock) take that backend's fixture.
 
 Inserts stamp `due_at` with the wall clock, so claims and sweeps here pass a `now` taken after
 the insert returned, plus whatever offset the test needs; everything else is driven by `now`.
@@ -13,14 +15,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
+from journal_backends import BACKENDS, open_journal
 from sluice.journal.base import (
     CallbackJob,
     CancelResult,
     Completion,
     IdempotencyConflict,
+    Journal,
     JournalBusy,
     JournalError,
     MessageRecord,
@@ -47,8 +52,14 @@ def make(
     return Message(_ids.next(), tenant, channel, recipient, "hello", **fields)
 
 
+@pytest.fixture(params=BACKENDS)
+async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
+    async with open_journal(request.param, tmp_path) as j:
+        yield j
+
+
 @pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+async def sqlite_journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
     j = SqliteJournal(tmp_path / "journal.db")
     await j.open()
     try:
@@ -57,17 +68,17 @@ async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
         await j.close()
 
 
-async def record(journal: SqliteJournal, message_id: int, tenant: str = TENANT) -> MessageRecord:
+async def record(journal: Journal, message_id: int, tenant: str = TENANT) -> MessageRecord:
     rec = await journal.get(tenant, message_id)
     assert rec is not None
     return rec
 
 
-async def state_of(journal: SqliteJournal, message_id: int) -> State:
+async def state_of(journal: Journal, message_id: int) -> State:
     return (await record(journal, message_id)).state
 
 
-async def insert_one(journal: SqliteJournal, **fields: Any) -> Message:
+async def insert_one(journal: Journal, **fields: Any) -> Message:
     message = make(**fields)
     result = await journal.insert(message.tenant, [message])
     assert result.ids == [message.id]
@@ -75,7 +86,7 @@ async def insert_one(journal: SqliteJournal, **fields: Any) -> Message:
 
 
 async def claim_all(
-    journal: SqliteJournal, channel: str = "web", now: int | None = None, owner: int = OWNER
+    journal: Journal, channel: str = "web", now: int | None = None, owner: int = OWNER
 ) -> list[Message]:
     return await journal.claim(channel, 100, 100, owner, now or now_ms(), LEASE)
 
@@ -84,7 +95,7 @@ def completion(message: Message, state: State, outcome: Outcome, **fields: Any) 
     return Completion(message.id, state, message.channel, message.attempts, outcome, **fields)
 
 
-async def callbacks(journal: SqliteJournal, now: int | None = None) -> list[CallbackJob]:
+async def callbacks(journal: Journal, now: int | None = None) -> list[CallbackJob]:
     return await journal.claim_callbacks(100, now or now_ms() + 1, 60_000)
 
 
@@ -141,7 +152,7 @@ async def queue_all(coros: list[Any]) -> list[asyncio.Task[Any]]:
 # --- insert and get --------------------------------------------------------------------------
 
 
-async def test_insert_then_get(journal: SqliteJournal) -> None:
+async def test_insert_then_get(journal: Journal) -> None:
     message = make(
         sender="Acme",
         priority=Priority.HIGH,
@@ -178,7 +189,7 @@ async def test_insert_then_get(journal: SqliteJournal) -> None:
 @pytest.mark.parametrize("size", [1, 3, 1023, 1025, 2500])
 @pytest.mark.parametrize("shape", ["plain", "every field", "one with every field"])
 async def test_batches_of_any_size_and_shape_store_every_field(
-    journal: SqliteJournal, size: int, shape: str
+    journal: Journal, size: int, shape: str
 ) -> None:
     # Inserts are multi-row statements of power-of-two sizes, in a plain and a full shape.
     later = now_ms() + 60_000
@@ -209,7 +220,7 @@ async def test_batches_of_any_size_and_shape_store_every_field(
         assert found.message.id == m.id
 
 
-async def test_a_group_larger_than_one_index_statement(journal: SqliteJournal) -> None:
+async def test_a_group_larger_than_one_index_statement(journal: Journal) -> None:
     batch = [make(recipient=f"+1555{i:07d}") for i in range(9_000)]
     await journal.insert(TENANT, batch)
     for m in (batch[0], batch[8_191], batch[8_192], batch[-1]):
@@ -217,13 +228,13 @@ async def test_a_group_larger_than_one_index_statement(journal: SqliteJournal) -
         assert found.message.id == m.id
 
 
-async def test_get_unknown_or_other_tenant_is_none(journal: SqliteJournal) -> None:
+async def test_get_unknown_or_other_tenant_is_none(journal: Journal) -> None:
     message = await insert_one(journal)
     assert await journal.get("someone-else", message.id) is None
     assert await journal.get(TENANT, message.id + 1) is None
 
 
-async def test_a_future_not_before_is_kept(journal: SqliteJournal) -> None:
+async def test_a_future_not_before_is_kept(journal: Journal) -> None:
     later = now_ms() + 60_000
     message = await insert_one(journal, not_before=later)
     rec = await record(journal, message.id)
@@ -237,7 +248,7 @@ async def test_a_future_not_before_is_kept(journal: SqliteJournal) -> None:
     assert (rec.due_at, rec.message.not_before) == (later + 5_000, later)
 
 
-async def test_no_not_before_is_reported_when_none_was_given(journal: SqliteJournal) -> None:
+async def test_no_not_before_is_reported_when_none_was_given(journal: Journal) -> None:
     ids = IdGenerator(node=9, clock_ms=lambda: now_ms() - 50)  # id made 50 ms before the commit
     message = Message(ids.next(), TENANT, "web", "+1", "hi")
     await journal.insert(TENANT, [message])
@@ -255,7 +266,8 @@ async def test_writes_before_open_are_refused(tmp_path: Path) -> None:
 # --- group commit ----------------------------------------------------------------------------
 
 
-async def test_concurrent_inserts_share_commits(journal: SqliteJournal) -> None:
+async def test_concurrent_inserts_share_commits(sqlite_journal: SqliteJournal) -> None:
+    journal = sqlite_journal
     before = journal.commits
     messages = [make(recipient=f"+1555000{i:02d}") for i in range(50)]
     results = await asyncio.gather(*(journal.insert(TENANT, [m]) for m in messages))
@@ -266,7 +278,8 @@ async def test_concurrent_inserts_share_commits(journal: SqliteJournal) -> None:
     assert counts == {State.QUEUED: 50}
 
 
-async def test_one_group_one_commit(journal: SqliteJournal) -> None:
+async def test_one_group_one_commit(sqlite_journal: SqliteJournal) -> None:
+    journal = sqlite_journal
     messages = [make() for _ in range(50)]
     async with WriterGate(journal):
         before = journal.commits
@@ -276,7 +289,8 @@ async def test_one_group_one_commit(journal: SqliteJournal) -> None:
     assert journal.pending() == {"web": 50}
 
 
-async def test_a_failing_op_fails_only_its_caller(journal: SqliteJournal) -> None:
+async def test_a_failing_op_fails_only_its_caller(sqlite_journal: SqliteJournal) -> None:
+    journal = sqlite_journal
     first = await insert_one(journal, callback_url=HOOK)
     await journal.insert(TENANT, [make()], "key-1", b"digest-1")
     good = [make() for _ in range(20)]
@@ -308,12 +322,12 @@ async def test_a_failing_op_fails_only_its_caller(journal: SqliteJournal) -> Non
     assert {m.id for m in good} <= {r.message.id for r in history}
 
 
-async def test_a_lone_failing_op_leaves_the_journal_usable(journal: SqliteJournal) -> None:
+async def test_a_lone_failing_op_leaves_the_journal_usable(journal: Journal) -> None:
     first = await insert_one(journal)
     again = make()
     again.id = first.id
     extra = make()
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
         await journal.insert(TENANT, [extra, again])  # all or nothing: `extra` is not stored
     assert await journal.get(TENANT, extra.id) is None
     assert journal.pending() == {"web": 1}
@@ -325,7 +339,7 @@ async def test_a_lone_failing_op_leaves_the_journal_usable(journal: SqliteJourna
 
 
 async def test_a_repeated_key_returns_the_original_ids_and_stores_nothing(
-    journal: SqliteJournal,
+    journal: Journal,
 ) -> None:
     batch = [make(), make()]
     first = await journal.insert(TENANT, batch, "order-42", b"d1")
@@ -340,7 +354,7 @@ async def test_a_repeated_key_returns_the_original_ids_and_stores_nothing(
     assert await journal.count_by_state() == {State.QUEUED: 2}
 
 
-async def test_a_repeated_key_with_another_digest_is_a_conflict(journal: SqliteJournal) -> None:
+async def test_a_repeated_key_with_another_digest_is_a_conflict(journal: Journal) -> None:
     await journal.insert(TENANT, [make()], "order-42", b"d1")
     other = make()
     with pytest.raises(IdempotencyConflict, match="order-42"):
@@ -349,7 +363,7 @@ async def test_a_repeated_key_with_another_digest_is_a_conflict(journal: SqliteJ
     assert journal.pending() == {"web": 1}
 
 
-async def test_keys_are_per_tenant(journal: SqliteJournal) -> None:
+async def test_keys_are_per_tenant(journal: Journal) -> None:
     ours = await journal.insert(TENANT, [make()], "k", b"d1")
     theirs_message = make(tenant="zeta")
     theirs = await journal.insert("zeta", [theirs_message], "k", b"d2")
@@ -358,7 +372,7 @@ async def test_keys_are_per_tenant(journal: SqliteJournal) -> None:
     assert journal.pending() == {"web": 2}
 
 
-async def test_keys_are_forgotten_after_the_ttl(journal: SqliteJournal) -> None:
+async def test_keys_are_forgotten_after_the_ttl(journal: Journal) -> None:
     await journal.insert(TENANT, [make()], "k", b"d1")
     stored_at = now_ms()
     ttl = 60_000
@@ -377,7 +391,7 @@ async def test_keys_are_forgotten_after_the_ttl(journal: SqliteJournal) -> None:
 # --- claim -----------------------------------------------------------------------------------
 
 
-async def test_claim_leases_and_counts_the_attempt(journal: SqliteJournal) -> None:
+async def test_claim_leases_and_counts_the_attempt(journal: Journal) -> None:
     message = await insert_one(journal)
     now = now_ms()
     claimed = await journal.claim("web", 10, 10, OWNER, now, LEASE)
@@ -397,7 +411,7 @@ async def test_claim_leases_and_counts_the_attempt(journal: SqliteJournal) -> No
     assert journal.pending() == {"web": 1}  # sending still owes a delivery
 
 
-async def test_claim_takes_only_its_channel(journal: SqliteJournal) -> None:
+async def test_claim_takes_only_its_channel(journal: Journal) -> None:
     web = await insert_one(journal, channel="web")
     sms = await insert_one(journal, channel="sms")
     assert [m.id for m in await claim_all(journal, "sms")] == [sms.id]
@@ -406,7 +420,7 @@ async def test_claim_takes_only_its_channel(journal: SqliteJournal) -> None:
 
 
 async def test_claim_order_is_urgent_then_high_then_normal_then_bulk(
-    journal: SqliteJournal,
+    journal: Journal,
 ) -> None:
     t = now_ms()
     inserted = []
@@ -432,7 +446,7 @@ async def test_claim_order_is_urgent_then_high_then_normal_then_bulk(
         assert by_id[a.id] < by_id[b.id]
 
 
-async def test_non_urgent_limit_is_respected(journal: SqliteJournal) -> None:
+async def test_non_urgent_limit_is_respected(journal: Journal) -> None:
     for priority in [Priority.URGENT] * 3 + [Priority.NORMAL] * 5 + [Priority.BULK] * 5:
         await insert_one(journal, priority=priority)
     now = now_ms()
@@ -444,7 +458,7 @@ async def test_non_urgent_limit_is_respected(journal: SqliteJournal) -> None:
     assert [m.priority for m in rest] == [Priority.NORMAL] * 3 + [Priority.BULK]
 
 
-async def test_urgent_can_use_the_full_limit(journal: SqliteJournal) -> None:
+async def test_urgent_can_use_the_full_limit(journal: Journal) -> None:
     for priority in [Priority.URGENT] * 8 + [Priority.NORMAL] * 3:
         await insert_one(journal, priority=priority)
     claimed = await journal.claim("web", 5, 1, OWNER, now_ms(), LEASE)
@@ -453,7 +467,7 @@ async def test_urgent_can_use_the_full_limit(journal: SqliteJournal) -> None:
     assert [m.priority for m in claimed] == [Priority.URGENT] * 3 + [Priority.NORMAL]
 
 
-async def test_not_before_in_the_future_is_not_claimed_until_due(journal: SqliteJournal) -> None:
+async def test_not_before_in_the_future_is_not_claimed_until_due(journal: Journal) -> None:
     due = now_ms() + 60_000
     message = await insert_one(journal, not_before=due)
     assert await claim_all(journal, now=due - 1) == []
@@ -462,7 +476,7 @@ async def test_not_before_in_the_future_is_not_claimed_until_due(journal: Sqlite
     assert [m.id for m in await claim_all(journal, now=due)] == [message.id]
 
 
-async def test_expired_messages_are_marked_expired_at_claim(journal: SqliteJournal) -> None:
+async def test_expired_messages_are_marked_expired_at_claim(journal: Journal) -> None:
     t = now_ms()
     expiring = await insert_one(journal, expires_at=t + 1_000, callback_url=HOOK)
     quiet = await insert_one(journal, expires_at=t + 1_000)  # no callback_url
@@ -486,7 +500,7 @@ async def test_expired_messages_are_marked_expired_at_claim(journal: SqliteJourn
 # --- complete --------------------------------------------------------------------------------
 
 
-async def test_sent_then_delivered(journal: SqliteJournal) -> None:
+async def test_sent_then_delivered(journal: Journal) -> None:
     message = await insert_one(journal, callback_url=HOOK, metadata={"k": "v"})
     [claimed] = await claim_all(journal)
     await journal.complete(
@@ -517,7 +531,7 @@ async def test_sent_then_delivered(journal: SqliteJournal) -> None:
     assert payload(jobs[0])["metadata"] == {"k": "v"}
 
 
-async def test_delivered_straight_from_sending(journal: SqliteJournal) -> None:
+async def test_delivered_straight_from_sending(journal: Journal) -> None:
     message = await insert_one(journal)
     [claimed] = await claim_all(journal)
     await journal.complete(OWNER, [completion(claimed, State.DELIVERED, Outcome.SENT)])
@@ -525,7 +539,7 @@ async def test_delivered_straight_from_sending(journal: SqliteJournal) -> None:
     assert journal.pending() == {}
 
 
-async def test_failed_is_final(journal: SqliteJournal) -> None:
+async def test_failed_is_final(journal: Journal) -> None:
     message = await insert_one(journal, callback_url=HOOK)
     [claimed] = await claim_all(journal)
     failed = completion(claimed, State.FAILED, Outcome.PERMANENT, detail="invalid number")
@@ -541,7 +555,7 @@ async def test_failed_is_final(journal: SqliteJournal) -> None:
     assert payload(job)["attempts"] == 1
 
 
-async def test_retry_is_not_claimable_before_it_is_due(journal: SqliteJournal) -> None:
+async def test_retry_is_not_claimable_before_it_is_due(journal: Journal) -> None:
     message = await insert_one(journal, callback_url=HOOK)
     [claimed] = await claim_all(journal)
     due = now_ms() + 5_000
@@ -559,7 +573,7 @@ async def test_retry_is_not_claimable_before_it_is_due(journal: SqliteJournal) -
     assert again.attempts == 2
 
 
-async def test_an_uncounted_retry_gives_the_attempt_back(journal: SqliteJournal) -> None:
+async def test_an_uncounted_retry_gives_the_attempt_back(journal: Journal) -> None:
     await insert_one(journal)
     [claimed] = await claim_all(journal)
     throttled = completion(claimed, State.QUEUED, Outcome.THROTTLED, uncount=True)
@@ -568,7 +582,7 @@ async def test_an_uncounted_retry_gives_the_attempt_back(journal: SqliteJournal)
     assert again.attempts == 1
 
 
-async def test_reroute_to_moves_the_channel_and_the_pending_count(journal: SqliteJournal) -> None:
+async def test_reroute_to_moves_the_channel_and_the_pending_count(journal: Journal) -> None:
     message = await insert_one(journal)
     [claimed] = await claim_all(journal)
     moved = completion(claimed, State.QUEUED, Outcome.TRANSIENT, reroute_to="backup")
@@ -579,7 +593,7 @@ async def test_reroute_to_moves_the_channel_and_the_pending_count(journal: Sqlit
     assert (again.id, again.channel) == (message.id, "backup")
 
 
-async def test_completion_from_a_non_owner_is_ignored(journal: SqliteJournal) -> None:
+async def test_completion_from_a_non_owner_is_ignored(journal: Journal) -> None:
     message = await insert_one(journal)
     [claimed] = await claim_all(journal, owner=OWNER)
     before = await record(journal, message.id)
@@ -593,7 +607,7 @@ async def test_completion_from_a_non_owner_is_ignored(journal: SqliteJournal) ->
     assert await state_of(journal, message.id) == State.SENT
 
 
-async def test_a_completion_is_applied_once(journal: SqliteJournal) -> None:
+async def test_a_completion_is_applied_once(journal: Journal) -> None:
     await insert_one(journal)
     [claimed] = await claim_all(journal)
     sent = completion(claimed, State.SENT, Outcome.SENT)
@@ -602,14 +616,15 @@ async def test_a_completion_is_applied_once(journal: SqliteJournal) -> None:
     assert journal.pending() == {}
 
 
-async def test_pending_is_exact_through_every_transition(journal: SqliteJournal) -> None:
+async def test_pending_is_exact_through_every_transition(journal: Journal) -> None:
     t = now_ms()
     a, b, c, d, e, f = [await insert_one(journal) for _ in range(6)]
     g = await insert_one(journal, channel="sms", expires_at=t + 1)
     h = await insert_one(journal, channel="sms", expires_at=t + 1, not_before=t + 50_000)
     assert journal.pending() == {"web": 6, "sms": 2}
 
-    claimed = {m.id: m for m in await claim_all(journal, now=t + 10)}
+    t1 = now_ms()  # every insert is due by now
+    claimed = {m.id: m for m in await claim_all(journal, now=t1)}
     assert set(claimed) == {a.id, b.id, c.id, d.id, e.id, f.id}
     assert journal.pending() == {"web": 6, "sms": 2}  # sending still counts
     await journal.complete(
@@ -624,7 +639,7 @@ async def test_pending_is_exact_through_every_transition(journal: SqliteJournal)
     assert journal.pending() == {"web": 3, "sms": 3}  # a, b final; d moved to sms
 
     # g has expired by this claim, h is not due yet, d (rerouted) is.
-    assert [m.id for m in await claim_all(journal, "sms", now=t + 10)] == [d.id]
+    assert [m.id for m in await claim_all(journal, "sms", now=t1)] == [d.id]
     assert await state_of(journal, g.id) == State.EXPIRED
     assert journal.pending() == {"web": 3, "sms": 2}
 
@@ -635,7 +650,7 @@ async def test_pending_is_exact_through_every_transition(journal: SqliteJournal)
     assert await journal.cancel(TENANT, c.id, t) == CancelResult.CANCELLED
     assert journal.pending() == {"web": 1, "sms": 2}
 
-    swept = await journal.sweep(t + 10 + LEASE + 1, 60_000)
+    swept = await journal.sweep(t1 + LEASE + 1, 60_000)
     assert (swept.reclaimed, swept.expired) == (2, 1)  # f's and d's leases; h's expiry
     assert journal.pending() == {"web": 1, "sms": 1}
     assert await state_of(journal, h.id) == State.EXPIRED
@@ -652,7 +667,7 @@ async def test_pending_is_exact_through_every_transition(journal: SqliteJournal)
 # --- leases ----------------------------------------------------------------------------------
 
 
-async def test_renew_leases_extends_them(journal: SqliteJournal) -> None:
+async def test_renew_leases_extends_them(journal: Journal) -> None:
     mine = await insert_one(journal)
     theirs = await insert_one(journal, channel="sms")
     t = now_ms()
@@ -671,7 +686,7 @@ async def test_renew_leases_extends_them(journal: SqliteJournal) -> None:
     assert await state_of(journal, mine.id) == State.QUEUED
 
 
-async def test_sweep_reclaims_expired_leases(journal: SqliteJournal) -> None:
+async def test_sweep_reclaims_expired_leases(journal: Journal) -> None:
     message = await insert_one(journal)
     t = now_ms()
     [claimed] = await journal.claim("web", 10, 10, OWNER, t, 1_000)
@@ -693,7 +708,7 @@ async def test_sweep_reclaims_expired_leases(journal: SqliteJournal) -> None:
     assert await state_of(journal, message.id) == State.SENT
 
 
-async def test_sweep_expires_queued_messages(journal: SqliteJournal) -> None:
+async def test_sweep_expires_queued_messages(journal: Journal) -> None:
     t = now_ms()
     # Due after it expires: no claim will ever see it, only the sweeper.
     message = await insert_one(
@@ -709,7 +724,7 @@ async def test_sweep_expires_queued_messages(journal: SqliteJournal) -> None:
     assert (await journal.sweep(t + 2_000, 60_000)).expired == 0
 
 
-async def test_release_returns_only_this_owners_claims(journal: SqliteJournal) -> None:
+async def test_release_returns_only_this_owners_claims(journal: Journal) -> None:
     mine = [await insert_one(journal) for _ in range(2)]
     theirs = await insert_one(journal, channel="sms")
     t = now_ms()
@@ -726,14 +741,15 @@ async def test_release_returns_only_this_owners_claims(journal: SqliteJournal) -
     assert len(await claim_all(journal, now=t + 7)) == 2
 
 
-async def test_reroute_moves_due_queued_messages(journal: SqliteJournal) -> None:
+async def test_reroute_moves_due_queued_messages(journal: Journal) -> None:
     t = now_ms()
     due = [await insert_one(journal) for _ in range(3)]
     later = await insert_one(journal, not_before=t + 60_000)
-    assert await journal.reroute("web", "backup", 2, t + 10) == 2
-    assert await journal.reroute("web", "backup", 10, t + 10) == 1
+    t1 = now_ms()  # every insert but `later` is due by now
+    assert await journal.reroute("web", "backup", 2, t1) == 2
+    assert await journal.reroute("web", "backup", 10, t1) == 1
     assert journal.pending() == {"web": 1, "backup": 3}
-    moved = await claim_all(journal, "backup", now=t + 10)
+    moved = await claim_all(journal, "backup", now=t1)
     assert {m.id for m in moved} == {m.id for m in due}
     assert (await record(journal, later.id)).message.channel == "web"
 
@@ -741,7 +757,7 @@ async def test_reroute_moves_due_queued_messages(journal: SqliteJournal) -> None
 # --- cancel ----------------------------------------------------------------------------------
 
 
-async def test_cancel_a_queued_message(journal: SqliteJournal) -> None:
+async def test_cancel_a_queued_message(journal: Journal) -> None:
     message = await insert_one(journal, callback_url=HOOK)
     t = now_ms()
     assert await journal.cancel(TENANT, message.id, t) == CancelResult.CANCELLED
@@ -755,7 +771,7 @@ async def test_cancel_a_queued_message(journal: SqliteJournal) -> None:
     assert await journal.cancel(TENANT, message.id, t) == CancelResult.TOO_LATE
 
 
-async def test_cancel_a_sending_message_is_too_late(journal: SqliteJournal) -> None:
+async def test_cancel_a_sending_message_is_too_late(journal: Journal) -> None:
     message = await insert_one(journal)
     await claim_all(journal)
     assert await journal.cancel(TENANT, message.id, now_ms()) == CancelResult.TOO_LATE
@@ -763,7 +779,7 @@ async def test_cancel_a_sending_message_is_too_late(journal: SqliteJournal) -> N
     assert journal.pending() == {"web": 1}
 
 
-async def test_cancel_another_tenants_message_is_not_found(journal: SqliteJournal) -> None:
+async def test_cancel_another_tenants_message_is_not_found(journal: Journal) -> None:
     message = await insert_one(journal)
     assert await journal.cancel("zeta", message.id, now_ms()) == CancelResult.NOT_FOUND
     assert await journal.cancel(TENANT, message.id + 1, now_ms()) == CancelResult.NOT_FOUND
@@ -774,7 +790,7 @@ async def test_cancel_another_tenants_message_is_not_found(journal: SqliteJourna
 # --- history ---------------------------------------------------------------------------------
 
 
-async def test_by_recipient_pages_newest_first_per_tenant(journal: SqliteJournal) -> None:
+async def test_by_recipient_pages_newest_first_per_tenant(journal: Journal) -> None:
     ours = [await insert_one(journal, recipient="+1") for _ in range(5)]
     await insert_one(journal, recipient="+2")
     theirs = await insert_one(journal, recipient="+1", tenant="zeta")
@@ -796,7 +812,7 @@ async def test_by_recipient_pages_newest_first_per_tenant(journal: SqliteJournal
     assert await journal.by_recipient(TENANT, "+3", None, 100) == []
 
 
-async def test_by_recipient_is_exact_for_colliding_recipients(journal: SqliteJournal) -> None:
+async def test_by_recipient_is_exact_for_colliding_recipients(journal: Journal) -> None:
     # Two numbers whose CRC-32 (with the tenant) is the same: a hashed index must not mix them.
     a, b = "+155529685295", "+155532060020"
     first = await insert_one(journal, recipient=a)
@@ -810,7 +826,7 @@ async def test_by_recipient_history_survives_many_commits_and_a_reopen(tmp_path:
     recipients = ["+1", "+2", "+3"]
     expected: dict[str, list[int]] = {r: [] for r in recipients}
 
-    async def check(journal: SqliteJournal) -> None:
+    async def check(journal: Journal) -> None:
         for recipient, ids in expected.items():
             newest_first = ids[::-1]
             whole = await journal.by_recipient(TENANT, recipient, None, 1000)
@@ -901,7 +917,7 @@ async def test_a_second_open_of_the_same_file_is_refused(tmp_path: Path) -> None
 # --- callbacks -------------------------------------------------------------------------------
 
 
-async def _three_callbacks(journal: SqliteJournal) -> None:
+async def _three_callbacks(journal: Journal) -> None:
     for _ in range(3):
         await insert_one(journal, callback_url=HOOK)
     t = now_ms()
@@ -909,7 +925,7 @@ async def _three_callbacks(journal: SqliteJournal) -> None:
         await journal.complete(OWNER, [completion(m, State.SENT, Outcome.SENT)])
 
 
-async def test_claim_callbacks_leases_them(journal: SqliteJournal) -> None:
+async def test_claim_callbacks_leases_them(journal: Journal) -> None:
     await _three_callbacks(journal)
     t = now_ms() + 1
     jobs = await journal.claim_callbacks(2, t, 10_000)
@@ -923,7 +939,7 @@ async def test_claim_callbacks_leases_them(journal: SqliteJournal) -> None:
     assert all(j.attempts == 2 for j in again)
 
 
-async def test_finish_callbacks(journal: SqliteJournal) -> None:
+async def test_finish_callbacks(journal: Journal) -> None:
     await _three_callbacks(journal)
     t = now_ms() + 1
     done, retried, dropped = await journal.claim_callbacks(10, t, 10_000)
