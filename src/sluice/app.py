@@ -107,6 +107,7 @@ class SluiceGateway:
                 on_failover=self._wake_channel,
                 observe_latency=self.telemetry.observer(name),
             )
+        self.journal.watch_due(self._due_elsewhere)
         self.telemetry.watch(
             self.runners.values(),
             [self.completions],  # type: ignore[list-item]
@@ -238,6 +239,12 @@ class SluiceGateway:
             await self.journal.save_state(GREYLIST_STATE, door.greylist.snapshot())
 
     # ------------------------------------------------------------------ pipeline
+
+    def _due_elsewhere(self, channel: str, urgent: bool) -> None:
+        """Another process made messages due (a shared journal's notification)."""
+        runner = self.runners.get(channel)
+        if runner is not None:
+            runner.wake(urgent=urgent)
 
     def _wake_channel(self, channel: str) -> None:
         runner = self.runners.get(channel)

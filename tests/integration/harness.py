@@ -24,10 +24,20 @@ KEY = "test-key-acme"
 OTHER_KEY = "test-key-other"
 
 
-def gateway_config(tmp_path: Path, channels: dict[str, Any], **sections: Any) -> dict[str, Any]:
+def gateway_config(
+    store: Path | dict[str, Any], channels: dict[str, Any], /, **sections: Any
+) -> dict[str, Any]:
+    """A gateway's configuration; `store` is a directory for a SQLite journal, or the
+    `[journal]` table itself (the `journal_section` fixture: SQLite or PostgreSQL); each of
+    `sections` updates its table."""
+    journal = (
+        {"path": str(store / "journal.db"), "synchronous": "normal"}
+        if isinstance(store, Path)
+        else store
+    )
     raw: dict[str, Any] = {
         "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 5},
-        "journal": {"path": str(tmp_path / "journal.db"), "synchronous": "normal"},
+        "journal": dict(journal),
         "channels": channels,
         "tenants": {
             "acme": {"api_keys": [hash_api_key(KEY)]},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import eventually, gateway_config, running_gateway, webhook_channel
@@ -16,11 +16,11 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_peer_that_answers_429_slows_the_channel_and_loses_nothing(
-    tmp_path: Path,
+    journal_section: dict[str, Any],
 ) -> None:
     async with WebhookSink(SinkOptions(rate_limit=100)) as sink:
         channels = {"web": webhook_channel(f"{sink.url}/hook", width=16)}  # rate unlimited
-        async with running_gateway(gateway_config(tmp_path, channels)) as run:
+        async with running_gateway(gateway_config(journal_section, channels)) as run:
             runner = run.gateway.runners["web"]
             ids = await run.post(
                 [{"channel": "web", "to": "+1", "body": str(i)} for i in range(400)]
@@ -41,11 +41,15 @@ async def test_a_peer_that_answers_429_slows_the_channel_and_loses_nothing(
             assert throttled_seen > 0
 
 
-async def test_leases_are_renewed_while_a_slow_send_is_in_flight(tmp_path: Path) -> None:
+async def test_leases_are_renewed_while_a_slow_send_is_in_flight(
+    journal_section: dict[str, Any],
+) -> None:
     async with WebhookSink(SinkOptions(latency_ms=1500)) as sink:
         channels = {"web": webhook_channel(f"{sink.url}/hook", width=4)}
         journal = {"lease_seconds": 0.5, "heartbeat_seconds": 0.1, "sweep_seconds": 0.1}
-        async with running_gateway(gateway_config(tmp_path, channels, journal=journal)) as run:
+        async with running_gateway(
+            gateway_config(journal_section, channels, journal=journal)
+        ) as run:
             ids = await run.post([{"channel": "web", "to": "+1", "body": str(i)} for i in range(4)])
             await sink.wait_for(4, path="/hook", timeout=10)
             await eventually(lambda: run.gateway.backlog() == 0, what="all sent")
@@ -58,11 +62,11 @@ async def test_leases_are_renewed_while_a_slow_send_is_in_flight(tmp_path: Path)
 
 
 async def test_shutdown_after_the_grace_period_returns_unfinished_work_to_the_queue(
-    tmp_path: Path,
+    journal_section: dict[str, Any],
 ) -> None:
     async with WebhookSink(SinkOptions(latency_ms=30_000)) as sink:
         raw = gateway_config(
-            tmp_path,
+            journal_section,
             {"web": webhook_channel(f"{sink.url}/hook", width=3)},
             server={"shutdown_grace_seconds": 0.2},
         )
@@ -88,14 +92,16 @@ async def _ids(gateway: SluiceGateway) -> list[int]:
     return [r.message.id for r in await gateway.journal.by_recipient("acme", "+1", None, 10)]
 
 
-async def test_callbacks_are_retried_until_the_producer_answers(tmp_path: Path) -> None:
+async def test_callbacks_are_retried_until_the_producer_answers(
+    journal_section: dict[str, Any],
+) -> None:
     async with (
         WebhookSink() as sink,
         WebhookSink(SinkOptions(fail_status=503)) as producer,
     ):
         channels = {"web": webhook_channel(f"{sink.url}/hook")}
         callbacks = {"base_seconds": 0.05, "max_seconds": 0.1}
-        config = gateway_config(tmp_path, channels, callbacks=callbacks)
+        config = gateway_config(journal_section, channels, callbacks=callbacks)
         async with running_gateway(config) as run:
             [mid] = await run.post(
                 [{"channel": "web", "to": "+1", "body": "x", "callback_url": f"{producer.url}/cb"}]

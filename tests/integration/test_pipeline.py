@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import KEY, eventually, gateway_config, running_gateway, webhook_channel
@@ -18,10 +18,12 @@ def _states(record: dict[str, object]) -> list[str]:
     return [e["state"] for e in record["timeline"]]  # type: ignore[index, union-attr]
 
 
-async def test_messages_reach_the_sink_signed_and_callbacks_arrive(tmp_path: Path) -> None:
+async def test_messages_reach_the_sink_signed_and_callbacks_arrive(
+    journal_section: dict[str, Any],
+) -> None:
     async with WebhookSink(SinkOptions(secret="s3cret", latency_ms=2)) as sink:
         channels = {"web": webhook_channel(f"{sink.url}/hook", secret="s3cret", width=16)}
-        config = gateway_config(tmp_path, channels, callbacks={"secret": "s3cret"})
+        config = gateway_config(journal_section, channels, callbacks={"secret": "s3cret"})
         async with running_gateway(config) as run:
             messages = [
                 {
@@ -53,11 +55,13 @@ async def test_messages_reach_the_sink_signed_and_callbacks_arrive(tmp_path: Pat
             assert counts == {State.SENT: 200}
 
 
-async def test_a_slow_sink_never_sees_more_than_width_or_rate(tmp_path: Path) -> None:
+async def test_a_slow_sink_never_sees_more_than_width_or_rate(
+    journal_section: dict[str, Any],
+) -> None:
     rate, burst, width = 40, 4, 3
     async with WebhookSink(SinkOptions(latency_ms=30)) as sink:
         channels = {"web": webhook_channel(f"{sink.url}/hook", width=width, rate=rate, burst=burst)}
-        async with running_gateway(gateway_config(tmp_path, channels)) as run:
+        async with running_gateway(gateway_config(journal_section, channels)) as run:
             ids = await run.post(
                 [{"channel": "web", "to": "+1555", "body": str(i)} for i in range(60)]
             )
@@ -68,10 +72,10 @@ async def test_a_slow_sink_never_sees_more_than_width_or_rate(tmp_path: Path) ->
             assert max(stats.arrivals_per_second) <= rate + burst
 
 
-async def test_urgent_messages_overtake_a_bulk_backlog(tmp_path: Path) -> None:
+async def test_urgent_messages_overtake_a_bulk_backlog(journal_section: dict[str, Any]) -> None:
     async with WebhookSink(SinkOptions(latency_ms=5)) as sink:
         channels = {"web": webhook_channel(f"{sink.url}/hook", width=4, rate=100, burst=5)}
-        async with running_gateway(gateway_config(tmp_path, channels)) as run:
+        async with running_gateway(gateway_config(journal_section, channels)) as run:
             bulk = await run.post(
                 [
                     {"channel": "web", "to": "+1", "body": "news", "priority": "bulk"}
@@ -94,11 +98,11 @@ async def test_urgent_messages_overtake_a_bulk_backlog(tmp_path: Path) -> None:
             assert bulk_before < 200, bulk_before
 
 
-async def test_retries_back_off_then_succeed(tmp_path: Path) -> None:
+async def test_retries_back_off_then_succeed(journal_section: dict[str, Any]) -> None:
     async with WebhookSink(SinkOptions(fail_status=503)) as sink:
         retry = {"base_seconds": 0.2, "max_seconds": 5, "max_attempts": 5, "jitter": 0.0}
         channels = {"web": webhook_channel(f"{sink.url}/hook", retry=retry)}
-        async with running_gateway(gateway_config(tmp_path, channels)) as run:
+        async with running_gateway(gateway_config(journal_section, channels)) as run:
             [mid] = await run.post([{"channel": "web", "to": "+1", "body": "x"}])
             await sink.wait_for(3, path="/hook", accepted_only=False)
             sink.configure(fail_status=None)
@@ -118,12 +122,12 @@ async def test_retries_back_off_then_succeed(tmp_path: Path) -> None:
 
 
 async def test_retries_give_up_after_max_attempts_and_permanent_errors_fail_at_once(
-    tmp_path: Path,
+    journal_section: dict[str, Any],
 ) -> None:
     async with WebhookSink(SinkOptions(fail_status=503)) as sink:
         retry = {"base_seconds": 0.05, "max_seconds": 0.1, "max_attempts": 3}
         channels = {"web": webhook_channel(f"{sink.url}/hook", retry=retry)}
-        async with running_gateway(gateway_config(tmp_path, channels)) as run:
+        async with running_gateway(gateway_config(journal_section, channels)) as run:
             [mid] = await run.post([{"channel": "web", "to": "+1", "body": "x"}])
             await eventually(lambda: run.gateway.backlog() == 0, what="the message final")
             record = await run.message(mid)
@@ -139,7 +143,7 @@ async def test_retries_give_up_after_max_attempts_and_permanent_errors_fail_at_o
             assert record["timeline"][-1]["outcome"] == "permanent"
 
 
-async def test_breaker_opens_parks_the_channel_then_closes(tmp_path: Path) -> None:
+async def test_breaker_opens_parks_the_channel_then_closes(journal_section: dict[str, Any]) -> None:
     async with WebhookSink(SinkOptions(fail_status=503)) as sink:
         channels = {
             "web": webhook_channel(
@@ -149,7 +153,7 @@ async def test_breaker_opens_parks_the_channel_then_closes(tmp_path: Path) -> No
                 retry={"base_seconds": 0.01, "max_seconds": 0.02, "max_attempts": 100},
             )
         }
-        async with running_gateway(gateway_config(tmp_path, channels)) as run:
+        async with running_gateway(gateway_config(journal_section, channels)) as run:
             runner = run.gateway.runners["web"]
             ids = await run.post(
                 [{"channel": "web", "to": "+1", "body": str(i)} for i in range(10)]
@@ -167,7 +171,9 @@ async def test_breaker_opens_parks_the_channel_then_closes(tmp_path: Path) -> No
                 assert (await run.message(mid))["state"] == "sent"
 
 
-async def test_failover_takes_the_queue_of_a_parked_channel(tmp_path: Path) -> None:
+async def test_failover_takes_the_queue_of_a_parked_channel(
+    journal_section: dict[str, Any],
+) -> None:
     async with (
         WebhookSink(SinkOptions(fail_status=503)) as primary,
         WebhookSink() as backup,
@@ -182,23 +188,29 @@ async def test_failover_takes_the_queue_of_a_parked_channel(tmp_path: Path) -> N
             ),
             "backup": webhook_channel(f"{backup.url}/hook", width=4),
         }
-        async with running_gateway(gateway_config(tmp_path, channels)) as run:
+        async with running_gateway(gateway_config(journal_section, channels)) as run:
             ids = await run.post(
                 [{"channel": "main", "to": "+1", "body": str(i)} for i in range(20)]
             )
             await backup.wait_for(20, path="/hook")
             assert sorted(backup.received("/hook")) == sorted(ids)
+
+            async def last_is_sent() -> bool:  # the sink answered; the commit follows
+                return (await run.message(ids[-1]))["state"] == "sent"
+
+            await eventually(last_is_sent, what="the SENT commit")
             record = await run.message(ids[-1])
-            assert record["state"] == "sent"
             assert record["channel"] == "backup"
             assert any("failover from main" in (e.get("detail") or "") for e in record["timeline"])
 
 
-async def test_cancel_a_scheduled_message_and_expire_a_stuck_one(tmp_path: Path) -> None:
+async def test_cancel_a_scheduled_message_and_expire_a_stuck_one(
+    journal_section: dict[str, Any],
+) -> None:
     async with WebhookSink() as sink:
         channels = {"web": webhook_channel(f"{sink.url}/hook", rate=0.01, burst=1)}
         config = gateway_config(
-            tmp_path, channels, journal={"sweep_seconds": 0.1, "heartbeat_seconds": 0.1}
+            journal_section, channels, journal={"sweep_seconds": 0.1, "heartbeat_seconds": 0.1}
         )
         async with running_gateway(config) as run:
             callback = f"{sink.url}/callbacks"

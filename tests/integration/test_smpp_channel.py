@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,12 +37,14 @@ def smpp_channel(port: int, **options: Any) -> dict[str, Any]:
     return channel
 
 
-async def test_sms_is_submitted_then_delivered_with_callbacks(tmp_path: Path) -> None:
+async def test_sms_is_submitted_then_delivered_with_callbacks(
+    journal_section: dict[str, Any],
+) -> None:
     smsc = SmscSimulator(SmscOptions(receipt_delay_ms=20))
     await smsc.start()
     try:
         async with WebhookSink() as app:
-            config = gateway_config(tmp_path, {"sms": smpp_channel(smsc.port, binds=2)})
+            config = gateway_config(journal_section, {"sms": smpp_channel(smsc.port, binds=2)})
             async with running_gateway(config) as run:
                 texts = ["Your code is 123456", "Prix: 10€ [promo] {ok}", "Привет 👋 " * 20]
                 ids = await run.post(
@@ -76,12 +77,14 @@ async def test_sms_is_submitted_then_delivered_with_callbacks(tmp_path: Path) ->
         await smsc.close()
 
 
-async def test_the_window_holds_and_urgent_messages_go_before_the_bulk(tmp_path: Path) -> None:
+async def test_the_window_holds_and_urgent_messages_go_before_the_bulk(
+    journal_section: dict[str, Any],
+) -> None:
     smsc = SmscSimulator(SmscOptions(latency_ms=20, max_window=5))
     await smsc.start()
     try:
         channel = smpp_channel(smsc.port, window=5, width=5, receipts=False)
-        async with running_gateway(gateway_config(tmp_path, {"sms": channel})) as run:
+        async with running_gateway(gateway_config(journal_section, {"sms": channel})) as run:
             await run.post(
                 [{"channel": "sms", "to": f"+44700{i:04d}", "body": "news", "priority": "bulk"}
                  for i in range(300)]
@@ -105,12 +108,12 @@ async def test_the_window_holds_and_urgent_messages_go_before_the_bulk(tmp_path:
         await smsc.close()
 
 
-async def test_permanent_and_transient_smsc_errors(tmp_path: Path) -> None:
+async def test_permanent_and_transient_smsc_errors(journal_section: dict[str, Any]) -> None:
     smsc = SmscSimulator(SmscOptions(destinations_rejected={"+100"}, receipt_delay_ms=10))
     await smsc.start()
     try:
         retry = {"base_seconds": 0.05, "max_seconds": 0.1, "max_attempts": 3}
-        config = gateway_config(tmp_path, {"sms": smpp_channel(smsc.port, retry=retry)})
+        config = gateway_config(journal_section, {"sms": smpp_channel(smsc.port, retry=retry)})
         async with running_gateway(config) as run:
             [bad] = await run.post([{"channel": "sms", "to": "+100", "body": "x"}])
             await eventually(lambda: run.gateway.backlog() == 0, what="a final state")
@@ -129,11 +132,11 @@ async def test_permanent_and_transient_smsc_errors(tmp_path: Path) -> None:
         await smsc.close()
 
 
-async def test_throttling_slows_the_bind_and_fails_nothing(tmp_path: Path) -> None:
+async def test_throttling_slows_the_bind_and_fails_nothing(journal_section: dict[str, Any]) -> None:
     smsc = SmscSimulator(SmscOptions(tps=200, receipt_delay_ms=10))
     await smsc.start()
     try:
-        config = gateway_config(tmp_path, {"sms": smpp_channel(smsc.port, window=20)})
+        config = gateway_config(journal_section, {"sms": smpp_channel(smsc.port, window=20)})
         async with running_gateway(config) as run:
             ids = await run.post(
                 [{"channel": "sms", "to": "+1", "body": str(i)} for i in range(600)]
@@ -159,7 +162,7 @@ async def test_throttling_slows_the_bind_and_fails_nothing(tmp_path: Path) -> No
     ids=["disconnects", "late-answers", "garbage", "throttling"],
 )
 async def test_faults_lose_nothing_and_the_channel_recovers(
-    tmp_path: Path, fault: dict[str, Any]
+    journal_section: dict[str, Any], fault: dict[str, Any]
 ) -> None:
     smsc = SmscSimulator(SmscOptions(seed=7, receipt_delay_ms=5, **fault))
     await smsc.start()
@@ -170,7 +173,7 @@ async def test_faults_lose_nothing_and_the_channel_recovers(
             smsc.port, binds=2, window=10, retry=retry, breaker=breaker,
             response_timeout_seconds=0.5,
         )  # fmt: skip
-        async with running_gateway(gateway_config(tmp_path, {"sms": channel})) as run:
+        async with running_gateway(gateway_config(journal_section, {"sms": channel})) as run:
             ids = await run.post(
                 [{"channel": "sms", "to": f"+1{i:05d}", "body": f"m{i}"} for i in range(300)]
             )
@@ -188,13 +191,15 @@ async def test_faults_lose_nothing_and_the_channel_recovers(
         await smsc.close()
 
 
-async def test_mobile_originated_messages_reach_the_mo_webhook(tmp_path: Path) -> None:
+async def test_mobile_originated_messages_reach_the_mo_webhook(
+    journal_section: dict[str, Any],
+) -> None:
     smsc = SmscSimulator(SmscOptions())
     await smsc.start()
     try:
         async with WebhookSink() as app:
             channel = smpp_channel(smsc.port, mo_webhook=f"{app.url}/inbound")
-            async with running_gateway(gateway_config(tmp_path, {"sms": channel})):
+            async with running_gateway(gateway_config(journal_section, {"sms": channel})):
                 await smsc.wait_for(binds=1)
                 smsc.send_mo("+447700900123", "12345", "STOP 🙏")
                 await app.wait_for(1, path="/inbound")
@@ -204,7 +209,9 @@ async def test_mobile_originated_messages_reach_the_mo_webhook(tmp_path: Path) -
         await smsc.close()
 
 
-async def test_a_refused_bind_keeps_messages_queued_until_it_succeeds(tmp_path: Path) -> None:
+async def test_a_refused_bind_keeps_messages_queued_until_it_succeeds(
+    journal_section: dict[str, Any],
+) -> None:
     smsc = SmscSimulator(SmscOptions(accounts={"sluice": "other"}))
     await smsc.start()
     try:
@@ -214,7 +221,7 @@ async def test_a_refused_bind_keeps_messages_queued_until_it_succeeds(tmp_path: 
             retry={"base_seconds": 0.05, "max_seconds": 0.1, "max_attempts": 2},
             breaker={"failure_threshold": 2, "cooldown_seconds": 0.2},
         )
-        async with running_gateway(gateway_config(tmp_path, {"sms": channel})) as run:
+        async with running_gateway(gateway_config(journal_section, {"sms": channel})) as run:
             [mid] = await run.post([{"channel": "sms", "to": "+1", "body": "waiting"}])
             await eventually(lambda: run.gateway.runners["sms"].breaker.state.name == "OPEN",
                              what="the channel parked")  # fmt: skip

@@ -8,6 +8,7 @@ write is acknowledged only after it is committed; concurrent writers share one c
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -117,6 +118,11 @@ class Journal(Protocol):
         ...
 
     async def count_by_state(self) -> dict[State, int]: ...
+
+    def watch_due(self, wake: Callable[[str, bool], None]) -> None:
+        """Call `wake(channel, urgent)` when another process makes messages due (a journal
+        shared by several processes); a process's own inserts wake its runners directly."""
+        ...
 
     async def open(self) -> None: ...
 

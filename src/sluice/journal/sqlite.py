@@ -613,6 +613,9 @@ class SqliteJournal:
         due: int | None = await self._read(_read_next_due, channel)
         return due
 
+    def watch_due(self, wake: Callable[[str, bool], None]) -> None:
+        """Nothing to watch: one process holds the journal, and it wakes its own runners."""
+
     def queue_depth(self) -> int:
         """Operations waiting for the writer (the journal stage's queue)."""
         return self._queue.qsize()
