@@ -54,7 +54,6 @@ from sluice.journal.base import (
     Receipt,
     SubmitResult,
     SweepResult,
-    TimelineEntry,
 )
 from sluice.journal.rows import (
     EVENT_COLUMNS,
@@ -291,9 +290,11 @@ class PostgresJournal:
         op: Callable[..., Awaitable[T]],
         *args: Any,
         retried: Callable[..., Awaitable[T]] | None = None,
+        read: bool = False,
     ) -> T:
-        """Run `op(conn, tx, *args)` in one transaction; on a lost connection, again (or
-        `retried` if given: what to run when the first try may have committed)."""
+        """Run `op(conn, tx, *args)` in one transaction (a `read` in none: one statement
+        sees one snapshot); on a lost connection, again (or `retried` if given: what to run
+        when the first try may have committed)."""
         if self._pool is None:
             raise JournalError("journal is not open")
         deadline = time.monotonic() + self._reconnect_seconds
@@ -303,7 +304,7 @@ class PostgresJournal:
             tx = _Tx()
             started = time.perf_counter()
             try:
-                result = await self._transaction(attempt, tx, args)
+                result = await self._transaction(attempt, tx, args, read)
             except _RETRYABLE as exc:
                 if time.monotonic() >= deadline or self._pool is None:
                     raise JournalError(f"journal unreachable: {_describe(exc)}") from exc
@@ -322,7 +323,7 @@ class PostgresJournal:
             return result
 
     async def _transaction(
-        self, op: Callable[..., Awaitable[T]], tx: _Tx, args: tuple[Any, ...]
+        self, op: Callable[..., Awaitable[T]], tx: _Tx, args: tuple[Any, ...], read: bool
     ) -> T:
         pool = self._pool
         if pool is None:
@@ -333,6 +334,8 @@ class PostgresJournal:
         finally:
             self._waiting -= 1
         try:
+            if read:
+                return await op(conn, tx, *args)
             async with conn.transaction():
                 result = await op(conn, tx, *args)
                 if tx.deltas:
@@ -427,7 +430,9 @@ class PostgresJournal:
         await self._run(_op_save_state, name, data, now_ms())
 
     async def load_state(self, name: str) -> bytes | None:
-        row = await self._run(_op_fetchrow, "SELECT data FROM saved_state WHERE name = $1", name)
+        row = await self._run(
+            _op_fetchrow, "SELECT data FROM saved_state WHERE name = $1", name, read=True
+        )
         return None if row is None else bytes(row[0])
 
     async def complete(self, owner: int, completions: list[Completion]) -> int:
@@ -454,7 +459,7 @@ class PostgresJournal:
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
         records = await self._run(
-            _op_read_records, "WHERE id = $1 AND tenant = $2", (message_id, tenant)
+            _op_read_records, "WHERE id = $1 AND tenant = $2", (message_id, tenant), read=True
         )
         return records[0] if records else None
 
@@ -466,10 +471,11 @@ class PostgresJournal:
             _op_read_records,
             "WHERE tenant = $1 AND recipient = $2 AND id < $3 ORDER BY id DESC LIMIT $4",
             (tenant, recipient, before, limit),
+            read=True,
         )
 
     async def next_due(self, channel: str) -> int | None:
-        due: int | None = await self._run(_op_next_due, channel)
+        due: int | None = await self._run(_op_next_due, channel, read=True)
         return due
 
     def queue_depth(self) -> int:
@@ -495,7 +501,7 @@ class PostgresJournal:
     async def count_by_state(self) -> dict[State, int]:
         """Messages per state (a full scan: for tests and tools, not the hot path)."""
         rows = await self._run(
-            _op_fetch, "SELECT state, count(*)::bigint FROM messages GROUP BY state"
+            _op_fetch, "SELECT state, count(*)::bigint FROM messages GROUP BY state", read=True
         )
         return {State(state): n for state, n in rows}
 
@@ -1261,31 +1267,27 @@ async def _op_finish_callbacks(
         )
 
 
+#: A message and its events in one row: one round trip for a page of history.
+_RECORD_COLUMNS = (
+    f"{', '.join('m.' + c for c in MESSAGE_COLUMNS.split(', '))}, m.state, m.updated_at, "
+    "m.provider_id, m.not_before, ARRAY(SELECT ROW("
+    + ", ".join("e." + c for c in EVENT_COLUMNS.split(", "))
+    + ") FROM events e WHERE e.message_id = m.id ORDER BY e.seq)"
+)
+
+
 async def _op_read_records(
     conn: asyncpg.Connection, tx: _Tx, where: str, params: tuple[Any, ...]
 ) -> list[MessageRecord]:
-    rows = await conn.fetch(
-        f"SELECT {MESSAGE_COLUMNS}, state, updated_at, provider_id, not_before FROM messages "
-        f"{where}",
-        *params,
-    )
-    if not rows:
-        return []
-    timelines: dict[int, list[TimelineEntry]] = {r[0]: [] for r in rows}
-    for row in await conn.fetch(
-        f"SELECT message_id, {EVENT_COLUMNS} FROM events WHERE message_id = ANY($1::bigint[]) "
-        "ORDER BY seq",
-        list(timelines),
-    ):
-        timelines[row[0]].append(timeline_entry(tuple(row)[1:]))
-    return [_record(row, timelines[row[0]]) for row in rows]
+    rows = await conn.fetch(f"SELECT {_RECORD_COLUMNS} FROM messages m {where}", *params)
+    return [_record(row) for row in rows]
 
 
-def _record(row: asyncpg.Record, events: list[TimelineEntry]) -> MessageRecord:
+def _record(row: asyncpg.Record) -> MessageRecord:
     values = list(row)
     if values[10] is not None:
         values[10] = bytes(values[10])
-    return message_record(values, events)
+    return message_record(values[:16], [timeline_entry(e) for e in values[16]])
 
 
 async def _op_next_due(conn: asyncpg.Connection, tx: _Tx, channel: str) -> int | None:
