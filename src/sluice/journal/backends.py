@@ -15,6 +15,7 @@ def build_journal(config: JournalConfig) -> Journal:
             schema=config.schema,
             pool_size=config.pool_size,
             statement_timeout_seconds=config.statement_timeout_seconds,
+            fsync_outcomes=config.fsync_outcomes,
         )
     from sluice.journal.sqlite import SqliteJournal
 

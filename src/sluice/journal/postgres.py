@@ -122,8 +122,8 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at bigint NOT NULL
     );
     CREATE INDEX messages_due ON messages (channel, priority, due_at) WHERE state = 1;
-    CREATE INDEX messages_leased ON messages (lease_owner) WHERE state = 2;
-    CREATE INDEX messages_lease_until ON messages (lease_until) WHERE state = 2;
+    -- Leased rows are the few in flight: renewals and releases by owner scan them all.
+    CREATE INDEX messages_leased ON messages (lease_until) WHERE state = 2;
     CREATE INDEX messages_expiring ON messages (expires_at)
         WHERE state = 1 AND expires_at IS NOT NULL;
     CREATE INDEX messages_recipient ON messages (tenant, recipient, id);
@@ -217,12 +217,14 @@ class PostgresJournal:
         pool_size: int = 8,
         statement_timeout_seconds: float = 30.0,
         reconnect_seconds: float = RECONNECT_SECONDS,
+        fsync_outcomes: bool = False,
     ) -> None:
         self._url = url
         self._schema = schema
         self._pool_size = pool_size
         self._statement_timeout_ms = int(statement_timeout_seconds * 1000)
         self._reconnect_seconds = reconnect_seconds
+        self._relax_outcomes = not fsync_outcomes
         self._pool: asyncpg.Pool | None = None
         #: This process's row in pending_counts (never shared with another process).
         self._me = int.from_bytes(os.urandom(8), "big") >> 2
@@ -336,13 +338,26 @@ class PostgresJournal:
         try:
             if read:
                 return await op(conn, tx, *args)
-            async with conn.transaction():
+            # Claims and outcomes need not wait for the WAL flush (as journal.fsync_outcomes
+            # = false in SQLite): losing one to a server crash only sends a message again.
+            relaxed = self._relax_outcomes and op in _RELAXED_OPS
+            await conn.execute(_BEGIN_RELAXED if relaxed else "BEGIN")
+            try:
                 result = await op(conn, tx, *args)
                 if tx.deltas:
                     await _add_pending(conn, self._me, tx.deltas)
-                for channel, urgent in tx.due.items():
-                    payload = channel + (" urgent" if urgent else "")
-                    await conn.execute("SELECT pg_notify($1, $2)", DUE_CHANNEL, payload)
+                if tx.due:
+                    await conn.execute(
+                        "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                        DUE_CHANNEL,
+                        [c + (" urgent" if urgent else "") for c, urgent in tx.due.items()],
+                    )
+                await conn.execute("COMMIT")
+            except BaseException:
+                if not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
             return result
         finally:
             await pool.release(conn)
@@ -504,6 +519,9 @@ class PostgresJournal:
             _op_fetch, "SELECT state, count(*)::bigint FROM messages GROUP BY state", read=True
         )
         return {State(state): n for state, n in rows}
+
+
+_BEGIN_RELAXED = "BEGIN; SET LOCAL synchronous_commit TO off"
 
 
 def _set_event(event: asyncio.Event, *_: Any) -> None:
@@ -1304,4 +1322,20 @@ _NEXT_DUE = (
         for p in Priority
     )
     + ")"
+)
+
+
+#: Operations whose loss in a server crash costs at most a repeated delivery.
+_RELAXED_OPS = frozenset(
+    {
+        _op_claim,
+        _op_complete,
+        _op_renew,
+        _op_requeue,
+        _op_sweep,
+        _op_reroute,
+        _op_claim_callbacks,
+        _op_finish_callbacks,
+        _op_fold_pending,
+    }
 )
