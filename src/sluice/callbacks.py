@@ -18,7 +18,7 @@ import aiohttp
 from sluice.channels.retry import RetryPolicy
 from sluice.channels.signing import MESSAGE_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from sluice.config import CallbacksConfig
-from sluice.journal.base import CallbackJob, Journal
+from sluice.journal.base import CallbackJob, Journal, JournalError
 from sluice.model import format_id, now_ms
 
 log = logging.getLogger("sluice.callbacks")
@@ -56,10 +56,15 @@ class CallbackSender:
             while not self._stopping:
                 self._kick.clear()
                 lease_ms = int(self._config.timeout_seconds * 2000)
-                jobs = await self._journal.claim_callbacks(self._config.width, now_ms(), lease_ms)
-                if jobs:
-                    await self._post_all(session, jobs)
-                    continue
+                try:
+                    jobs = await self._journal.claim_callbacks(
+                        self._config.width, now_ms(), lease_ms
+                    )
+                    if jobs:
+                        await self._post_all(session, jobs)
+                        continue
+                except JournalError as exc:  # the journal is down: the outbox waits for it
+                    log.warning("callbacks: %s; trying again in %.0f s", exc, IDLE_POLL_SECONDS)
                 try:
                     async with asyncio.timeout(IDLE_POLL_SECONDS):
                         await self._kick.wait()

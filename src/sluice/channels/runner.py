@@ -34,7 +34,7 @@ from sluice.channels.retry import RetryPolicy
 from sluice.channels.slots import PrioritySlots
 from sluice.channels.transport import SendResult, Transport
 from sluice.config import ChannelConfig
-from sluice.journal.base import Completion, Journal
+from sluice.journal.base import Completion, Journal, JournalError
 from sluice.model import Message, Outcome, Priority, State, now_ms
 from sluice.stage import Stage, StageClosed
 
@@ -56,6 +56,8 @@ MAX_CLAIMS_IN_FLIGHT = 2
 CLAIM_MIN_CAP = 16
 #: Longest sleep of an idle runner between looks at the journal (scheduled messages, retries).
 IDLE_POLL_SECONDS = 1.0
+#: How long a runner waits after the journal failed a call (it retried on its own first).
+JOURNAL_RETRY_SECONDS = 1.0
 
 
 class ChannelRunner:
@@ -253,6 +255,12 @@ class ChannelRunner:
             batch = await self._journal.claim(
                 self.name, limit, non_urgent, self._owner, now_ms(), self._lease_ms
             )
+        except JournalError as exc:
+            # The journal is down (it has retried already): hold this claim's place for a
+            # while, so the channel waits instead of asking again at once.
+            log.warning("channel %s: claim failed: %s", self.name, exc)
+            await asyncio.sleep(JOURNAL_RETRY_SECONDS)
+            batch = None
         finally:
             self._claims_out -= 1
             self._claiming -= limit
@@ -260,6 +268,9 @@ class ChannelRunner:
                 self._urgent_claim_out = False
             if not self._claims_out and not self.claimed:
                 self._settled.set()
+        if batch is None:
+            self._kick.set()
+            return
         if not batch:
             if urgent:
                 return  # no urgent message (yet): the bulk claims go on as they were
@@ -290,7 +301,11 @@ class ChannelRunner:
         self._prefetch = max(width, min(int(rate * CLAIM_AHEAD_SECONDS), self._max_claim))
 
     async def _until_due(self, now: int) -> float:
-        due = await self._journal.next_due(self.name)
+        try:
+            due = await self._journal.next_due(self.name)
+        except JournalError as exc:
+            log.warning("channel %s: %s", self.name, exc)
+            return JOURNAL_RETRY_SECONDS
         if due is None:
             return IDLE_POLL_SECONDS
         return min(IDLE_POLL_SECONDS, max(0.0, (due - now) / 1000))
@@ -298,7 +313,11 @@ class ChannelRunner:
     async def _parked(self) -> float:
         failover = self.config.failover
         if failover is not None:
-            moved = await self._journal.reroute(self.name, failover, self._max_claim, now_ms())
+            try:
+                moved = await self._journal.reroute(self.name, failover, self._max_claim, now_ms())
+            except JournalError as exc:
+                log.warning("channel %s: failover failed: %s", self.name, exc)
+                return JOURNAL_RETRY_SECONDS
             if moved:
                 log.warning(
                     "channel %s parked: %d messages moved to %s", self.name, moved, failover
