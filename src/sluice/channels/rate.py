@@ -43,7 +43,7 @@ from collections.abc import Callable
 # Refilling in floats can leave a bucket a hair short of a whole token after waiting exactly
 # the delay it asked for (0.1 * 3 == 0.30000000000000004). Shortfalls below this many tokens
 # count as "available", so sleeping ``delay_for(n)`` is always enough for ``try_take(n)``.
-_EPSILON = 1e-9
+EPSILON = 1e-9
 
 # Without an explicit ``increase``, a throttled rate grows back by 1/20 of the ceiling per
 # second: about 20 s of success to climb from the floor to the ceiling, slow enough that a
@@ -51,13 +51,13 @@ _EPSILON = 1e-9
 _DEFAULT_RECOVERY_SECONDS = 20.0
 
 
-def _check_rate(name: str, value: float) -> float:
+def check_rate(name: str, value: float) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0 (0 = unlimited), got {value!r}")
     return float(value)
 
 
-def _check_amount(n: float) -> float:
+def check_amount(n: float) -> float:
     if not (math.isfinite(n) and n >= 0):
         raise ValueError(f"n must be a finite number of tokens >= 0, got {n!r}")
     return float(n)
@@ -96,7 +96,7 @@ class TokenBucket:
     def __init__(
         self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._rate = _check_rate("rate", rate)
+        self._rate = check_rate("rate", rate)
         if not (math.isfinite(burst) and burst > 0):
             raise ValueError(f"burst must be a finite number of tokens > 0, got {burst!r}")
         self._burst = float(burst)
@@ -111,7 +111,7 @@ class TokenBucket:
 
     @rate.setter
     def rate(self, value: float) -> None:
-        new = _check_rate("rate", value)
+        new = check_rate("rate", value)
         # Tokens accrued at the old rate up to now are kept (and debt stays owed).
         self._refill()
         if self._rate == 0 and new > 0:
@@ -125,18 +125,18 @@ class TokenBucket:
 
     def try_take(self, n: float = 1) -> bool:
         """Take ``n`` tokens if they are available now; never goes into debt."""
-        n = _check_amount(n)
+        n = check_amount(n)
         if self._rate == 0:
             return True
         self._refill()
-        if self._tokens + _EPSILON < n:
+        if self._tokens + EPSILON < n:
             return False
         self._tokens -= n
         return True
 
     def give_back(self, n: float = 1) -> None:
         """Return ``n`` tokens taken for a send that did not happen (never above ``burst``)."""
-        n = _check_amount(n)
+        n = check_amount(n)
         if self._rate == 0:
             return
         self._refill()
@@ -144,25 +144,25 @@ class TokenBucket:
 
     def reserve(self, n: float = 1) -> float:
         """Take ``n`` tokens unconditionally; return the seconds to wait before using them."""
-        n = _check_amount(n)
+        n = check_amount(n)
         if self._rate == 0:
             return 0.0
         self._refill()
         self._tokens -= n
-        if self._tokens >= -_EPSILON:
+        if self._tokens >= -EPSILON:
             return 0.0
         return -self._tokens / self._rate
 
     def delay_for(self, n: float = 1) -> float:
         """Seconds until ``n`` tokens would be available (``inf`` above ``burst``); takes none."""
-        n = _check_amount(n)
+        n = check_amount(n)
         if self._rate == 0:
             return 0.0
         if n > self._burst:
             return math.inf
         self._refill()
         short = n - self._tokens
-        if short <= _EPSILON:
+        if short <= EPSILON:
             return 0.0
         return short / self._rate
 
@@ -246,7 +246,7 @@ class AdaptiveRate:
         *,
         start: float | None = None,
     ) -> None:
-        self._ceiling = _check_rate("ceiling", ceiling)
+        self._ceiling = check_rate("ceiling", ceiling)
         if not (math.isfinite(floor) and floor > 0):
             raise ValueError(f"floor must be a finite rate > 0, got {floor!r}")
         if self._ceiling and floor > self._ceiling:
