@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 # Refilling in floats can leave a bucket a hair short of a whole token after waiting exactly
 # the delay it asked for (0.1 * 3 == 0.30000000000000004). Shortfalls below this many tokens
@@ -61,6 +62,29 @@ def check_amount(n: float) -> float:
     if not (math.isfinite(n) and n >= 0):
         raise ValueError(f"n must be a finite number of tokens >= 0, got {n!r}")
     return float(n)
+
+
+class Bucket(Protocol):
+    """What a channel runner needs of its rate limit: a local `TokenBucket`, or a
+    `SharedTokenBucket` (channels/shared_rate.py) that shares one rate between processes."""
+
+    rate: float
+
+    @property
+    def burst(self) -> float: ...
+
+    @property
+    def share(self) -> float: ...
+
+    def try_take(self, n: float = 1) -> bool: ...
+
+    def give_back(self, n: float = 1) -> None: ...
+
+    def reserve(self, n: float = 1) -> float: ...
+
+    def delay_for(self, n: float = 1) -> float: ...
+
+    def available(self) -> float: ...
 
 
 class TokenBucket:
@@ -117,6 +141,11 @@ class TokenBucket:
         if self._rate == 0 and new > 0:
             self._tokens = self._burst
         self._rate = new
+
+    @property
+    def share(self) -> float:
+        """The rate this process can count on (all of it: the bucket is not shared)."""
+        return self._rate
 
     @property
     def burst(self) -> float:

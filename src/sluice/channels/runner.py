@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 
 from sluice.channels.breaker import BreakerState, CircuitBreaker
-from sluice.channels.rate import AdaptiveRate, TokenBucket
+from sluice.channels.rate import AdaptiveRate, Bucket, TokenBucket
 from sluice.channels.retry import RetryPolicy
 from sluice.channels.slots import PrioritySlots
 from sluice.channels.transport import SendResult, Transport
@@ -76,6 +76,7 @@ class ChannelRunner:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         observe_latency: Callable[[str, float], None] = lambda outcome, seconds: None,
+        bucket: Bucket | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -97,7 +98,8 @@ class ChannelRunner:
             self.adaptive = AdaptiveRate(
                 ceiling=0, start=max(10.0, config.width * 10.0), clock=clock
             )
-        self.bucket = TokenBucket(config.rate, burst, clock)
+        #: The channel's rate: this process's own, or one shared with others (Redis).
+        self.bucket: Bucket = bucket or TokenBucket(config.rate, burst, clock)
         self.breaker = CircuitBreaker(
             config.breaker.failure_threshold,
             config.breaker.cooldown_seconds,
@@ -227,7 +229,9 @@ class ChannelRunner:
         if self.bucket.rate > 0:
             # Claimed messages still waiting for a slot will take tokens before these.
             queued = self.claimed + self._claiming - self.in_flight
-            affordable = self.bucket.available() + self.bucket.rate * CLAIM_HORIZON_SECONDS - queued
+            # The share: of a rate shared between processes, this one can count on its part.
+            horizon = self.bucket.share * CLAIM_HORIZON_SECONDS
+            affordable = self.bucket.available() + horizon - queued
             if affordable < 1:
                 return max(self.bucket.delay_for(1 + max(queued, 0)), 0.001)
             limit = min(limit, int(affordable))
