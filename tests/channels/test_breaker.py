@@ -263,3 +263,35 @@ def test_random_use_keeps_one_probe_and_bounded_cooldowns(
 def test_rejects_bad_arguments(args: tuple[float, float, float], name: str) -> None:
     with pytest.raises(ValueError, match=name):
         CircuitBreaker(*args, clock=FakeClock())  # type: ignore[arg-type]
+
+
+def test_its_own_opening_is_reported_with_the_cooldown() -> None:
+    clock = FakeClock()
+    opened: list[float] = []
+    breaker = CircuitBreaker(1, 2.0, 8.0, clock=clock, on_open=opened.append)
+    breaker.record_failure()
+    clock.advance(2.0)
+    assert breaker.allow()
+    breaker.record_failure()  # the probe failed: reopened with the cooldown doubled
+    assert opened == [2.0, 4.0]
+
+
+def test_trip_opens_for_news_from_elsewhere_without_reporting_it() -> None:
+    clock = FakeClock()
+    opened: list[float] = []
+    breaker = CircuitBreaker(3, 1.0, 8.0, clock=clock, on_open=opened.append)
+    breaker.record_failure()
+    assert breaker.trip(5.0)
+    assert (breaker.state, breaker.retry_at(), opened) == (BreakerState.OPEN, 5.0, [])
+    assert not breaker.trip(2.0)  # already open: the later retry time stays
+    assert breaker.retry_at() == 5.0
+    assert not breaker.trip(9.0)
+    assert breaker.retry_at() == 9.0
+    clock.advance(9.0)
+    assert breaker.allow()  # then probes like any open breaker
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED  # the count restarted at the trip
+    assert not breaker.trip(math.nan) and not breaker.trip(0)

@@ -79,6 +79,7 @@ class CircuitBreaker:
         "_cooldown",
         "_failures",
         "_max_cooldown",
+        "_on_open",
         "_opened_count",
         "_probe_out",
         "_retry_at",
@@ -92,6 +93,7 @@ class CircuitBreaker:
         cooldown_seconds: float,
         max_cooldown_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[float], None] | None = None,
     ) -> None:
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int):
             raise ValueError(f"failure_threshold must be an int, got {failure_threshold!r}")
@@ -116,6 +118,8 @@ class CircuitBreaker:
         self._retry_at = 0.0
         self._probe_out = False
         self._opened_count = 0
+        #: Told the cooldown (seconds) each time the breaker opens by its own count.
+        self._on_open = on_open
 
     @property
     def state(self) -> BreakerState:
@@ -167,6 +171,23 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self._probe_out = False
 
+    def trip(self, seconds: float) -> bool:
+        """Open for `seconds` because the peer failed somewhere else (another process saw it);
+        a breaker already open keeps the later of the two retry times. Returns True if this
+        opened it. Not reported to `on_open`: the news came from outside."""
+        if not (math.isfinite(seconds) and seconds > 0):
+            return False
+        until = self._clock() + seconds
+        if self.state is BreakerState.OPEN:
+            self._retry_at = max(self._retry_at, until)
+            return False
+        self._state = BreakerState.OPEN
+        self._retry_at = until
+        self._failures = 0
+        self._probe_out = False
+        self._opened_count += 1
+        return True
+
     def retry_at(self) -> float | None:
         """Clock time at which an OPEN breaker will half-open; None in any other state."""
         if self.state is BreakerState.OPEN:
@@ -179,3 +200,5 @@ class CircuitBreaker:
         self._failures = 0
         self._probe_out = False
         self._opened_count += 1
+        if self._on_open is not None:
+            self._on_open(self._cooldown)
