@@ -77,6 +77,7 @@ class ChannelRunner:
         rng: random.Random | None = None,
         observe_latency: Callable[[str, float], None] = lambda outcome, seconds: None,
         bucket: Bucket | None = None,
+        on_breaker_open: Callable[[float], None] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -105,6 +106,7 @@ class ChannelRunner:
             config.breaker.cooldown_seconds,
             config.breaker.max_cooldown_seconds,
             clock,
+            on_open=on_breaker_open,
         )
         self.retry = RetryPolicy(
             config.retry.max_attempts,
