@@ -420,6 +420,20 @@ def test_env_value_of_the_wrong_type_names_the_key() -> None:
 # --- hash_api_key ----------------------------------------------------------------------------
 
 
+def test_many_processes_need_the_postgres_journal_and_node_numbers_that_fit() -> None:
+    postgres = '[journal]\nbackend = "postgres"\n'
+    config = loads(postgres + '[server]\nworkers = 4\nnode = 1020\nrole = "worker"\n', {})
+    assert (config.server.workers, config.server.node, config.server.role) == (4, 1020, "worker")
+    with pytest.raises(ConfigError, match=r"server\.node: .* up to 1024, .* at most 1020"):
+        loads(postgres + "[server]\nworkers = 4\nnode = 1021\n", {})
+    with pytest.raises(ConfigError, match=r"server\.node: .* at most 1020"):
+        loads(postgres + "[server]\nnode = 1021\n", {"SLUICE__SERVER__WORKERS": "4"})
+    with pytest.raises(ConfigError, match=r"server\.workers: the sqlite journal serves one"):
+        loads("[server]\nworkers = 2\n", {})
+    with pytest.raises(ConfigError, match=r"server\.role: .* need a journal they share"):
+        loads('[server]\nrole = "api"\n', {})
+
+
 def test_hash_api_key_is_sha256_hex_and_accepted_by_the_config() -> None:
     hashed = hash_api_key("s3cr3t-κλειδί")
     assert hashed == "sha256:" + hashlib.sha256("s3cr3t-κλειδί".encode()).hexdigest()

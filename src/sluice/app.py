@@ -1,13 +1,19 @@
-"""Wiring: one gateway process — HTTP ingress, journal, channel runners, completions, callbacks.
+"""Wiring: one gateway process — the parts its role runs, and their life cycle.
 
-    producers ─► HTTP ─► journal (group commit) ─► channel runners (claim, send) ─► peers
-                                   ▲                         │
-                                   └── completion stage ◄────┘  ─► callback sender
+    producers ─► HTTP, SMTP ─► journal (group commit) ─► channel runners (claim, send) ─► peers
+                                  ▲                               │
+                                  └──── completion stage ◄────────┘  ─► callback sender
 
-Every task is owned by one TaskGroup. Shutdown (SIGTERM) closes the door first (HTTP stops
-taking requests, readiness turns false), lets in-flight sends finish for up to
-`server.shutdown_grace_seconds`, commits their outcomes, and returns whatever is still leased
-to the queue, so a restart picks it up at once.
+`server.role` picks the parts (`roles.py`): "all" takes messages and delivers them; "api" only
+takes them (the HTTP message API, the SMTP front door); "worker" only delivers them (the
+delivery side, `delivery.py`) and serves nothing on HTTP but /healthz, /readyz and /metrics.
+Processes that share a machine's ports under a supervisor (`supervisor.py`) are given their
+listening sockets instead of binding them.
+
+Every task is owned by one TaskGroup. Shutdown (SIGTERM) closes the doors first (HTTP and SMTP
+stop taking requests, readiness turns false), then the delivery side drains: in-flight sends
+get up to `server.shutdown_grace_seconds`, their outcomes are committed, and whatever is still
+leased returns to the queue, so a restart picks it up at once.
 """
 
 from __future__ import annotations
@@ -15,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -26,15 +30,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.callbacks import CallbackSender
 from sluice.channels.runner import ChannelRunner
-from sluice.channels.transport import OnReceipts, Transport
-from sluice.channels.webhook import WebhookTransport
-from sluice.config import ChannelConfig, Config
+from sluice.channels.transport import Transport
+from sluice.config import Config
+from sluice.delivery import Delivery, channel_statuses
 from sluice.ingress.contract import ChannelStatus
 from sluice.journal.backends import build_journal
-from sluice.journal.base import CancelResult, Completion, MessageRecord, Receipt, SubmitResult
+from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
+from sluice.listeners import Listeners, bind_tcp
 from sluice.metrics import GatewayMetrics
 from sluice.model import IdGenerator, Message, Priority, now_ms
-from sluice.stage import Stage
+from sluice.roles import role_of, serves_smtp
 
 if TYPE_CHECKING:
     from sluice.ingress.smtp import SmtpFrontDoor
@@ -42,29 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice")
 
 
-#: Completions waiting for their commit before senders are made to wait (backpressure).
-COMPLETION_CAPACITY = 100_000
-COMPLETION_BATCH = 5_000
 #: Names of the SMTP front door's state in the journal.
 CLIENT_MEMORY_STATE = "smtp.client_memory"
 #: How often clients past their retention are forgotten (and the greylist cleaned).
 CLEANUP_SECONDS = 3600.0
 GREYLIST_STATE = "smtp.greylist"
-
-
-def build_transport(name: str, config: ChannelConfig, on_receipts: OnReceipts) -> Transport:
-    # Both sub-tables are checked against the type when the config is loaded.
-    if config.type == "webhook" and config.webhook is not None:
-        return WebhookTransport(name, config.webhook, config.width)
-    if config.type == "smpp" and config.smpp is not None:
-        from sluice.channels.smpp import SmppTransport
-
-        return SmppTransport(name, config.smpp, on_receipts)
-    if config.type == "email" and config.email is not None:
-        from sluice.channels.email import EmailTransport
-
-        return EmailTransport(name, config.email, config.width)
-    raise ValueError(f"channels.{name}.type: no transport for {config.type!r}")
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -82,44 +69,43 @@ class SluiceGateway:
     await gateway.run()
     """
 
-    def __init__(self, config: Config, *, transports: dict[str, Transport] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transports: dict[str, Transport] | None = None,
+        listeners: Listeners | None = None,
+    ) -> None:
         self.config = config
-        self.owner = int.from_bytes(os.urandom(8), "big") >> 2
+        self.role = role_of(config)
         self._ids = IdGenerator(config.server.node)
         self.telemetry = GatewayMetrics()
         self.journal = build_journal(config.journal)
-        self.completions: Stage[Completion] = Stage(
-            "completions", self._commit, capacity=COMPLETION_CAPACITY, max_batch=COMPLETION_BATCH
-        )
-        self.callbacks = CallbackSender(self.journal, config.callbacks)
-        transports = transports or {}
-        self.runners: dict[str, ChannelRunner] = {}
-        for name, channel in config.channels.items():
-            self.runners[name] = ChannelRunner(
-                name,
-                channel,
-                transports.get(name) or build_transport(name, channel, self._receipts),
-                self.journal,
-                self.completions,
-                owner=self.owner,
-                lease_ms=int(config.journal.lease_seconds * 1000),
-                max_claim=config.journal.max_claim,
-                on_failover=self._wake_channel,
-                observe_latency=self.telemetry.observer(name),
-            )
-        self.journal.watch_due(self._due_elsewhere)
-        self.telemetry.watch(
-            self.runners.values(),
-            [self.completions],  # type: ignore[list-item]
-            self.journal,
-            self.callbacks,
-        )
+        self.telemetry.watch_journal(self.journal, config.channels)
+        #: The delivery side, in a process that delivers (role "all" or "worker").
+        self.delivery: Delivery | None = None
+        if self.role.delivers:
+            self.delivery = Delivery(config, self.journal, self.telemetry, transports)
+        #: The channel runners of this process, by channel (none in a process of role "api").
+        self.runners: dict[str, ChannelRunner] = self.delivery.runners if self.delivery else {}
+        #: Sockets handed over by a supervisor; None: bind server.listen (and smtp.listen).
+        self._listeners = listeners
         self._stop = asyncio.Event()
         self._ready = False
         self.started = asyncio.Event()
         self.port: int | None = None
-        #: The SMTP front door, when configured (created in `run`, once the journal is open).
+        #: The SMTP front door, when this process runs it (created in `run`, once the journal
+        #: is open).
         self.smtp: SmtpFrontDoor | None = None
+
+    @property
+    def callbacks(self) -> CallbackSender:
+        """The status callback sender (of a process that delivers)."""
+        if self.delivery is None:
+            raise AttributeError(
+                f"a process of role {self.config.server.role!r} sends no callbacks"
+            )
+        return self.delivery.callbacks
 
     # ------------------------------------------------------------------ Gateway contract
 
@@ -156,30 +142,12 @@ class SluiceGateway:
 
     async def cancel(self, tenant: str, message_id: int) -> CancelResult:
         result = await self.journal.cancel(tenant, message_id, now_ms())
-        if result is CancelResult.CANCELLED:
-            self.callbacks.wake()
+        if result is CancelResult.CANCELLED and self.delivery is not None:
+            self.delivery.callbacks.wake()
         return result
 
     def channels(self) -> list[ChannelStatus]:
-        pending = self.journal.pending()
-        return [
-            ChannelStatus(
-                name=name,
-                type=r.config.type,
-                width=r.config.width,
-                rate=r.config.rate,
-                current_rate=r.bucket.rate,
-                burst=int(r.bucket.burst),
-                in_flight=r.in_flight,
-                pending=pending.get(name, 0),
-                breaker=r.breaker.state.name.lower(),
-                failover=r.config.failover,
-                sent=r.sent,
-                failed=r.failed,
-                retried=r.retried,
-            )
-            for name, r in self.runners.items()
-        ]
+        return channel_statuses(self.config, self.runners, self.journal.pending())
 
     def refused(self, code: str) -> None:
         self.telemetry.refused.labels(code).inc()
@@ -238,88 +206,27 @@ class SluiceGateway:
         if door.greylist is not None:
             await self.journal.save_state(GREYLIST_STATE, door.greylist.snapshot())
 
-    # ------------------------------------------------------------------ pipeline
-
-    def _due_elsewhere(self, channel: str, urgent: bool) -> None:
-        """Another process made messages due (a shared journal's notification)."""
-        runner = self.runners.get(channel)
-        if runner is not None:
-            runner.wake(urgent=urgent)
-
-    def _wake_channel(self, channel: str) -> None:
-        runner = self.runners.get(channel)
-        if runner is not None:
-            runner.wake()
-
-    async def _receipts(self, channel: str, receipts: list[Receipt]) -> None:
-        """Delivery receipts from a transport; returns once they are committed."""
-        if await self.journal.apply_receipts(channel, receipts):
-            self.callbacks.wake()
-
-    async def _commit(self, batch: list[Completion]) -> None:
-        if await self.journal.complete(self.owner, batch):
-            self.callbacks.wake()
-        for channel in {c.reroute_to for c in batch if c.reroute_to}:
-            self._wake_channel(channel)
-
-    async def _maintain(self) -> None:
-        """Heartbeat our leases; reclaim dead owners' leases; expire overdue messages."""
-        journal_config = self.config.journal
-        lease_ms = int(journal_config.lease_seconds * 1000)
-        ttl_ms = int(self.config.limits.idempotency_ttl_seconds * 1000)
-        tick = min(journal_config.heartbeat_seconds, journal_config.sweep_seconds)
-        next_beat = next_sweep = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            if now >= next_beat:
-                await self.journal.renew_leases(self.owner, now_ms() + lease_ms)
-                next_beat = now + journal_config.heartbeat_seconds
-            if now >= next_sweep:
-                swept = await self.journal.sweep(now_ms(), ttl_ms)
-                if swept.reclaimed or swept.expired:
-                    log.info(
-                        "sweep: %d leases reclaimed, %d messages expired",
-                        swept.reclaimed,
-                        swept.expired,
-                    )
-                    self.callbacks.wake()
-                    for runner in self.runners.values():
-                        runner.wake()
-                next_sweep = now + journal_config.sweep_seconds
-            await asyncio.sleep(tick)
+    # ------------------------------------------------------------------ life cycle
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
         self._stop.set()
 
-    def _bind(self) -> socket.socket:
-        host, _, port = self.config.server.listen.rpartition(":")
-        host = host.strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when the
-        # listener says it is TCP, and without it a response written in two parts waits for a
-        # delayed ACK (~40 ms per request).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, int(port)))
-        sock.set_inheritable(True)
-        self.port = sock.getsockname()[1]
-        return sock
-
     async def run(self) -> None:
         from sluice.ingress.http import build_app
 
-        sock = self._bind()
+        listeners = self._listeners
+        if listeners is None:
+            listeners = Listeners(bind_tcp(self.config.server.listen))
+        sock = listeners.http
+        self.port = sock.getsockname()[1]
         await self.journal.open()
-        transports = [r.transport for r in self.runners.values()]
         try:
-            for transport in transports:
-                await transport.start()
+            if self.delivery is not None:
+                await self.delivery.start()
             server = _EmbeddedServer(
                 uvicorn.Config(
-                    build_app(self),  # type: ignore[arg-type]
+                    build_app(self, message_api=self.role.takes_messages),  # type: ignore[arg-type]
                     lifespan="off",
                     log_level="warning",
                     access_log=False,
@@ -328,22 +235,25 @@ class SluiceGateway:
                 )
             )
             async with asyncio.TaskGroup() as tg:
-                completions = tg.create_task(self.completions.run())
-                callbacks = tg.create_task(self.callbacks.run())
-                links = [tg.create_task(t.run()) for t in transports]
-                runners = [tg.create_task(r.run()) for r in self.runners.values()]
-                maintenance = tg.create_task(self._maintain())
+                delivering = None
+                if self.delivery is not None:
+                    delivering = tg.create_task(self.delivery.run())
                 http = tg.create_task(server.serve(sockets=[sock]))
                 front_door = saver = None
-                if self.config.smtp is not None:
+                if serves_smtp(self.config):
                     self.smtp = await self._open_front_door()
                     self.telemetry.watch_front_door(self.smtp)
-                    front_door = tg.create_task(self.smtp.run())
+                    front_door = tg.create_task(self.smtp.run(listeners.smtp))
                     saver = tg.create_task(self._save_front_door(self.smtp))
                     await self.smtp.listening.wait()
                 self._ready = True
                 self.started.set()
-                log.info("sluice serving on %s:%d", sock.getsockname()[0], self.port)
+                log.info(
+                    "sluice serving on %s:%d (role %s)",
+                    sock.getsockname()[0],
+                    self.port,
+                    self.config.server.role,
+                )
                 await self._stop.wait()
                 log.info("shutting down: no new requests, finishing in-flight work")
                 self._ready = False
@@ -354,26 +264,11 @@ class SluiceGateway:
                     await front_door
                     await self._save_state(self.smtp)
                 await http
-                for runner in self.runners.values():
-                    runner.stop()
-                _, late = await asyncio.wait(
-                    runners, timeout=self.config.server.shutdown_grace_seconds
-                )
-                for task in late:
-                    task.cancel()
-                self.completions.close()
-                await completions
-                self.callbacks.stop()
-                await callbacks
-                for transport in transports:  # receipts could still arrive until here
-                    await transport.close()
-                await asyncio.gather(*links)
-                maintenance.cancel()
-            released = await self.journal.release(self.owner, now_ms())
-            if released:
-                log.info("released %d in-flight messages back to the queue", released)
+                if self.delivery is not None and delivering is not None:
+                    self.delivery.stop()
+                    await delivering
         finally:
-            for transport in transports:
-                await transport.close()
+            if self.delivery is not None:
+                await self.delivery.close()
             await self.journal.close()
-            sock.close()
+            listeners.close()

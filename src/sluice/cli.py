@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -14,7 +15,9 @@ from typing import Any
 import msgspec
 
 from sluice import __version__
-from sluice.config import ConfigError, hash_api_key, load
+from sluice.config import ENV_PREFIX, Config, ConfigError, hash_api_key, load
+from sluice.listeners import Listeners
+from sluice.supervisor import ChildSpec, Supervisor, die_with_parent, serve_command
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -29,25 +32,58 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    """One gateway process; with server.workers > 1, a supervisor of that many (a child of a
+    supervisor is told so by --child)."""
     from sluice.app import SluiceGateway
     from sluice.journal.base import JournalBusy, JournalError
 
+    environ = dict(os.environ)
+    if args.workers is not None:
+        environ[f"{ENV_PREFIX}SERVER__WORKERS"] = str(args.workers)
     try:
-        config = load(args.config)
+        config = load(args.config, environ)
     except ConfigError as exc:
         print(f"sluice: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    child: ChildSpec | None = args.child
+    if child is None and config.server.workers > 1:
+        return await _supervise(args, config, environ)
+    name = "sluice" if child is None else f"sluice [child {child.slot}]"
+    listeners = None
+    if child is not None:
+        if not die_with_parent(child.parent):
+            print(f"{name}: the supervisor (pid {child.parent}) is gone", file=sys.stderr)
+            return 1
+        server = msgspec.structs.replace(config.server, node=child.node)
+        config = msgspec.structs.replace(config, server=server)
+        listeners = Listeners.adopt(child.http_fd, child.smtp_fd)
     sys.setswitchinterval(config.server.gil_switch_interval_ms / 1000)
-    gateway = SluiceGateway(config)
+    gateway = SluiceGateway(config, listeners=listeners)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.request_stop)
     try:
         await gateway.run()
     except (JournalBusy, JournalError, OSError) as exc:
-        print(f"sluice: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _supervise(args: argparse.Namespace, config: Config, environ: dict[str, str]) -> int:
+    """Run server.workers gateway processes sharing the ports (see sluice.supervisor)."""
+    supervisor = Supervisor(config, serve_command(args.config, verbose=args.verbose), env=environ)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, supervisor.request_stop, sig.name)
+    try:
+        status = await supervisor.run()
+    except OSError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 1
+    if supervisor.error is not None:
+        print(f"sluice: {supervisor.error}", file=sys.stderr)
+    return status
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -144,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", "-c", default="sluice.toml", help="TOML configuration file")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="gateway processes to run on this machine, sharing its ports (overrides "
+        "server.workers; more than 1 needs the postgres journal)",
+    )
+    # Set by the supervisor for each of its children (sluice.supervisor.ChildSpec as JSON).
+    serve.add_argument("--child", type=ChildSpec.decode, help=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve)
 
     def client_options(p: argparse.ArgumentParser) -> None:
@@ -200,9 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    child: ChildSpec | None = getattr(args, "child", None)
+    # A supervisor's children write to the same output: each line names its child.
+    origin = f"[child {child.slot}] " if child is not None else ""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {origin}%(name)s: %(message)s",
     )
     if args.command == "hash-key":
         print(hash_api_key(args.key))

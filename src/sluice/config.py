@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from sluice.model import NODE_MAX
+
 ENV_PREFIX = "SLUICE__"
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -43,8 +45,10 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
 
 class ServerConfig(_Base):
     listen: str = "127.0.0.1:8080"
-    #: Node number in message ids (0..1023); unset picks a random one at start.
-    node: Annotated[int, msgspec.Meta(ge=0, le=1023)] | None = None
+    #: Node number in message ids (0..1023); unset picks a random one at start. With
+    #: `workers` > 1, process i takes node + i (distinct random ones when unset). Processes
+    #: sharing a journal need distinct nodes: give each machine its own range.
+    node: Annotated[int, msgspec.Meta(ge=0, le=NODE_MAX)] | None = None
     #: Seconds to finish in-flight work after SIGTERM before releasing it to the queue.
     shutdown_grace_seconds: Seconds = 10.0
     #: How long a thread may hold the GIL while another waits for it (Python's default is
@@ -55,7 +59,8 @@ class ServerConfig(_Base):
     #: them (channel runners, callbacks), "all" both. Split roles need a shared journal.
     role: Literal["all", "api", "worker"] = "all"
     #: Processes `sluice serve` starts on this machine (each a full gateway of `role`, sharing
-    #: the listening ports); more than one needs the postgres journal.
+    #: the listening ports, kept running by a supervisor); more than one needs the postgres
+    #: journal. `sluice serve --workers N` overrides it.
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
 
 
@@ -425,6 +430,14 @@ def _check(config: Config) -> None:
             )
     elif not config.journal.url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"journal.url: expected postgresql://…, got {config.journal.url!r}")
+    node, workers = config.server.node, config.server.workers
+    if node is not None and node + workers - 1 > NODE_MAX:
+        raise ConfigError(
+            f"server.node: {workers} processes number their message ids from server.node = "
+            f"{node} up to {node + workers - 1}, past the largest node {NODE_MAX}; set "
+            f"server.node to at most {NODE_MAX + 1 - workers}, or leave it unset for "
+            "random distinct nodes"
+        )
     if config.redis.url and not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"redis.url: expected redis://…, got {config.redis.url!r}")
     if config.smtp is not None:

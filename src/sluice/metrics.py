@@ -91,14 +91,18 @@ class GatewayMetrics:
     def watch_front_door(self, door: SmtpFrontDoor) -> None:
         self.registry.register(_FrontDoorCollector(door))
 
-    def watch(
+    def watch_journal(self, journal: Journal, channels: Iterable[str]) -> None:
+        """The journal's figures: backlog, queue depth per channel, commits (every process)."""
+        self.registry.register(_JournalCollector(journal, list(channels)))
+
+    def watch_delivery(
         self,
         runners: Iterable[ChannelRunner],
         stages: Iterable[Stage[object]],
-        journal: Journal,
         callbacks: CallbackSender,
     ) -> None:
-        self.registry.register(_LiveCollector(list(runners), list(stages), journal, callbacks))
+        """The delivery side's figures (processes that deliver)."""
+        self.registry.register(_DeliveryCollector(list(runners), list(stages), callbacks))
 
 
 class _SendLatencyCollector:
@@ -158,24 +162,56 @@ class _FrontDoorCollector:
             )
 
 
-class _LiveCollector:
+class _JournalCollector:
+    def __init__(self, journal: Journal, channels: list[str]) -> None:
+        self._journal = journal
+        self._channels = channels
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        journal = self._journal
+        pending = journal.pending()
+        by_channel = GaugeMetricFamily(
+            "sluice_channel_pending",
+            "Messages accepted for the channel and not yet final.",
+            labels=["channel"],
+        )
+        for name in self._channels:
+            by_channel.add_metric([name], pending.get(name, 0))
+        yield by_channel
+        backlog = GaugeMetricFamily("sluice_backlog", "Messages accepted and not yet final.")
+        backlog.add_metric([], sum(pending.values()))
+        yield backlog
+        yield CounterMetricFamily("sluice_journal_commits", "Group commits.", value=journal.commits)
+        yield CounterMetricFamily(
+            "sluice_journal_operations", "Operations committed.", value=journal.ops
+        )
+        yield CounterMetricFamily(
+            "sluice_journal_busy_seconds",
+            "Time the journal writer spent in transactions.",
+            value=journal.busy_seconds,
+        )
+        yield GaugeMetricFamily(
+            "sluice_journal_queue_depth",
+            "Operations waiting for the journal writer.",
+            value=journal.queue_depth(),
+        )
+
+
+class _DeliveryCollector:
     def __init__(
-        self,
-        runners: list[ChannelRunner],
-        stages: list[Stage[object]],
-        journal: Journal,
-        callbacks: CallbackSender,
+        self, runners: list[ChannelRunner], stages: list[Stage[object]], callbacks: CallbackSender
     ) -> None:
         self._runners = runners
         self._stages = stages
-        self._journal = journal
         self._callbacks = callbacks
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        pending = self._journal.pending()
         results = CounterMetricFamily(
             "sluice_channel_messages", "Attempt outcomes per channel.", labels=["channel", "result"]
         )
@@ -183,7 +219,6 @@ class _LiveCollector:
             name: GaugeMetricFamily(f"sluice_channel_{name}", help_text, labels=["channel"])
             for name, help_text in (
                 ("in_flight", "Messages handed to the transport and not yet answered."),
-                ("pending", "Messages accepted for the channel and not yet final."),
                 ("width", "Configured maximum in flight."),
                 ("rate", "Rate in force (messages/s, 0 = unlimited), after throttling."),
                 ("breaker", "Breaker state: 0 closed, 1 half-open, 2 open."),
@@ -198,15 +233,11 @@ class _LiveCollector:
             ):
                 results.add_metric([r.name, result], value)
             gauges["in_flight"].add_metric([r.name], r.in_flight)
-            gauges["pending"].add_metric([r.name], pending.get(r.name, 0))
             gauges["width"].add_metric([r.name], r.config.width)
             gauges["rate"].add_metric([r.name], r.bucket.rate)
             gauges["breaker"].add_metric([r.name], BREAKER_VALUES[r.breaker.state.name.lower()])
         yield results
         yield from gauges.values()
-        backlog = GaugeMetricFamily("sluice_backlog", "Messages accepted and not yet final.")
-        backlog.add_metric([], sum(pending.values()))
-        yield backlog
         depth = GaugeMetricFamily("sluice_stage_depth", "Items queued.", labels=["stage"])
         processed = CounterMetricFamily(
             "sluice_stage_processed", "Items handled.", labels=["stage"]
@@ -226,21 +257,6 @@ class _LiveCollector:
             wait.add_metric([s.name], s.wait_seconds)
             busy.add_metric([s.name], s.busy_seconds)
         yield from (depth, processed, batches, wait, busy)
-        journal = self._journal
-        yield CounterMetricFamily("sluice_journal_commits", "Group commits.", value=journal.commits)
-        yield CounterMetricFamily(
-            "sluice_journal_operations", "Operations committed.", value=journal.ops
-        )
-        yield CounterMetricFamily(
-            "sluice_journal_busy_seconds",
-            "Time the journal writer spent in transactions.",
-            value=journal.busy_seconds,
-        )
-        yield GaugeMetricFamily(
-            "sluice_journal_queue_depth",
-            "Operations waiting for the journal writer.",
-            value=journal.queue_depth(),
-        )
         callbacks = CounterMetricFamily(
             "sluice_callbacks", "Status callbacks by result.", labels=["result"]
         )

@@ -25,7 +25,8 @@ EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 _NODE_BITS = 10
 _SEQ_BITS = 12
 _SEQ_MAX = (1 << _SEQ_BITS) - 1
-_NODE_MAX = (1 << _NODE_BITS) - 1
+#: The largest node number a message id carries (10 bits: 0..1023).
+NODE_MAX = (1 << _NODE_BITS) - 1
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_INDEX = {c: i for i, c in enumerate(_CROCKFORD)} | {
     c.lower(): i for i, c in enumerate(_CROCKFORD)
@@ -118,9 +119,9 @@ class IdGenerator:
 
     def __init__(self, node: int | None = None, clock_ms: Callable[[], int] = now_ms) -> None:
         if node is None:
-            node = int.from_bytes(os.urandom(2), "big") & _NODE_MAX
-        if not 0 <= node <= _NODE_MAX:
-            raise ValueError(f"node must be in 0..{_NODE_MAX}, got {node}")
+            node = int.from_bytes(os.urandom(2), "big") & NODE_MAX
+        if not 0 <= node <= NODE_MAX:
+            raise ValueError(f"node must be in 0..{NODE_MAX}, got {node}")
         self._node = node << _SEQ_BITS
         self._clock_ms = clock_ms
         self._last_ms = 0
@@ -144,6 +145,11 @@ class IdGenerator:
 def id_time_ms(message_id: int) -> int:
     """When an id was made, in ms since the Unix epoch."""
     return (message_id >> (_NODE_BITS + _SEQ_BITS)) + EPOCH_MS
+
+
+def id_node(message_id: int) -> int:
+    """The node number of the process that made an id."""
+    return (message_id >> _SEQ_BITS) & NODE_MAX
 
 
 def format_id(message_id: int) -> str:

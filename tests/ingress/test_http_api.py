@@ -9,8 +9,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from fixtures_http import KEY_A, KEY_B, KEY_SMS, Api, FakeClock, make_config, running_api
+from fixtures_http import (
+    KEY_A,
+    KEY_B,
+    KEY_SMS,
+    Api,
+    FakeClock,
+    make_config,
+    open_gateway,
+    running_api,
+    serve,
+)
 
 from sluice.ingress.http import build_app
 from sluice.model import ID_LENGTH, parse_id
@@ -449,6 +460,28 @@ async def test_healthz_readyz_metrics(api: Api) -> None:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         assert "sluice_test_accepted_total 1.0" in await response.text()
+
+
+async def test_without_the_message_api_only_health_readiness_and_metrics_answer(
+    tmp_path: Path,
+) -> None:
+    """What a process of role "worker" serves on its HTTP port."""
+    async with (
+        open_gateway(tmp_path, make_config()) as gateway,
+        serve(build_app(gateway, message_api=False)) as base,
+        aiohttp.ClientSession() as session,
+    ):
+        worker = Api(base, gateway, session)
+        for path in ("/healthz", "/readyz", "/metrics"):
+            status, _, _ = await worker.call("GET", path, key=None)
+            assert status == 200, path
+        status, body, _ = await submit(worker, msg())
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        assert 'server.role = "worker"' in body["error"]["message"]
+        for path in ("/v1/messages/06Y4Z5D6CCG00", "/v1/channels", "/openapi.json"):
+            status, _, _ = await worker.call("GET", path)
+            assert status == 404, path
+        assert gateway.submits == 0
 
 
 async def test_channels_lists_configured_channels(api: Api) -> None:

@@ -105,12 +105,24 @@ _UNAUTHORIZED = ApiError(
     headers=((b"www-authenticate", b'Bearer realm="sluice"'),),
 )
 _NOT_FOUND_MESSAGE = "no message with this id"
+_NOT_FOUND = "no endpoint at {path}; see /openapi.json"
+_NOT_FOUND_WORKER = (
+    'no endpoint at {path}: this process only delivers messages (server.role = "worker") and '
+    'serves /healthz, /readyz and /metrics; send messages to a process of role "api" or "all"'
+)
 
 
 class HttpApi:
-    """The ASGI application; build it with `build_app`."""
+    """The ASGI application; build it with `build_app`. Without the message API (a process of
+    role "worker") it serves only /healthz, /readyz and /metrics."""
 
-    def __init__(self, gateway: Gateway, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        message_api: bool = True,
+    ) -> None:
         config = gateway.config
         self._gateway = gateway
         self._limits = config.limits
@@ -119,17 +131,20 @@ class HttpApi:
         self._admission = Admission(config, gateway.backlog, clock)
         self._openapi = _encode(openapi_document(config))
         self._routes: dict[str, dict[str, Callable[..., Awaitable[_Response]]]] = {
-            "/v1/messages": {"POST": self._submit, "GET": self._list},
-            "/v1/channels": {"GET": self._channels},
             "/healthz": {"GET": self._healthz},
             "/readyz": {"GET": self._readyz},
             "/metrics": {"GET": self._metrics},
-            "/openapi.json": {"GET": self._openapi_json},
         }
-        self._message_routes: dict[str, Callable[..., Awaitable[_Response]]] = {
-            "GET": self._get,
-            "DELETE": self._cancel,
-        }
+        self._message_routes: dict[str, Callable[..., Awaitable[_Response]]] = {}
+        self._not_found = _NOT_FOUND_WORKER
+        if message_api:
+            self._routes |= {
+                "/v1/messages": {"POST": self._submit, "GET": self._list},
+                "/v1/channels": {"GET": self._channels},
+                "/openapi.json": {"GET": self._openapi_json},
+            }
+            self._message_routes = {"GET": self._get, "DELETE": self._cancel}
+            self._not_found = _NOT_FOUND
 
     @property
     def admission(self) -> Admission:
@@ -150,10 +165,10 @@ class HttpApi:
         try:
             routes = self._routes.get(path)
             args: tuple[str, ...] = ()
-            if routes is None and path.startswith(_MESSAGES_PREFIX):
+            if routes is None and self._message_routes and path.startswith(_MESSAGES_PREFIX):
                 routes, args = self._message_routes, (path[len(_MESSAGES_PREFIX) :],)
             if routes is None:
-                raise ApiError(404, "not_found", f"no endpoint at {path}; see /openapi.json")
+                raise ApiError(404, "not_found", self._not_found.format(path=path))
             handler = routes.get(scope["method"])
             if handler is None:
                 allow = ", ".join(routes).encode()
@@ -366,9 +381,12 @@ class HttpApi:
         return _Response(200, self._openapi)
 
 
-def build_app(gateway: Gateway, clock: Callable[[], float] = time.monotonic) -> ASGIApp:
-    """The HTTP API over `gateway`; `clock` drives the tenants' token buckets."""
-    return HttpApi(gateway, clock)
+def build_app(
+    gateway: Gateway, clock: Callable[[], float] = time.monotonic, *, message_api: bool = True
+) -> ASGIApp:
+    """The HTTP API over `gateway`; `clock` drives the tenants' token buckets. Without the
+    message API: health, readiness and metrics only (a process of role "worker")."""
+    return HttpApi(gateway, clock, message_api=message_api)
 
 
 class _ClientGone(Exception):

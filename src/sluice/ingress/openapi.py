@@ -267,7 +267,13 @@ def _schemas(config: Config) -> dict[str, Any]:
                 "burst": {"type": "integer"},
                 "in_flight": {"type": "integer"},
                 "pending": {"type": "integer", "description": "Queue depth."},
-                "breaker": {"type": "string"},
+                "breaker": {
+                    "type": "string",
+                    "enum": ["closed", "half_open", "open", "none"],
+                    "description": "This process's breaker for the channel; none in a process "
+                    'that does not deliver (server.role = "api"). in_flight, current_rate, '
+                    "sent, failed and retried are this process's too.",
+                },
                 "failover": _nullable({"type": "string"}),
                 "sent": {"type": "integer"},
                 "failed": {"type": "integer"},
