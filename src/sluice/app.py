@@ -40,6 +40,7 @@ from sluice.listeners import Listeners, bind_tcp
 from sluice.metrics import GatewayMetrics
 from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.roles import role_of, serves_smtp
+from sluice.sharing import Sharing
 
 if TYPE_CHECKING:
     from sluice.ingress.smtp import SmtpFrontDoor
@@ -82,10 +83,13 @@ class SluiceGateway:
         self.telemetry = GatewayMetrics()
         self.journal = build_journal(config.journal)
         self.telemetry.watch_journal(self.journal, config.channels)
+        #: What this process shares with the others through Redis (nothing without it).
+        self.sharing = Sharing(config)
+        self.telemetry.watch_sharing(self.sharing)
         #: The delivery side, in a process that delivers (role "all" or "worker").
         self.delivery: Delivery | None = None
         if self.role.delivers:
-            self.delivery = Delivery(config, self.journal, self.telemetry, transports)
+            self.delivery = Delivery(config, self.journal, self.telemetry, transports, self.sharing)
         #: The channel runners of this process, by channel (none in a process of role "api").
         self.runners: dict[str, ChannelRunner] = self.delivery.runners if self.delivery else {}
         #: Sockets handed over by a supervisor; None: bind server.listen (and smtp.listen).
@@ -122,7 +126,14 @@ class SluiceGateway:
         idempotency_key: str | None = None,
         digest: bytes | None = None,
     ) -> SubmitResult:
+        cache = self.sharing.idempotency if idempotency_key is not None else None
+        if cache is not None and idempotency_key is not None:
+            ids = await cache.lookup(tenant, idempotency_key, digest)  # IdempotencyConflict
+            if ids is not None:
+                return SubmitResult(ids, True)  # a replay, answered without a transaction
         result = await self.journal.insert(tenant, messages, idempotency_key, digest)
+        if cache is not None and idempotency_key is not None and digest is not None:
+            await cache.remember(tenant, idempotency_key, digest, result.ids)
         if not result.replayed:
             self.telemetry.accepted.labels(tenant).inc(len(messages))
             urgent = {m.channel for m in messages if m.priority == Priority.URGENT}
@@ -235,6 +246,7 @@ class SluiceGateway:
                 )
             )
             async with asyncio.TaskGroup() as tg:
+                sharing = tg.create_task(self.sharing.run())
                 delivering = None
                 if self.delivery is not None:
                     delivering = tg.create_task(self.delivery.run())
@@ -267,7 +279,9 @@ class SluiceGateway:
                 if self.delivery is not None and delivering is not None:
                     self.delivery.stop()
                     await delivering
+                sharing.cancel()
         finally:
+            await self.sharing.close()
             if self.delivery is not None:
                 await self.delivery.close()
             await self.journal.close()

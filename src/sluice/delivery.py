@@ -31,9 +31,10 @@ from sluice.channels.transport import OnReceipts, Transport
 from sluice.channels.webhook import WebhookTransport
 from sluice.config import ChannelConfig, Config
 from sluice.ingress.contract import ChannelStatus
-from sluice.journal.base import Completion, Journal, Receipt
+from sluice.journal.base import Completion, Journal, JournalError, Receipt
 from sluice.metrics import GatewayMetrics
 from sluice.model import now_ms
+from sluice.sharing import Sharing
 from sluice.stage import Stage
 
 log = logging.getLogger("sluice")
@@ -67,6 +68,7 @@ class Delivery:
         journal: Journal,
         telemetry: GatewayMetrics,
         transports: Mapping[str, Transport] | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -77,9 +79,10 @@ class Delivery:
         )
         self.callbacks = CallbackSender(journal, config.callbacks)
         transports = transports or {}
+        sharing = sharing or Sharing(config)
         self.runners: dict[str, ChannelRunner] = {}
         for name, channel in config.channels.items():
-            self.runners[name] = ChannelRunner(
+            runner = self.runners[name] = ChannelRunner(
                 name,
                 channel,
                 transports.get(name) or build_transport(name, channel, self._receipts),
@@ -90,7 +93,10 @@ class Delivery:
                 max_claim=config.journal.max_claim,
                 on_failover=self.wake,
                 observe_latency=telemetry.observer(name),
+                bucket=sharing.bucket(name, channel),
+                on_breaker_open=sharing.breaker_opened(name),
             )
+            sharing.watch_breaker(name, runner.breaker)
         journal.watch_due(self.wake)
         telemetry.watch_delivery(
             self.runners.values(),
@@ -171,23 +177,35 @@ class Delivery:
         next_beat = next_sweep = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            now = loop.time()
-            if now >= next_beat:
-                await self.journal.renew_leases(self.owner, now_ms() + lease_ms)
-                next_beat = now + journal_config.heartbeat_seconds
-            if now >= next_sweep:
-                swept = await self.journal.sweep(now_ms(), ttl_ms)
-                if swept.reclaimed or swept.expired:
-                    log.info(
-                        "sweep: %d leases reclaimed, %d messages expired",
-                        swept.reclaimed,
-                        swept.expired,
-                    )
-                    self.callbacks.wake()
-                    for runner in self.runners.values():
-                        runner.wake()
-                next_sweep = now + journal_config.sweep_seconds
+            try:
+                next_beat, next_sweep = await self._upkeep_once(
+                    loop.time(), next_beat, next_sweep, lease_ms, ttl_ms
+                )
+            except JournalError as exc:  # the journal retried already; so will we, next tick
+                log.warning("journal upkeep: %s", exc)
             await asyncio.sleep(tick)
+
+    async def _upkeep_once(
+        self, now: float, next_beat: float, next_sweep: float, lease_ms: int, ttl_ms: int
+    ) -> tuple[float, float]:
+        journal_config = self.config.journal
+        if now >= next_beat:
+            holding = [i for runner in self.runners.values() for i in runner.holding]
+            await self.journal.renew_leases(self.owner, now_ms() + lease_ms, holding)
+            next_beat = now + journal_config.heartbeat_seconds
+        if now >= next_sweep:
+            swept = await self.journal.sweep(now_ms(), ttl_ms)
+            if swept.reclaimed or swept.expired:
+                log.info(
+                    "sweep: %d leases reclaimed, %d messages expired",
+                    swept.reclaimed,
+                    swept.expired,
+                )
+                self.callbacks.wake()
+                for runner in self.runners.values():
+                    runner.wake()
+            next_sweep = now + journal_config.sweep_seconds
+        return next_beat, next_sweep
 
 
 def channel_statuses(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sluice.channels.runner import ChannelRunner
     from sluice.ingress.smtp import SmtpFrontDoor
     from sluice.journal.base import Journal
+    from sluice.sharing import Sharing
     from sluice.stage import Stage
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -94,6 +95,12 @@ class GatewayMetrics:
     def watch_journal(self, journal: Journal, channels: Iterable[str]) -> None:
         """The journal's figures: backlog, queue depth per channel, commits (every process)."""
         self.registry.register(_JournalCollector(journal, list(channels)))
+
+    def watch_sharing(self, sharing: Sharing) -> None:
+        """What this process shares through Redis: channel rates, breaker news, the
+        idempotency cache (nothing without Redis)."""
+        if sharing.client is not None:
+            self.registry.register(_SharingCollector(sharing))
 
     def watch_delivery(
         self,
@@ -198,6 +205,55 @@ class _JournalCollector:
             "Operations waiting for the journal writer.",
             value=journal.queue_depth(),
         )
+
+
+class _SharingCollector:
+    def __init__(self, sharing: Sharing) -> None:
+        self._sharing = sharing
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        sharing = self._sharing
+        shared = GaugeMetricFamily(
+            "sluice_channel_rate_shared",
+            "1 while the channel's rate is shared through Redis, 0 while on a local share.",
+            labels=["channel"],
+        )
+        live = GaugeMetricFamily(
+            "sluice_channel_rate_processes",
+            "Processes sharing the channel's rate, as Redis last counted them.",
+            labels=["channel"],
+        )
+        share = GaugeMetricFamily(
+            "sluice_channel_rate_share",
+            "The part of the channel's rate this process can count on (messages/s).",
+            labels=["channel"],
+        )
+        for name, bucket in sharing.buckets.items():
+            shared.add_metric([name], 1 if bucket.shared else 0)
+            live.add_metric([name], bucket.live)
+            share.add_metric([name], bucket.share)
+        yield from (shared, live, share)
+        if sharing.news is not None:
+            news = CounterMetricFamily(
+                "sluice_breaker_news",
+                "Breaker openings published to other processes, and heard from them.",
+                labels=["direction"],
+            )
+            news.add_metric(["published"], sharing.news.published)
+            news.add_metric(["heard"], sharing.news.tripped)
+            yield news
+        cache = sharing.idempotency
+        if cache is not None:
+            lookups = CounterMetricFamily(
+                "sluice_idempotency_cache", "Idempotency cache lookups.", labels=["result"]
+            )
+            lookups.add_metric(["hit"], cache.hits)
+            lookups.add_metric(["miss"], cache.misses)
+            lookups.add_metric(["error"], cache.errors)
+            yield lookups
 
 
 class _DeliveryCollector:

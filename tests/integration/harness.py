@@ -191,3 +191,29 @@ class ServeProcess:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+
+
+async def post_batch(
+    session: aiohttp.ClientSession, port: int, start: int, count: int, key: str
+) -> list[str] | None:
+    """One batch with an idempotency key; its ids if acknowledged (202), None otherwise."""
+    batch = [
+        {"channel": "web", "to": f"+1555{i:06d}", "body": f"m{i}"}
+        for i in range(start, start + count)
+    ]
+    try:
+        async with session.post(
+            f"http://127.0.0.1:{port}/v1/messages",
+            data=msgspec.json.encode({"messages": batch}),
+            headers={
+                "Authorization": f"Bearer {KEY}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+            },
+        ) as resp:
+            if resp.status != 202:
+                return None
+            ids: list[str] = (await resp.json())["ids"]
+            return ids
+    except (TimeoutError, aiohttp.ClientError):
+        return None

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-import msgspec
 import pytest
-from harness import KEY, ServeProcess, eventually, free_port, gateway_config, webhook_channel
+from harness import ServeProcess, eventually, free_port, gateway_config, post_batch, webhook_channel
 
 from services import PgTarget, PrivatePostgres
 from sluice.config import dump_toml
@@ -53,32 +52,6 @@ async def gateways(
             await p.stop_quietly()
 
 
-async def _post(
-    session: aiohttp.ClientSession, port: int, start: int, count: int, key: str
-) -> list[str] | None:
-    """One batch with an idempotency key; its ids if acknowledged (202), None otherwise."""
-    batch = [
-        {"channel": "web", "to": f"+1555{i:06d}", "body": f"m{i}"}
-        for i in range(start, start + count)
-    ]
-    try:
-        async with session.post(
-            f"http://127.0.0.1:{port}/v1/messages",
-            data=msgspec.json.encode({"messages": batch}),
-            headers={
-                "Authorization": f"Bearer {KEY}",
-                "Content-Type": "application/json",
-                "Idempotency-Key": key,
-            },
-        ) as resp:
-            if resp.status != 202:
-                return None
-            ids: list[str] = (await resp.json())["ids"]
-            return ids
-    except (TimeoutError, aiohttp.ClientError):
-        return None
-
-
 async def _states(pg: PgTarget) -> dict[int, int]:
     conn = await asyncpg.connect(pg.url, server_settings={"search_path": pg.schema})
     try:
@@ -99,7 +72,7 @@ async def test_sigkill_one_of_three_workers_the_others_finish_its_work(
         acked: list[str] = []
         async with aiohttp.ClientSession() as session:
             for n, start in enumerate(range(0, total, 500)):
-                ids = await _post(session, workers[n % 3].port, start, 500, f"batch-{n}")
+                ids = await post_batch(session, workers[n % 3].port, start, 500, f"batch-{n}")
                 assert ids is not None
                 acked += ids
         await sink.wait_for(total // 4, path="/hook")
@@ -111,9 +84,7 @@ async def test_sigkill_one_of_three_workers_the_others_finish_its_work(
             within=60,
             what="every acknowledged message delivered by the two workers left",
         )
-        await eventually(
-            lambda: _all_sent(pg_schema, total), within=20, what="every message recorded as sent"
-        )
+        await _until_all_sent(pg_schema, total, within=20)
         for worker in (workers[0], workers[2]):
             assert await worker.terminate() == 0
         reclaimed = await _reclaimed(pg_schema)
@@ -135,8 +106,26 @@ async def _reclaimed(pg: PgTarget) -> int:
     return n
 
 
-async def _all_sent(pg: PgTarget, total: int) -> bool:
-    return await _states(pg) == {3: total}
+async def _until_all_sent(pg: PgTarget, total: int, within: float) -> None:
+    states: dict[int, int] = {}
+    for _ in range(int(within * 10)):
+        states = await _states(pg)
+        if states == {3: total}:
+            return
+        await asyncio.sleep(0.1)
+    conn = await asyncpg.connect(pg.url, server_settings={"search_path": pg.schema})
+    try:
+        stuck = await conn.fetch(
+            "SELECT id, state, lease_owner, lease_until, attempts, updated_at FROM messages "
+            "WHERE state <> 3 LIMIT 5"
+        )
+        events = await conn.fetch(
+            "SELECT message_id, at, state, detail FROM events WHERE message_id = $1 ORDER BY seq",
+            stuck[0][0] if stuck else 0,
+        )
+    finally:
+        await conn.close()
+    raise AssertionError(f"not all sent within {within} s: {states}; {stuck}; {events}")
 
 
 async def test_a_postgres_restart_mid_run_loses_nothing_acknowledged(
@@ -156,7 +145,7 @@ async def test_a_postgres_restart_mid_run_loses_nothing_acknowledged(
                     start = n * 100
                     # A batch that was not acknowledged is sent again with the same key.
                     for _ in range(600):
-                        ids = await _post(session, workers[n % 2].port, start, 100, f"b{n}")
+                        ids = await post_batch(session, workers[n % 2].port, start, 100, f"b{n}")
                         if ids is not None:
                             break
                         await asyncio.sleep(0.05)  # a client's pause before it tries again
@@ -179,7 +168,7 @@ async def test_a_postgres_restart_mid_run_loses_nothing_acknowledged(
             within=60,
             what="every acknowledged message delivered after the restart",
         )
-        await eventually(lambda: _all_sent(pg, 4000), within=30, what="all recorded as sent")
+        await _until_all_sent(pg, 4000, within=30)
         for worker in workers:
             assert await worker.terminate() == 0
     # The workers did see the server go away (and went on by themselves).

@@ -673,8 +673,9 @@ async def test_renew_leases_extends_them(journal: Journal) -> None:
     t = now_ms()
     await journal.claim("web", 10, 10, OWNER, t, 1_000)
     await journal.claim("sms", 10, 10, OTHER_OWNER, t, 1_000)
-    assert await journal.renew_leases(OWNER, t + 60_000) == 1
-    assert await journal.renew_leases(999, t + 60_000) == 0
+    assert await journal.renew_leases(OWNER, t + 60_000, [mine.id, theirs.id]) == 1
+    assert await journal.renew_leases(999, t + 60_000, [mine.id, theirs.id]) == 0
+    assert await journal.renew_leases(OTHER_OWNER, t + 60_000, []) == 0
 
     swept = await journal.sweep(t + 1_001, 60_000)
     assert swept.reclaimed == 1  # only the lease that was not renewed
@@ -684,6 +685,18 @@ async def test_renew_leases_extends_them(journal: Journal) -> None:
     assert (await journal.sweep(t + 60_000, 60_000)).reclaimed == 0
     assert (await journal.sweep(t + 60_001, 60_000)).reclaimed == 1
     assert await state_of(journal, mine.id) == State.QUEUED
+
+
+async def test_a_lease_its_owner_no_longer_works_on_is_not_renewed(journal: Journal) -> None:
+    # E.g. its SENT outcome was committed without a flush and lost with the server: the
+    # owner believes it done, so it must expire and go out again rather than stay leased.
+    forgotten, working = await insert_one(journal), await insert_one(journal)
+    t = now_ms()
+    await journal.claim("web", 10, 10, OWNER, t, 1_000)
+    assert await journal.renew_leases(OWNER, t + 60_000, [working.id]) == 1
+    assert (await journal.sweep(t + 1_001, 60_000)).reclaimed == 1
+    assert await state_of(journal, forgotten.id) == State.QUEUED
+    assert await state_of(journal, working.id) == State.SENDING
 
 
 async def test_sweep_reclaims_expired_leases(journal: Journal) -> None:

@@ -124,6 +124,8 @@ class ChannelRunner:
         #: Messages holding a send slot, and messages claimed and not yet completed.
         self.in_flight = 0
         self.claimed = 0
+        #: Ids of the messages claimed and not yet done: the leases the heartbeat renews.
+        self.holding: set[int] = set()
         self.claimed_non_urgent = 0
         self.sent = 0
         self.failed = 0
@@ -285,7 +287,9 @@ class ChannelRunner:
                 self._kick.set()
             return
         ready = self._ready
+        holding = self.holding
         for message in batch:
+            holding.add(message.id)
             self.claimed += 1
             if message.priority != Priority.URGENT:
                 self.claimed_non_urgent += 1
@@ -403,7 +407,7 @@ class ChannelRunner:
         completion = self._outcome(message, started, result)
         self.in_flight -= 1
         self.slots.release(message.priority)
-        self._finished(message.priority)
+        self._finished(message)
         try:
             if not self._completions.offer(completion):
                 self._spawn(self._completions.put(completion))
@@ -412,8 +416,10 @@ class ChannelRunner:
             # gateway releases it to the queue (or the next start recovers it).
             log.debug("channel %s: outcome of %d after shutdown", self.name, message.id)
 
-    def _finished(self, priority: int) -> None:
+    def _finished(self, message: Message) -> None:
         """A claimed message is done (its slot, if it held one, is free again)."""
+        self.holding.discard(message.id)
+        priority = message.priority
         self.claimed -= 1
         self._done_count += 1
         if priority != Priority.URGENT:
@@ -460,7 +466,7 @@ class ChannelRunner:
             if holding:
                 self.in_flight -= 1
                 self.slots.release(priority)
-            self._finished(priority)
+            self._finished(message)
         if not self._completions.offer(completion):
             await self._completions.put(completion)
 

@@ -8,7 +8,7 @@ write is acknowledged only after it is committed; concurrent writers share one c
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import msgspec
@@ -158,7 +158,11 @@ class Journal(Protocol):
         Returns the number of status callbacks queued."""
         ...
 
-    async def renew_leases(self, owner: int, until: int) -> int: ...
+    async def renew_leases(self, owner: int, until: int, ids: Collection[int]) -> int:
+        """Extend to `until` the leases `owner` holds on `ids`, the messages it is still
+        working on. Only those: a message it holds a lease on but forgot (its outcome lost in
+        a crash of the server) must expire and be sent again, not stay leased for ever."""
+        ...
 
     async def release(self, owner: int, now: int) -> int:
         """Give back every message this owner holds (graceful shutdown)."""

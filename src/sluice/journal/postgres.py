@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -455,8 +455,10 @@ class PostgresJournal:
             return 0
         return await self._run(_op_complete, owner, completions)
 
-    async def renew_leases(self, owner: int, until: int) -> int:
-        return await self._run(_op_renew, owner, until)
+    async def renew_leases(self, owner: int, until: int, ids: Collection[int]) -> int:
+        if not ids:
+            return 0
+        return await self._run(_op_renew, owner, until, list(ids))
 
     async def release(self, owner: int, now: int) -> int:
         return await self._run(_op_requeue, "lease_owner = $2", owner, now, "released at shutdown")
@@ -1147,9 +1149,15 @@ async def _apply_receipt(
     return 1
 
 
-async def _op_renew(conn: asyncpg.Connection, tx: _Tx, owner: int, until: int) -> int:
+async def _op_renew(
+    conn: asyncpg.Connection, tx: _Tx, owner: int, until: int, ids: list[int]
+) -> int:
     status = await conn.execute(
-        "UPDATE messages SET lease_until = $1 WHERE lease_owner = $2 AND state = 2", until, owner
+        "UPDATE messages SET lease_until = $1 WHERE id = ANY($3::bigint[]) "
+        "AND lease_owner = $2 AND state = 2",
+        until,
+        owner,
+        ids,
     )
     return _count(status)
 

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -567,8 +567,10 @@ class SqliteJournal:
         callbacks: int = await self._write(_op_complete, owner, completions)
         return callbacks
 
-    async def renew_leases(self, owner: int, until: int) -> int:
-        count: int = await self._write(_op_renew, owner, until)
+    async def renew_leases(self, owner: int, until: int, ids: Collection[int]) -> int:
+        if not ids:
+            return 0
+        count: int = await self._write(_op_renew, owner, until, _json.encode(list(ids)))
         return count
 
     async def release(self, owner: int, now: int) -> int:
@@ -1212,9 +1214,13 @@ def _apply_receipt(
     return 1
 
 
-def _op_renew(conn: sqlite3.Connection, tx: _Transaction, owner: int, until: int) -> int:
+def _op_renew(
+    conn: sqlite3.Connection, tx: _Transaction, owner: int, until: int, ids: bytes
+) -> int:
     return conn.execute(
-        "UPDATE messages SET lease_until = ? WHERE lease_owner = ? AND state = 2", (until, owner)
+        "UPDATE messages SET lease_until = ?1 WHERE id IN (SELECT value FROM json_each(?3)) "
+        "AND lease_owner = ?2 AND state = 2",
+        (until, owner, ids),
     ).rowcount
 
 
