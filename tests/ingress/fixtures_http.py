@@ -13,12 +13,12 @@ import aiohttp
 import prometheus_client
 import uvicorn
 
+from journal_backends import open_journal
 from sluice import config as config_module
 from sluice.config import Config
 from sluice.ingress.contract import ChannelStatus
 from sluice.ingress.http import build_app
-from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
-from sluice.journal.sqlite import SqliteJournal
+from sluice.journal.base import CancelResult, Journal, MessageRecord, SubmitResult
 from sluice.model import IdGenerator, Message, now_ms
 
 KEY_A = "key-for-tenant-a"
@@ -56,9 +56,9 @@ class FakeClock:
 
 
 class JournalGateway:
-    """The Gateway protocol over a real SqliteJournal, with no channels running."""
+    """The Gateway protocol over a real Journal, with no channels running."""
 
-    def __init__(self, config: Config, journal: SqliteJournal) -> None:
+    def __init__(self, config: Config, journal: Journal) -> None:
         self.config = config
         self.journal = journal
         self.ids = IdGenerator(node=1)
@@ -134,13 +134,11 @@ class JournalGateway:
 
 
 @contextlib.asynccontextmanager
-async def open_gateway(tmp_path: Path, config: Config) -> AsyncIterator[JournalGateway]:
-    journal = SqliteJournal(tmp_path / "journal.db", synchronous="normal")
-    await journal.open()
-    try:
+async def open_gateway(
+    tmp_path: Path, config: Config, backend: str = "sqlite"
+) -> AsyncIterator[JournalGateway]:
+    async with open_journal(backend, tmp_path) as journal:
         yield JournalGateway(config, journal)
-    finally:
-        await journal.close()
 
 
 @contextlib.asynccontextmanager
@@ -193,10 +191,13 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def running_api(
-    tmp_path: Path, config: Config | None = None, clock: Callable[[], float] | None = None
+    tmp_path: Path,
+    config: Config | None = None,
+    clock: Callable[[], float] | None = None,
+    backend: str = "sqlite",
 ) -> AsyncIterator[Api]:
     config = config or make_config()
-    async with open_gateway(tmp_path, config) as gateway:
+    async with open_gateway(tmp_path, config, backend) as gateway:
         app = build_app(gateway) if clock is None else build_app(gateway, clock)
         async with serve(app) as base, aiohttp.ClientSession() as session:
             yield Api(base, gateway, session)

@@ -23,15 +23,17 @@ from fixtures_http import (
     serve,
 )
 
+from journal_backends import BACKENDS
 from sluice.ingress.http import build_app
 from sluice.model import ID_LENGTH, parse_id
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    async with running_api(tmp_path) as running:
+@pytest.fixture(params=BACKENDS)
+async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
+    """The API over each journal: what a producer sees must not depend on the backend."""
+    async with running_api(tmp_path, backend=request.param) as running:
         yield running
 
 
