@@ -45,9 +45,10 @@ def smtp_section(**options: Any) -> dict[str, Any]:
     }
 
 
-def config_for(tmp_path: Path, sink_url: str, **smtp: Any) -> dict[str, Any]:
+def config_for(store: Path | dict[str, Any], sink_url: str, **smtp: Any) -> dict[str, Any]:
+    """`store`: a directory for a SQLite journal, or a `journal_section` (either backend)."""
     channels = {"sms": webhook_channel(f"{sink_url}/sms")}
-    return gateway_config(tmp_path, channels, smtp=smtp_section(**smtp))
+    return gateway_config(store, channels, smtp=smtp_section(**smtp))
 
 
 async def delivered(run: Any, sink: WebhookSink, count: int = 1) -> list[dict[str, Any]]:
@@ -113,8 +114,10 @@ class RawClient:
         self.writer.close()
 
 
-async def test_mail_to_a_number_becomes_an_sms_committed_before_250(tmp_path: Path) -> None:
-    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+async def test_mail_to_a_number_becomes_an_sms_committed_before_250(
+    journal_section: dict[str, Any],
+) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(journal_section, sink.url)) as run:
         port = door_port(run.gateway)
         refused = await asyncio.to_thread(send_with_smtplib, port, f"+447700900123@{SMS_DOMAIN}")
         assert refused == {}
@@ -269,9 +272,9 @@ async def test_greylisting_with_an_injected_clock(tmp_path: Path) -> None:
             await delivered(run, sink)
 
 
-async def test_restart_keeps_the_client_memory(tmp_path: Path) -> None:
+async def test_restart_keeps_the_client_memory(journal_section: dict[str, Any]) -> None:
     async with WebhookSink() as sink:
-        config = config_for(tmp_path, sink.url)
+        config = config_for(journal_section, sink.url)
         async with running_gateway(config) as run:
             await asyncio.to_thread(
                 send_with_smtplib, door_port(run.gateway), f"+15550001@{SMS_DOMAIN}"
