@@ -76,6 +76,9 @@ class JournalConfig(_Base):
     pool_size: Annotated[int, msgspec.Meta(ge=2, le=100)] = 8
     #: How long a PostgreSQL statement may run before it is cancelled (and retried or failed).
     statement_timeout_seconds: Seconds = 30.0
+    #: How long an operation keeps trying to reach PostgreSQL (a restart, a failover) before
+    #: its caller hears of it: HTTP answers 503, runners wait and try again.
+    reconnect_seconds: Seconds = 30.0
     #: FULL: a commit survives power loss. NORMAL: survives a process crash, faster.
     synchronous: Literal["full", "normal"] = "full"
     #: With FULL, also fsync commits that hold only claims, send outcomes and leases. Off by

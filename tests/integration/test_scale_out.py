@@ -11,7 +11,15 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from harness import ServeProcess, eventually, free_port, gateway_config, post_batch, webhook_channel
+from harness import (
+    KEY,
+    ServeProcess,
+    eventually,
+    free_port,
+    gateway_config,
+    post_batch,
+    webhook_channel,
+)
 
 from services import PgTarget, PrivatePostgres
 from sluice.config import dump_toml
@@ -20,8 +28,14 @@ from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 pytestmark = pytest.mark.integration
 
 WIDTH = 8
-#: Short leases, so that a dead worker's messages come back within seconds.
-FAST_LEASES = {"lease_seconds": 1.5, "heartbeat_seconds": 0.3, "sweep_seconds": 0.3}
+#: Short leases, so that a dead worker's messages come back within seconds; a journal that
+#: gives up on an unreachable server after a second (the default is 30).
+FAST_LEASES = {
+    "lease_seconds": 1.5,
+    "heartbeat_seconds": 0.3,
+    "sweep_seconds": 0.3,
+    "reconnect_seconds": 1.0,
+}
 
 
 def _config(tmp_path: Path, name: str, pg: PgTarget, sink_url: str, port: int, node: int) -> Path:
@@ -174,3 +188,43 @@ async def test_a_postgres_restart_mid_run_loses_nothing_acknowledged(
     # The workers did see the server go away (and went on by themselves).
     logs = "".join(w.log_path.read_text() for w in workers)
     assert "trying again" in logs
+
+
+async def test_postgres_down_longer_than_the_retries_the_gateway_waits_it_out(
+    tmp_path: Path, private_postgres: PrivatePostgres
+) -> None:
+    pg = PgTarget(private_postgres.url, "sluice")
+    async with (
+        WebhookSink(SinkOptions(latency_ms=2)) as sink,
+        gateways(tmp_path, pg, sink.url, 1) as (gateway,),
+        aiohttp.ClientSession() as session,
+    ):
+        acked = await post_batch(session, gateway.port, 0, 500, "before")
+        assert acked is not None
+        await asyncio.to_thread(private_postgres.stop, "immediate")
+        # Past the journal's retries: the producer is told to come back, nothing crashes.
+        async with session.post(
+            f"http://127.0.0.1:{gateway.port}/v1/messages",
+            json={"channel": "web", "to": "+1555", "body": "during"},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "1"
+        await asyncio.sleep(1.5)  # runners, callbacks and the upkeep all meet the outage
+        assert gateway.proc is not None and gateway.proc.returncode is None
+        await asyncio.to_thread(private_postgres.start)
+        after = None
+        for _ in range(100):  # the producer comes back, as told
+            after = await post_batch(session, gateway.port, 500, 500, "after")
+            if after is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert after is not None
+        acked += after
+        await eventually(
+            lambda: set(acked) <= set(sink.received("/hook")),
+            within=60,
+            what="everything acknowledged delivered once the server is back",
+        )
+        await _until_all_sent(pg, 1000, within=30)
+        assert await gateway.terminate() == 0

@@ -16,6 +16,7 @@ def build_journal(config: JournalConfig) -> Journal:
             pool_size=config.pool_size,
             statement_timeout_seconds=config.statement_timeout_seconds,
             fsync_outcomes=config.fsync_outcomes,
+            reconnect_seconds=config.reconnect_seconds,
         )
     from sluice.journal.sqlite import SqliteJournal
 
