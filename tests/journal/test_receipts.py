@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -107,3 +108,26 @@ async def test_unmatched_receipts_are_forgotten_after_a_day(journal: Journal) ->
     await journal.sweep(now_ms() + 25 * 3600 * 1000, 86_400_000)
     mid = await sent(journal, ("stranger",))
     assert await state(journal, mid) == State.SENT
+
+
+async def test_receipts_racing_their_sent_commits_are_never_lost(journal: Journal) -> None:
+    # On a shared journal the SENT outcome and the receipt commit in two transactions at
+    # once; whichever goes first, the message ends delivered (two parts: both orders too).
+    ids = IdGenerator(node=4)
+    messages = [Message(ids.next(), "acme", "sms", f"+1555{i}", "hi") for i in range(40)]
+    await journal.insert("acme", messages)
+    claimed = await journal.claim("sms", 100, 100, OWNER, now_ms(), 30_000)
+    assert len(claimed) == len(messages)
+    outcomes = []
+    receipts = []
+    for i, m in enumerate(claimed):
+        parts = (f"r{i}a",) if i % 2 else (f"r{i}a", f"r{i}b")
+        outcomes.append(
+            journal.complete(
+                OWNER,
+                [Completion(m.id, State.SENT, "sms", 1, Outcome.SENT, 1.0, parts[0], parts=parts)],
+            )
+        )
+        receipts += [journal.apply_receipts("sms", [Receipt(p, True)]) for p in parts]
+    await asyncio.gather(*outcomes, *receipts)
+    assert await journal.count_by_state() == {State.DELIVERED: len(messages)}

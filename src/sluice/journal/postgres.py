@@ -149,26 +149,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, key)
     );
     CREATE INDEX idempotency_age ON idempotency (created_at);
+    -- A part of a SENT message and its receipt, whichever came first: message_id is NULL
+    -- while the receipt waits for its SENT commit, delivered while the SENT waits for it.
     CREATE TABLE provider_parts (
         channel text NOT NULL,
         provider_id text NOT NULL,
-        message_id bigint NOT NULL,
-        part integer NOT NULL,
-        parts integer NOT NULL,
+        message_id bigint,
+        part integer,
+        parts integer,
         delivered boolean,
-        detail text,
-        PRIMARY KEY (channel, provider_id)
-    );
-    CREATE INDEX provider_parts_message ON provider_parts (message_id);
-    CREATE TABLE early_receipts (
-        channel text NOT NULL,
-        provider_id text NOT NULL,
-        delivered boolean NOT NULL,
         detail text,
         at bigint NOT NULL,
         PRIMARY KEY (channel, provider_id)
     );
-    CREATE INDEX early_receipts_age ON early_receipts (at);
+    CREATE INDEX provider_parts_message ON provider_parts (message_id)
+        WHERE message_id IS NOT NULL;
+    CREATE INDEX provider_parts_early ON provider_parts (at) WHERE message_id IS NULL;
     CREATE TABLE callbacks (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         message_id bigint NOT NULL,
@@ -966,30 +962,42 @@ async def _op_complete(
         ),
     )  # fmt: skip
     if parts:
-        channels, pids, mids, indexes, counts = (list(col) for col in zip(*parts, strict=True))
-        await conn.execute(
-            "INSERT INTO provider_parts (channel, provider_id, message_id, part, parts) "
-            "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[], "
-            "$5::integer[]) ON CONFLICT (channel, provider_id) DO UPDATE SET "
-            "message_id = excluded.message_id, part = excluded.part, parts = excluded.parts, "
-            "delivered = NULL, detail = NULL",
-            channels,
-            pids,
-            mids,
-            indexes,
-            counts,
-        )
-        # Receipts that arrived before this commit (in this process or another).
-        early = await conn.fetch(
-            "DELETE FROM early_receipts e USING unnest($1::text[], $2::text[]) AS k(c, p) "
-            "WHERE e.channel = k.c AND e.provider_id = k.p "
-            "RETURNING e.channel, e.provider_id, e.delivered, e.detail",
-            channels,
-            pids,
-        )
-        for channel, pid, ok, detail in early:
-            await _apply_receipt(conn, tx, channel, Receipt(pid, ok, detail), now)
+        await _record_parts(conn, tx, parts, now)
     return await _insert_callbacks(conn, now, callbacks)
+
+
+# A part's SENT and its receipt meet in one row of `provider_parts`, keyed by (channel,
+# provider id), whichever comes first: the SENT commit sets message_id, the receipt sets
+# delivered. Both write it with INSERT … ON CONFLICT, so when they run at once in two
+# transactions the second waits for the first's commit and then sees it: a receipt that
+# overtakes its SENT is never lost between them. (Two tables, "parts" and "early receipts",
+# each checked by the other side, lose it under READ COMMITTED: each side's check runs before
+# the other commits.)
+
+
+async def _record_parts(
+    conn: asyncpg.Connection, tx: _Tx, parts: list[tuple[str, str, int, int, int]], now: int
+) -> None:
+    """The provider ids of SENT messages' parts; applies receipts that came before."""
+    latest = {(p[0], p[1]): p for p in parts}  # one row per key in one statement
+    channels, pids, mids, indexes, counts = (list(c) for c in zip(*latest.values(), strict=True))
+    rows = await conn.fetch(
+        "INSERT INTO provider_parts (channel, provider_id, message_id, part, parts, at) "
+        "SELECT c, p, m, i, n, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], "
+        "$4::integer[], $5::integer[]) AS u(c, p, m, i, n) "
+        "ON CONFLICT (channel, provider_id) DO UPDATE SET message_id = excluded.message_id, "
+        "part = excluded.part, parts = excluded.parts "
+        "RETURNING channel, provider_id, message_id, delivered",
+        channels,
+        pids,
+        mids,
+        indexes,
+        counts,
+        now,
+    )
+    heard = sorted({(r[2], r[0], r[1]) for r in rows if r[3] is not None})
+    for mid, channel, pid in heard:
+        await _settle_if_complete(conn, channel, mid, pid, now)
 
 
 async def _op_apply_receipts(
@@ -997,44 +1005,31 @@ async def _op_apply_receipts(
 ) -> int:
     """Apply a batch of receipts; return how many messages reached a final state."""
     now = now_ms()
-    known = {
-        pid: (mid, n)
-        for pid, mid, n in await conn.fetch(
-            "SELECT provider_id, message_id, parts FROM provider_parts "
-            "WHERE channel = $1 AND provider_id = ANY($2::text[])",
-            channel,
-            [r.provider_id for r in receipts],
-        )
-    }
-    early: list[Receipt] = []
+    latest = {r.provider_id: r for r in receipts}  # one row per key in one statement
+    rows = await conn.fetch(
+        "INSERT INTO provider_parts (channel, provider_id, delivered, detail, at) "
+        "SELECT $1, p, d, t, $2 FROM unnest($3::text[], $4::boolean[], $5::text[]) "
+        "AS r(p, d, t) ON CONFLICT (channel, provider_id) DO UPDATE SET "
+        "delivered = excluded.delivered, detail = excluded.detail "
+        "RETURNING provider_id, message_id, parts",
+        channel,
+        now,
+        list(latest),
+        [r.delivered for r in latest.values()],
+        [r.detail for r in latest.values()],
+    )
     single: dict[int, Receipt] = {}
-    multi: list[Receipt] = []
-    for r in receipts:
-        hit = known.get(r.provider_id)
-        if hit is None:
-            early.append(r)
-        elif hit[1] > 1:
-            multi.append(r)
-        elif hit[0] in single:  # the same receipt twice: the second finds nothing left
-            early.append(r)
+    multi: dict[int, str] = {}
+    for pid, mid, n in rows:
+        if mid is None:
+            continue  # before its SENT commit (or not ours): the SENT will find it
+        if n > 1:
+            multi[mid] = pid
         else:
-            single[hit[0]] = r
-    if early:
-        latest = {r.provider_id: r for r in early}  # one row per key in one statement
-        await conn.execute(
-            "INSERT INTO early_receipts (channel, provider_id, delivered, detail, at) "
-            "SELECT $1, p, d, t, $2 FROM unnest($3::text[], $4::boolean[], $5::text[]) "
-            "AS r(p, d, t) ON CONFLICT (channel, provider_id) DO UPDATE SET "
-            "delivered = excluded.delivered, detail = excluded.detail, at = excluded.at",
-            channel,
-            now,
-            list(latest),
-            [r.delivered for r in latest.values()],
-            [r.detail for r in latest.values()],
-        )
+            single[mid] = latest[pid]
     finals = await _settle_receipts(conn, channel, single, now) if single else 0
-    for r in multi:
-        finals += await _apply_receipt(conn, tx, channel, r, now)
+    for mid in sorted(multi):
+        finals += await _settle_if_complete(conn, channel, mid, multi[mid], now)
     return finals
 
 
@@ -1077,72 +1072,50 @@ async def _settle_receipts(
     return len(sent)
 
 
-async def _apply_receipt(
-    conn: asyncpg.Connection, tx: _Tx, channel: str, receipt: Receipt, now: int
+async def _settle_if_complete(
+    conn: asyncpg.Connection, channel: str, message_id: int, pid: str, now: int
 ) -> int:
-    """Record one part's receipt; return 1 if its message reached a final state."""
-    row = await conn.fetchrow(
-        "UPDATE provider_parts SET delivered = $1, detail = $2 "
-        "WHERE channel = $3 AND provider_id = $4 RETURNING message_id, parts",
-        receipt.delivered,
-        receipt.detail,
-        channel,
-        receipt.provider_id,
+    """The final state of a message once every part has its receipt (`pid`: the part heard
+    last); returns 1 if it reached one.
+
+    The message's row is locked first: receipts for two parts committing at once then read
+    the parts one after the other, and the second sees the first's."""
+    locked = await conn.fetchval(
+        "SELECT 1 FROM messages WHERE id = $1 AND state = 3 FOR UPDATE", message_id
     )
-    if row is None:  # overtook the commit of its SENT outcome, or not ours: keep it a while
-        await conn.execute(
-            "INSERT INTO early_receipts (channel, provider_id, delivered, detail, at) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, provider_id) DO UPDATE SET "
-            "delivered = excluded.delivered, detail = excluded.detail, at = excluded.at",
-            channel,
-            receipt.provider_id,
-            receipt.delivered,
-            receipt.detail,
-            now,
-        )
+    if locked is None:
         return 0
-    message_id, count = row
-    if count == 1:
-        parts = [(receipt.provider_id, receipt.delivered, receipt.detail)]
-    else:
-        parts = [
-            tuple(r)
-            for r in await conn.fetch(
-                "SELECT provider_id, delivered, detail FROM provider_parts "
-                "WHERE message_id = $1 ORDER BY part",
-                message_id,
-            )
-        ]
-    if any(delivered is None for _, delivered, _ in parts):
+    parts = await conn.fetch(
+        "SELECT provider_id, delivered, detail FROM provider_parts WHERE message_id = $1 "
+        "ORDER BY part",
+        message_id,
+    )
+    if not parts or any(delivered is None for _, delivered, _ in parts):
         return 0  # more parts to hear from
-    failed = [(pid, detail) for pid, delivered, detail in parts if not delivered]
+    failed = [(p, detail) for p, delivered, detail in parts if not delivered]
     state = State.FAILED if failed else State.DELIVERED
     if failed:
-        detail = "; ".join(f"part {pid}: {d or 'not delivered'}" for pid, d in failed)
+        detail = "; ".join(f"part {p}: {d or 'not delivered'}" for p, d in failed)
+    elif len(parts) == 1:
+        detail = parts[0][2]
     else:
-        detail = receipt.detail if len(parts) == 1 else f"all {len(parts)} parts delivered"
+        detail = f"all {len(parts)} parts delivered"
     await conn.execute("DELETE FROM provider_parts WHERE message_id = $1", message_id)
     final = await conn.fetchrow(
-        "UPDATE messages SET state = $1, updated_at = $2 WHERE id = $3 AND state = 3 "
+        "UPDATE messages SET state = $1, updated_at = $2 WHERE id = $3 "
         "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
         int(state),
         now,
         message_id,
     )
-    if final is None:
-        return 0
     outcome = Outcome.SENT if state == State.DELIVERED else Outcome.PERMANENT
     await _insert_events(
-        conn,
-        now,
-        [(message_id, int(state), channel, final[3], int(outcome), receipt.provider_id, None,
-          detail)],
-    )  # fmt: skip
+        conn, now, [(message_id, int(state), channel, final[3], int(outcome), pid, None, detail)]
+    )
     if final[4]:
         payload = callback_payload(
-            message_id, state, now, final[1], final[3], final[0], final[2], receipt.provider_id,
-            detail, final[5],
-        )  # fmt: skip
+            message_id, state, now, final[1], final[3], final[0], final[2], pid, detail, final[5]
+        )
         await _insert_callbacks(conn, now, [(message_id, final[4], payload)])
     return 1
 
@@ -1205,7 +1178,10 @@ async def _op_sweep(
         )
     )
     # Receipts for ids we never sent (another system's, or lost) are not kept for ever.
-    await conn.execute("DELETE FROM early_receipts WHERE at < $1", now - EARLY_RECEIPT_TTL_MS)
+    await conn.execute(
+        "DELETE FROM provider_parts WHERE message_id IS NULL AND at < $1",
+        now - EARLY_RECEIPT_TTL_MS,
+    )
     return SweepResult(reclaimed, expired, forgotten)
 
 
