@@ -21,6 +21,7 @@ Warning:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -470,3 +471,39 @@ class PrivateRedis(_PrivateServer):
                 return sock.recv(64) == b"+PONG\r\n"
         except OSError:
             return False
+
+
+class FakeRedis:
+    """A TCP server on a free port that reads commands and answers each with `answer` (None:
+    never answers, a hung Redis); counts the connections it accepted.
+
+    Examples:
+        async with FakeRedis() as silent:
+            client = redis.asyncio.Redis.from_url(silent.url)
+    """
+
+    def __init__(self, answer: bytes | None = None) -> None:
+        self.answer = answer
+        self.connections = 0
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> FakeRedis:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}/0"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(4096):
+                if self.answer is not None:
+                    writer.write(self.answer)
+                    await writer.drain()

@@ -20,7 +20,7 @@ import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services import PrivateRedis, RedisTarget
+from services import FakeRedis, PrivateRedis, RedisTarget
 from sluice.idempotency_cache import BACKOFF_MAX_SECONDS, BACKOFF_MIN_SECONDS, IdempotencyCache
 from sluice.journal.base import IdempotencyConflict
 
@@ -41,34 +41,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class FakeRedis:
-    """A TCP server that reads commands and answers each with `answer`; None: never answers."""
-
-    def __init__(self, answer: bytes | None = None) -> None:
-        self.answer = answer
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def __aenter__(self) -> FakeRedis:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"redis://127.0.0.1:{port}/0"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(4096):
-                if self.answer is not None:
-                    writer.write(self.answer)
-                    await writer.drain()
 
 
 @contextlib.asynccontextmanager

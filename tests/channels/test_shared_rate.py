@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from services import PrivateRedis, RedisTarget
+from services import FakeRedis, PrivateRedis, RedisTarget
 from sluice.channels.shared_rate import (
     ASK_JITTER,
     BACKOFF_MIN_SECONDS,
@@ -48,33 +48,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class BlackHole:
-    """A TCP server that accepts connections and never answers: a hung Redis."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def __aenter__(self) -> BlackHole:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"redis://127.0.0.1:{port}/0"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(4096):
-                pass
 
 
 @contextlib.asynccontextmanager
@@ -266,7 +239,7 @@ async def test_rate_setter_lowers_a_local_cap(redis_prefix: RedisTarget) -> None
 
 
 async def test_unlimited_rate_does_no_redis_io() -> None:
-    async with BlackHole() as hole, clients(hole.url, 1) as (client,):
+    async with FakeRedis() as hole, clients(hole.url, 1) as (client,):
         bucket = SharedTokenBucket("web", 0, 10, client, clock=FakeClock())
         await asyncio.wait_for(bucket.run(), 1.0)  # nothing to do: returns at once
         assert all(bucket.try_take() for _ in range(10_000))
@@ -334,7 +307,7 @@ async def test_falls_back_to_a_local_share_and_returns_to_shared(
 
 async def test_a_hung_redis_times_out_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:
     timeout = 0.2
-    async with BlackHole() as hole, clients(hole.url, 1) as (client,):
+    async with FakeRedis() as hole, clients(hole.url, 1) as (client,):
         bucket = SharedTokenBucket("sms", 600, 60, client, timeout_seconds=timeout)
         started = time.monotonic()
         pause = await asyncio.wait_for(bucket.refresh(), 5 * timeout)
