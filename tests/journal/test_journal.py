@@ -20,6 +20,7 @@ import msgspec
 import pytest
 
 from journal_backends import BACKENDS, open_journal
+from services import PgTarget
 from sluice.journal.base import (
     CallbackJob,
     CancelResult,
@@ -30,6 +31,7 @@ from sluice.journal.base import (
     JournalError,
     MessageRecord,
 )
+from sluice.journal.postgres import PostgresJournal
 from sluice.journal.sqlite import SqliteJournal
 from sluice.model import IdGenerator, Message, Outcome, Priority, State, format_id, now_ms
 
@@ -1004,4 +1006,24 @@ async def test_a_journal_file_from_before_not_before_still_takes_inserts(tmp_pat
         await insert_one(journal)
         assert journal.pending() == {"web": 2}
     finally:
+        await journal.close()
+
+
+async def test_a_statement_past_its_timeout_fails_the_call_not_the_journal(
+    pg_schema: PgTarget,
+) -> None:
+    journal = PostgresJournal(pg_schema.url, schema=pg_schema.schema, statement_timeout_seconds=0.2)
+    await journal.open()
+    blocker = await asyncpg.connect(
+        pg_schema.url, server_settings={"search_path": pg_schema.schema}
+    )
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(JournalError, match="journal failed: QueryCanceledError"):
+                await journal.insert(TENANT, [make()])  # waits for the lock past its timeout
+        await insert_one(journal)  # the lock is gone: the journal works as before
+        assert journal.pending() == {"web": 1}
+    finally:
+        await blocker.close()
         await journal.close()

@@ -96,6 +96,8 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ReadOnlySQLTransactionError,  # a failover in progress: the old primary is a replica
 )
 
 #: Each migration brings the schema from the version before it to its own number.
@@ -311,6 +313,12 @@ class PostgresJournal:
                 if retried is not None:
                     attempt = retried
                 continue
+            except asyncpg.IntegrityConstraintViolationError:
+                raise  # a caller's mistake (a duplicate id), not the store's
+            except asyncpg.PostgresError as exc:
+                # A statement past its timeout, a full disk, a missing table: the store
+                # failed this call (HTTP 503; runners wait and ask again).
+                raise JournalError(f"journal failed: {_describe(exc)}") from exc
             self.commits += 1
             self.ops += 1
             self.busy_seconds += time.perf_counter() - started
@@ -378,7 +386,7 @@ class PostgresJournal:
             await asyncio.sleep(PENDING_REFRESH_SECONDS)
             try:
                 await self._refresh_pending()
-            except _RETRYABLE as exc:
+            except (*_RETRYABLE, asyncpg.PostgresError) as exc:
                 log.debug("journal: pending counts not refreshed: %s", _describe(exc))
 
     async def _listen_loop(self) -> None:
@@ -403,7 +411,7 @@ class PostgresJournal:
                 if conn is not None:
                     conn.terminate()
                 raise
-            except _RETRYABLE as exc:
+            except (*_RETRYABLE, asyncpg.PostgresError) as exc:
                 log.debug("journal: listener down: %s", _describe(exc))
             finally:
                 if conn is not None and not conn.is_closed():
