@@ -20,6 +20,7 @@ import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fake_clock import FakeClock
 from services import FakeRedis, PrivateRedis, RedisTarget
 from sluice.idempotency_cache import BACKOFF_MAX_SECONDS, BACKOFF_MIN_SECONDS, IdempotencyCache
 from sluice.journal.base import IdempotencyConflict
@@ -30,17 +31,6 @@ OTHER_DIGEST = bytes(range(1, 33))
 IDS = [(123_456_789 << 22) | (7 << 12) | seq for seq in range(3)]
 #: Slack for a call that must return "at once" or "within the timeout" on a loaded machine.
 SLACK_SECONDS = 0.3
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ import signal
 
 import pytest
 
+from fake_clock import FakeClock
 from sluice.model import NODE_MAX
 from sluice.supervisor import (
     ChildSpec,
@@ -19,16 +20,8 @@ from sluice.supervisor import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_quick_deaths_double_the_delay_then_give_up() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     policy = RestartPolicy(clock=clock)
     delays = []
     for _ in range(5):
@@ -41,7 +34,7 @@ def test_quick_deaths_double_the_delay_then_give_up() -> None:
 
 
 def test_a_death_after_a_stable_life_starts_the_count_over() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     policy = RestartPolicy(clock=clock, stable_seconds=10)
     for _ in range(3):
         policy.started(0)
@@ -58,7 +51,7 @@ def test_a_death_after_a_stable_life_starts_the_count_over() -> None:
 
 
 def test_slots_are_counted_apart_and_the_delay_is_capped() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     policy = RestartPolicy(
         clock=clock, base_seconds=1, max_seconds=3, stable_seconds=60, max_quick_deaths=10
     )

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fake_clock import FakeClock
 from sluice.channels.cap_finder import CapFinder
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def simulate(finder: CapFinder, clock: FakeClock, cap: float, seconds: float) -> list[int]:
@@ -36,14 +29,14 @@ def simulate(finder: CapFinder, clock: FakeClock, cap: float, seconds: float) ->
 
 
 def test_unlimited_until_the_first_throttle() -> None:
-    finder = CapFinder(start=200, clock=FakeClock())
+    finder = CapFinder(start=200, clock=FakeClock(1000.0))
     assert finder.rate == 0.0
     assert finder.on_success() == 0.0
 
 
 @pytest.mark.parametrize("cap", [100, 70, 30, 140, 500])
 def test_settles_under_the_cap_and_stops_being_throttled(cap: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     finder = CapFinder(start=200, clock=clock)
     throttles = simulate(finder, clock, cap, seconds=30)
     assert sum(throttles[-20:]) == 0, throttles
@@ -51,7 +44,7 @@ def test_settles_under_the_cap_and_stops_being_throttled(cap: int) -> None:
 
 
 def test_without_a_saturated_second_it_slows_down_and_keeps_looking() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     finder = CapFinder(start=200, clock=clock)
     clock.now = 1000.2  # no full second of history yet
     assert finder.on_throttle() == pytest.approx(170)
@@ -59,7 +52,7 @@ def test_without_a_saturated_second_it_slows_down_and_keeps_looking() -> None:
 
 
 def test_reprobes_after_a_quiet_spell() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     finder = CapFinder(start=200, reprobe_seconds=30, step=0.05, clock=clock)
     simulate(finder, clock, 100, seconds=10)
     settled = finder.rate

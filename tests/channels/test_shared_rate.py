@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
+from fake_clock import FakeClock
 from services import FakeRedis, PrivateRedis, RedisTarget
 from sluice.channels.shared_rate import (
     ASK_JITTER,
@@ -37,17 +38,6 @@ WARM_SECONDS = 0.5
 WINDOW_SECONDS = 2.0
 #: A spender looks at its bucket at least this often while it has nothing to take.
 SPEND_POLL_SECONDS = 0.005
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @contextlib.asynccontextmanager

@@ -14,20 +14,10 @@ import dns.resolver
 import pytest
 from dns_server import ZoneServer
 
+from fake_clock import FakeClock
 from sluice.screening.dnsbl import DnsblScorer, DnsblZone, parse_zone, query_name
 
 CLIENT = "192.0.2.7"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -38,7 +28,7 @@ def server() -> Iterator[ZoneServer]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 def scorer_for(server: ZoneServer, clock: FakeClock, *sites: str, **options: Any) -> DnsblScorer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fake_clock import FakeClock
 from sluice.screening.access import AccessList
 from sluice.screening.greylist import (
     Greylist,
@@ -15,17 +16,6 @@ from sluice.screening.greylist import (
 START = 1_750_000_000.0  # a wall-clock time, as time.time() reads
 HOUR = 3600.0
 DAY = 86400.0
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make(clock: FakeClock, **settings: object) -> Greylist:
@@ -40,7 +30,7 @@ def passes(greylist: Greylist, client: str, sender: str = "a@example.com") -> bo
 
 
 def test_first_attempt_is_greylisted_with_451() -> None:
-    greylist = make(FakeClock())
+    greylist = make(FakeClock(START))
     verdict = greylist.check("192.0.2.1", "alice@example.com", "bob@example.org")
     assert verdict == GreylistVerdict(passed=False, reason="new", retry_after=300.0)
     code, text = reply(verdict)
@@ -51,7 +41,7 @@ def test_first_attempt_is_greylisted_with_451() -> None:
 
 
 def test_early_retry_is_still_refused_and_the_timer_keeps_running() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     greylist.check("192.0.2.1", "a@example.com", "b@example.org")
     clock.advance(100)
@@ -66,7 +56,7 @@ def test_early_retry_is_still_refused_and_the_timer_keeps_running() -> None:
 
 
 def test_retry_after_the_delay_passes_and_stays_passed() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     greylist.check("192.0.2.1", "a@example.com", "b@example.org")
     clock.advance(300)
@@ -79,7 +69,7 @@ def test_retry_after_the_delay_passes_and_stays_passed() -> None:
 
 
 def test_passed_triplet_expires_after_max_age() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock, max_age=10 * DAY)
     greylist.check("192.0.2.1", "a@example.com", "b@example.org")
     clock.advance(300)
@@ -92,7 +82,7 @@ def test_passed_triplet_expires_after_max_age() -> None:
 
 
 def test_retry_within_the_window_passes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock, retry_window=DAY)
     greylist.check("192.0.2.1", "a@example.com", "b@example.org")
     clock.advance(DAY)
@@ -100,7 +90,7 @@ def test_retry_within_the_window_passes() -> None:
 
 
 def test_retry_after_the_window_restarts_the_timer() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock, retry_window=DAY)
     greylist.check("192.0.2.1", "a@example.com", "b@example.org")
     clock.advance(DAY + 1)
@@ -116,7 +106,7 @@ def test_retry_after_the_window_restarts_the_timer() -> None:
 
 
 def test_same_ipv4_slash24_shares_the_triplet() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     greylist.check("192.0.2.1", "a@example.com", "b@example.org")
     clock.advance(300)
@@ -126,7 +116,7 @@ def test_same_ipv4_slash24_shares_the_triplet() -> None:
 
 
 def test_ipv6_slash64_shares_the_triplet() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     greylist.check("2001:db8:1:2::1", "a@example.com", "b@example.org")
     clock.advance(300)
@@ -135,7 +125,7 @@ def test_ipv6_slash64_shares_the_triplet() -> None:
 
 
 def test_ipv6_client_does_not_share_with_ipv4() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     greylist.check("192.0.2.1", "a@example.com", "b@example.org")
     clock.advance(300)
@@ -143,7 +133,7 @@ def test_ipv6_client_does_not_share_with_ipv4() -> None:
 
 
 def test_sender_and_recipient_are_normalised() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     greylist.check("192.0.2.1", "Alice+news-4711@Example.COM", "Bob@Example.org")
     clock.advance(300)
@@ -162,7 +152,7 @@ def test_normalise_sender() -> None:
 
 
 def test_null_sender_and_non_ascii_addresses() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     assert greylist.check("192.0.2.1", "", "jösé@exämple.org").reason == "new"
     assert greylist.check("192.0.2.1", "\udcff@example.com", "b@example.org").reason == "new"
@@ -180,7 +170,7 @@ def pass_once(greylist: Greylist, clock: FakeClock, client: str, sender: str) ->
 
 
 def test_auto_allowlist_after_five_passes_an_hour_apart() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     for n in range(5):
         pass_once(greylist, clock, f"192.0.2.{n}", f"sender{n}@example.com")
@@ -191,7 +181,7 @@ def test_auto_allowlist_after_five_passes_an_hour_apart() -> None:
 
 
 def test_five_passes_within_one_hour_do_not_auto_allowlist() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     for n in range(5):
         greylist.check("192.0.2.1", f"sender{n}@example.com", "rcpt@example.org")
@@ -205,7 +195,7 @@ def test_five_passes_within_one_hour_do_not_auto_allowlist() -> None:
 
 
 def test_auto_allowlist_can_be_turned_off() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock, auto_allowlist_passes=0)
     for n in range(10):
         pass_once(greylist, clock, "192.0.2.1", f"sender{n}@example.com")
@@ -215,7 +205,7 @@ def test_auto_allowlist_can_be_turned_off() -> None:
 
 
 def test_auto_allowlist_lapses_after_max_age_without_mail() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock, auto_allowlist_passes=2, max_age=10 * DAY)
     for n in range(2):
         pass_once(greylist, clock, "2001:db8::1", f"sender{n}@example.com")
@@ -234,7 +224,7 @@ def test_auto_allowlist_lapses_after_max_age_without_mail() -> None:
 
 def test_client_allowlist() -> None:
     greylist = make(
-        FakeClock(), client_allowlist=AccessList.parse(["192.0.2.0/28", "2001:db8::/32"])
+        FakeClock(START), client_allowlist=AccessList.parse(["192.0.2.0/28", "2001:db8::/32"])
     )
     for client in ("192.0.2.15", "::ffff:192.0.2.1", "2001:db8::1"):
         verdict = greylist.check(client, "a@example.com", "b@example.org")
@@ -245,7 +235,7 @@ def test_client_allowlist() -> None:
 
 def test_recipient_allowlist() -> None:
     greylist = make(
-        FakeClock(),
+        FakeClock(START),
         recipient_allowlist=[
             "Postmaster@Example.com",
             "@lists.example.org",
@@ -311,7 +301,7 @@ def test_reply_text() -> None:
 
 
 def test_cleanup_forgets_aged_triplets_and_client_networks() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock, retry_window=DAY, max_age=10 * DAY)
     pass_once(greylist, clock, "192.0.2.1", "passed@example.com")  # passed at START + 300
     greylist.check("198.51.100.1", "never-retried@example.com", "rcpt@example.org")
@@ -329,7 +319,7 @@ def test_cleanup_forgets_aged_triplets_and_client_networks() -> None:
 
 
 def test_snapshot_round_trip() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock, auto_allowlist_passes=2)
     for n in range(2):
         pass_once(greylist, clock, "192.0.2.1", f"sender{n}@example.com")
@@ -366,7 +356,7 @@ def test_empty_snapshot_round_trip() -> None:
     ],
 )
 def test_restore_rejects_garbage(damage: object) -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     greylist = make(clock)
     greylist.check("192.0.2.1", "a@example.com", "b@example.org")
     with pytest.raises(ValueError, match="snapshot"):

@@ -6,19 +6,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from fake_clock import FakeClock
 from sluice.screening.limits import GATE_FULL_REPLY, ClientLimiter, ScreeningGate
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 # --- ClientLimiter: concurrency -------------------------------------------------------------
 
