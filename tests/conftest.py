@@ -7,7 +7,8 @@ server takes ``private_postgres`` or ``private_redis`` and marks itself ``integr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from services import (
     temporary_prefix,
     temporary_schema,
 )
+from sluice.sim.smtp_sink import SmtpSink, SmtpSinkOptions
 
 
 @pytest.fixture
@@ -49,3 +51,19 @@ def private_redis() -> Iterator[PrivateRedis]:
     """A started Redis of the test's own; killed and removed afterwards."""
     with PrivateRedis() as server:
         yield server
+
+
+@pytest.fixture
+async def make_smtp_sink() -> AsyncIterator[Callable[..., Awaitable[SmtpSink]]]:
+    """Starts SMTP sinks (`make_smtp_sink(**SmtpSinkOptions)`), closed afterwards."""
+    sinks: list[SmtpSink] = []
+
+    async def make(**options: Any) -> SmtpSink:
+        sink = SmtpSink(SmtpSinkOptions(**options))
+        await sink.start()
+        sinks.append(sink)
+        return sink
+
+    yield make
+    for sink in sinks:
+        await sink.close()

@@ -126,7 +126,7 @@ class SluiceGateway:
         idempotency_key: str | None = None,
         digest: bytes | None = None,
     ) -> SubmitResult:
-        cache = self.sharing.idempotency if idempotency_key is not None else None
+        cache = self.sharing.idempotency
         if cache is not None and idempotency_key is not None:
             ids = await cache.lookup(tenant, idempotency_key, digest)  # IdempotencyConflict
             if ids is not None:

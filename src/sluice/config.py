@@ -234,6 +234,11 @@ class ChannelConfig(_Base):
     smpp: SmppConfig | None = None
     email: EmailConfig | None = None
 
+    @property
+    def bucket_burst(self) -> float:
+        """The token bucket's size: `burst`, or max(1, rate / 10) when it is 0."""
+        return self.burst or max(1.0, self.rate / 10)
+
 
 class TenantConfig(_Base):
     #: Hashes of the tenant's API keys: "sha256:<hex>" (see `sluice hash-key`).

@@ -55,11 +55,10 @@ class Sharing:
         rate to share)."""
         if self.client is None or channel.rate <= 0:
             return None
-        burst = channel.burst or max(1.0, channel.rate / 10)
         bucket = SharedTokenBucket(
             name,
             channel.rate,
-            burst,
+            channel.bucket_burst,
             self.client,
             prefix=self._settings.prefix,
             liveness_seconds=self._settings.liveness_seconds,

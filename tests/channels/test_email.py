@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import pytest
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
+from services import free_port
 from sluice.channels.email import (
     EmailTransport,
     build_envelope,
@@ -22,7 +22,7 @@ from sluice.channels.email import (
 )
 from sluice.config import EmailConfig
 from sluice.model import Message, Outcome, format_id
-from sluice.sim.smtp_sink import SmtpSink, SmtpSinkOptions
+from sluice.sim.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.integration
 
@@ -44,28 +44,6 @@ async def eventually(check: Callable[[], bool], what: str, within: float = 5.0) 
         if loop.time() > deadline:
             raise AssertionError(f"waited {within:g} s for {what}")
         await asyncio.sleep(0.01)
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def make_sink() -> AsyncIterator[MakeSink]:
-    sinks: list[SmtpSink] = []
-
-    async def make(**options: Any) -> SmtpSink:
-        sink = SmtpSink(SmtpSinkOptions(**options))
-        await sink.start()
-        sinks.append(sink)
-        return sink
-
-    yield make
-    for sink in sinks:
-        await sink.close()
 
 
 @pytest.fixture
@@ -147,8 +125,8 @@ def test_envelopes_say_what_the_server_must_support() -> None:
 # -- delivery through a relay ----------------------------------------------------------------
 
 
-async def test_plain_text_message(make_sink: MakeSink, make_transport: MakeTransport) -> None:
-    sink = await make_sink()
+async def test_plain_text_message(make_smtp_sink: MakeSink, make_transport: MakeTransport) -> None:
+    sink = await make_smtp_sink()
     transport = await make_transport(**via(sink, default_from="noreply@sluice.test"))
     assert transport.send_soon(mail(), lambda result: None) is False
     result = await transport.send(mail(7, body="Hi Bøb,\n.see you", metadata={"subject": "Grüße"}))
@@ -175,9 +153,9 @@ async def test_plain_text_message(make_sink: MakeSink, make_transport: MakeTrans
 
 
 async def test_rfc5322_message_goes_as_it_is(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink()
+    sink = await make_smtp_sink()
     transport = await make_transport(**via(sink))
     body = (
         "From: Shop <shop@acme.test>\r\nTo: bob@example.test\r\nSubject: Grüße\r\n"
@@ -198,8 +176,10 @@ async def test_rfc5322_message_goes_as_it_is(
     assert not {"SMTPUTF8", "BODY=8BITMIME"} & set(received.mail_options)
 
 
-async def test_non_ascii_needs_8bitmime(make_sink: MakeSink, make_transport: MakeTransport) -> None:
-    sink = await make_sink(eight_bit_mime=False, smtputf8=False)
+async def test_non_ascii_needs_8bitmime(
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
+) -> None:
+    sink = await make_smtp_sink(eight_bit_mime=False, smtputf8=False)
     transport = await make_transport(**via(sink))
     body = "Subject: x\r\n\r\nHéllo\r\n"
     result = await transport.send(mail(body=body, metadata={"format": "rfc5322"}))
@@ -214,9 +194,9 @@ async def test_non_ascii_needs_8bitmime(make_sink: MakeSink, make_transport: Mak
 
 
 async def test_refusals_keep_the_servers_reply(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink(
+    sink = await make_smtp_sink(
         reject_recipients={
             "nobody@example.test": (550, "5.1.1 No such user"),
             "@greylist.test": (451, "4.7.1 Try again later"),
@@ -233,24 +213,24 @@ async def test_refusals_keep_the_servers_reply(
 
 
 async def test_refusals_at_the_end_of_data(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    temp = await make_transport(**via(await make_sink(temp_fail_ratio=1.0)))
+    temp = await make_transport(**via(await make_smtp_sink(temp_fail_ratio=1.0)))
     result = await temp.send(mail())
     assert result.outcome is Outcome.TRANSIENT
     assert result.detail == "451 4.3.0 Simulated temporary failure (temp_fail_ratio)"
-    perm = await make_transport(**via(await make_sink(perm_fail_ratio=1.0)))
+    perm = await make_transport(**via(await make_smtp_sink(perm_fail_ratio=1.0)))
     result = await perm.send(mail())
     assert result.outcome is Outcome.PERMANENT
     assert result.detail == "554 5.3.0 Simulated permanent failure (perm_fail_ratio)"
-    big = await make_transport(**via(await make_sink(max_message_size=50)))
+    big = await make_transport(**via(await make_smtp_sink(max_message_size=50)))
     result = await big.send(mail(body="x" * 200))
     assert result.outcome is Outcome.PERMANENT  # refused at MAIL FROM by the SIZE it declared
     assert result.detail is not None and result.detail.startswith("552 ")
 
 
 async def test_connection_refused_is_not_an_attempt(make_transport: MakeTransport) -> None:
-    transport = await make_transport(relay_host="127.0.0.1", relay_port=closed_port())
+    transport = await make_transport(relay_host="127.0.0.1", relay_port=free_port())
     result = await transport.send(mail())
     assert result.outcome is Outcome.TRANSIENT
     assert result.attempted is False
@@ -258,15 +238,17 @@ async def test_connection_refused_is_not_an_attempt(make_transport: MakeTranspor
     assert transport.open_connections == 0
 
 
-async def test_connections_are_reused(make_sink: MakeSink, make_transport: MakeTransport) -> None:
-    sink = await make_sink()
+async def test_connections_are_reused(
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
+) -> None:
+    sink = await make_smtp_sink()
     transport = await make_transport(**via(sink))
     for n in range(5):
         assert (await transport.send(mail(n))).outcome is Outcome.SENT
     assert sink.stats().connections == 1
     assert sink.stats().messages == 5
 
-    replaced = await make_sink()
+    replaced = await make_smtp_sink()
     transport = await make_transport(**via(replaced, max_messages_per_connection=2))
     for n in range(5):
         assert (await transport.send(mail(n))).outcome is Outcome.SENT
@@ -274,9 +256,9 @@ async def test_connections_are_reused(make_sink: MakeSink, make_transport: MakeT
 
 
 async def test_concurrent_sends_open_at_most_width_connections(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink()
+    sink = await make_smtp_sink()
     transport = await make_transport(width=2, **via(sink))
     results = await asyncio.gather(*(transport.send(mail(n)) for n in range(12)))
     assert [r.outcome for r in results] == [Outcome.SENT] * 12
@@ -288,11 +270,11 @@ async def test_concurrent_sends_open_at_most_width_connections(
 
 
 async def test_a_full_pool_closes_an_idle_connection_elsewhere(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    first = await make_sink()
+    first = await make_smtp_sink()
     try:  # the same port on another loopback address: a second destination
-        second = await make_sink(host="127.0.0.3", port=first.port)
+        second = await make_smtp_sink(host="127.0.0.3", port=first.port)
     except OSError as exc:
         pytest.skip(f"no second loopback address here: {exc}")
     transport = await make_transport(width=1, starttls="never", mx_port=first.port,
@@ -309,9 +291,9 @@ async def test_a_full_pool_closes_an_idle_connection_elsewhere(
 
 
 async def test_a_421_drops_the_connection(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink(reject_recipients={"@busy.test": (421, "4.7.0 Too busy")})
+    sink = await make_smtp_sink(reject_recipients={"@busy.test": (421, "4.7.0 Too busy")})
     transport = await make_transport(**via(sink))
     busy = await transport.send(mail(to="bob@busy.test"))
     assert (busy.outcome, busy.detail) == (Outcome.TRANSIENT, "421 4.7.0 Too busy")
@@ -321,9 +303,9 @@ async def test_a_421_drops_the_connection(
 
 
 async def test_a_connection_the_server_dropped_is_replaced(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink(session_timeout_seconds=0.2)
+    sink = await make_smtp_sink(session_timeout_seconds=0.2)
     transport = await make_transport(**via(sink))
     assert (await transport.send(mail(1))).outcome is Outcome.SENT
     await eventually(lambda: sink.stats().active_connections == 0, "the sink to time out")
@@ -334,9 +316,9 @@ async def test_a_connection_the_server_dropped_is_replaced(
 
 
 async def test_a_slow_reply_times_out_and_the_connection_is_replaced(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink(data_latency_ms=2000)
+    sink = await make_smtp_sink(data_latency_ms=2000)
     transport = await make_transport(**via(sink, command_timeout_seconds=0.2))
     result = await transport.send(mail())
     assert result.outcome is Outcome.TRANSIENT and result.attempted
@@ -345,9 +327,9 @@ async def test_a_slow_reply_times_out_and_the_connection_is_replaced(
 
 
 async def test_a_cancelled_send_gives_its_connection_back(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    slow = await make_sink(data_latency_ms=10_000)
+    slow = await make_smtp_sink(data_latency_ms=10_000)
     transport = await make_transport(width=1, **via(slow))
     sending = asyncio.create_task(transport.send(mail(1)))
     await slow.wait_for(messages=1, timeout=5)  # the reply is being held back now
@@ -365,9 +347,9 @@ async def test_a_cancelled_send_gives_its_connection_back(
 
 
 async def test_run_closes_idle_connections_until_close(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink()
+    sink = await make_smtp_sink()
     transport = await make_transport(**via(sink, idle_seconds=0.2))
     runner = asyncio.create_task(transport.run())
     try:
@@ -382,9 +364,9 @@ async def test_run_closes_idle_connections_until_close(
 
 
 async def test_close_quits_and_is_idempotent(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink()
+    sink = await make_smtp_sink()
     transport = await make_transport(**via(sink))
     assert (await transport.send(mail())).outcome is Outcome.SENT
     await transport.close()
@@ -400,9 +382,9 @@ async def test_close_quits_and_is_idempotent(
 
 
 async def test_starttls_auto_uses_tls_when_offered(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink(self_signed=True)
+    sink = await make_smtp_sink(self_signed=True)
     transport = await make_transport(**via(sink, starttls="auto", tls_verify=False))
     result = await transport.send(mail())
     assert result.outcome is Outcome.SENT, result.detail
@@ -415,9 +397,9 @@ async def test_starttls_auto_uses_tls_when_offered(
 
 
 async def test_certificates_are_verified_by_default(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink(self_signed=True)
+    sink = await make_smtp_sink(self_signed=True)
     transport = await make_transport(**via(sink, starttls="auto"))
     result = await transport.send(mail())
     assert result.outcome is Outcome.TRANSIENT and result.attempted
@@ -428,9 +410,9 @@ async def test_certificates_are_verified_by_default(
 
 
 async def test_starttls_always_refuses_a_server_without_it(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink()
+    sink = await make_smtp_sink()
     transport = await make_transport(**via(sink, starttls="always"))
     result = await transport.send(mail())
     assert result.outcome is Outcome.TRANSIENT and result.attempted
@@ -442,8 +424,8 @@ async def test_starttls_always_refuses_a_server_without_it(
     assert transport.open_connections == 0
 
 
-async def test_auth_over_tls(make_sink: MakeSink, make_transport: MakeTransport) -> None:
-    sink = await make_sink(self_signed=True, auth={"app": "s3cret"})
+async def test_auth_over_tls(make_smtp_sink: MakeSink, make_transport: MakeTransport) -> None:
+    sink = await make_smtp_sink(self_signed=True, auth={"app": "s3cret"})
     transport = await make_transport(
         **via(sink, starttls="always", tls_verify=False, username="app", password="s3cret")
     )
@@ -461,9 +443,9 @@ async def test_auth_over_tls(make_sink: MakeSink, make_transport: MakeTransport)
 
 
 async def test_credentials_are_never_sent_in_clear(
-    make_sink: MakeSink, make_transport: MakeTransport
+    make_smtp_sink: MakeSink, make_transport: MakeTransport
 ) -> None:
-    sink = await make_sink(self_signed=True, auth={"app": "s3cret"})
+    sink = await make_smtp_sink(self_signed=True, auth={"app": "s3cret"})
     transport = await make_transport(
         **via(sink, starttls="never", username="app", password="s3cret")
     )
@@ -537,10 +519,10 @@ async def zone() -> AsyncIterator[tuple[ZoneServer, str]]:
 
 
 async def test_delivery_through_mx_records(
-    make_sink: MakeSink, make_transport: MakeTransport, zone: tuple[ZoneServer, str]
+    make_smtp_sink: MakeSink, make_transport: MakeTransport, zone: tuple[ZoneServer, str]
 ) -> None:
     server, nameserver = zone
-    sink = await make_sink()
+    sink = await make_smtp_sink()
     transport = await make_transport(nameservers=[nameserver], mx_port=sink.port, starttls="never")
     for n in range(2):
         result = await transport.send(mail(n, to="bob@Example.test"))
@@ -562,7 +544,7 @@ async def test_domains_without_a_mail_server(
 ) -> None:
     _, nameserver = zone
     transport = await make_transport(
-        nameservers=[nameserver], mx_port=closed_port(), connect_timeout_seconds=0.5
+        nameservers=[nameserver], mx_port=free_port(), connect_timeout_seconds=0.5
     )
     missing = await transport.send(mail(to="x@example.invalid"))
     assert missing.outcome is Outcome.PERMANENT

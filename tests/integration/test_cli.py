@@ -12,11 +12,11 @@ import pytest
 from harness import (
     KEY,
     ServeProcess,
-    free_port,
     gateway_config,
     webhook_channel,
 )
 
+from services import free_port
 from sluice.config import dump_toml
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 

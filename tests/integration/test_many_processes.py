@@ -18,9 +18,9 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
-from harness import KEY, free_port, gateway_config, webhook_channel
+from harness import KEY, gateway_config, webhook_channel
 
-from services import PgTarget
+from services import PgTarget, free_port
 from sluice.config import dump_toml
 from sluice.model import id_node, parse_id
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink

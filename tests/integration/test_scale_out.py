@@ -15,13 +15,12 @@ from harness import (
     KEY,
     ServeProcess,
     eventually,
-    free_port,
     gateway_config,
     post_batch,
     webhook_channel,
 )
 
-from services import PgTarget, PrivatePostgres
+from services import PgTarget, PrivatePostgres, free_port
 from sluice.config import dump_toml
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from harness import ServeProcess, free_port, gateway_config, post_batch, webhook_channel
+from harness import ServeProcess, gateway_config, post_batch, webhook_channel
 
-from services import PgTarget, PrivateRedis, RedisTarget
+from services import PgTarget, PrivateRedis, RedisTarget, free_port
 from sluice.config import dump_toml
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from harness import free_port
 
+from services import free_port
 from sluice.config import Config, dump_toml, from_dict
 from sluice.supervisor import ChildCommand, ChildSpec, RestartPolicy, Supervisor
 

@@ -8,7 +8,7 @@ import base64
 import random
 import smtplib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -28,21 +28,6 @@ MESSAGE = (
 )
 
 
-@pytest.fixture
-async def make_sink() -> AsyncIterator[MakeSink]:
-    sinks: list[SmtpSink] = []
-
-    async def make(**options: Any) -> SmtpSink:
-        sink = SmtpSink(SmtpSinkOptions(**options))
-        await sink.start()
-        sinks.append(sink)
-        return sink
-
-    yield make
-    for sink in sinks:
-        await sink.close()
-
-
 def connect(sink: SmtpSink) -> smtplib.SMTP:
     return smtplib.SMTP("127.0.0.1", sink.port, local_hostname="client.test", timeout=5)
 
@@ -57,8 +42,8 @@ async def in_thread(call: Callable[[], Any]) -> Any:
     return await asyncio.to_thread(call)
 
 
-async def test_accepts_a_message_and_keeps_it_byte_for_byte(make_sink: MakeSink) -> None:
-    sink = await make_sink()
+async def test_accepts_a_message_and_keeps_it_byte_for_byte(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink()
 
     def send() -> tuple[int, bytes]:
         with connect(sink) as client:
@@ -87,8 +72,8 @@ async def test_accepts_a_message_and_keeps_it_byte_for_byte(make_sink: MakeSink)
     assert stats.replies[250] == 5
 
 
-async def test_rejects_recipients_by_address_and_domain(make_sink: MakeSink) -> None:
-    sink = await make_sink(
+async def test_rejects_recipients_by_address_and_domain(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(
         reject_recipients={
             "Nobody@X.test": (550, "5.1.1 No such user"),
             "@greylist.test": (451, "4.7.1 Try again later"),
@@ -117,8 +102,8 @@ async def test_rejects_recipients_by_address_and_domain(make_sink: MakeSink) -> 
     assert stats.recipients == 1
 
 
-async def test_failure_ratios_follow_the_seed(make_sink: MakeSink) -> None:
-    sink = await make_sink(temp_fail_ratio=0.3, perm_fail_ratio=0.2, seed=42)
+async def test_failure_ratios_follow_the_seed(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(temp_fail_ratio=0.3, perm_fail_ratio=0.2, seed=42)
     draws = random.Random(42)
     expected = []
     for _ in range(20):
@@ -144,8 +129,8 @@ async def test_failure_ratios_follow_the_seed(make_sink: MakeSink) -> None:
     assert len(sink.messages()) == codes.count(250)
 
 
-async def test_size_limit_is_announced_and_enforced(make_sink: MakeSink) -> None:
-    sink = await make_sink(max_message_size=100)
+async def test_size_limit_is_announced_and_enforced(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(max_message_size=100)
     big = b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\n"
 
     def send() -> tuple[str, tuple[int, bytes], tuple[int, bytes]]:
@@ -165,8 +150,8 @@ async def test_size_limit_is_announced_and_enforced(make_sink: MakeSink) -> None
     assert sink.stats().rejected_messages == 1
 
 
-async def test_starttls_with_a_verified_self_signed_certificate(make_sink: MakeSink) -> None:
-    sink = await make_sink(self_signed=True)
+async def test_starttls_with_a_verified_self_signed_certificate(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(self_signed=True)
     context = trusting(sink)
 
     def send() -> tuple[bool, bool]:
@@ -185,8 +170,8 @@ async def test_starttls_with_a_verified_self_signed_certificate(make_sink: MakeS
     assert sink.stats().tls_sessions == 1
 
 
-async def test_require_starttls_refuses_mail_in_clear(make_sink: MakeSink) -> None:
-    sink = await make_sink(self_signed=True, require_starttls=True)
+async def test_require_starttls_refuses_mail_in_clear(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(self_signed=True, require_starttls=True)
 
     def send() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
         with connect(sink) as client:
@@ -201,8 +186,8 @@ async def test_require_starttls_refuses_mail_in_clear(make_sink: MakeSink) -> No
     assert encrypted[0] == 250
 
 
-async def test_auth_is_offered_only_over_tls_and_required(make_sink: MakeSink) -> None:
-    sink = await make_sink(self_signed=True, auth={"app": "s3cret"})
+async def test_auth_is_offered_only_over_tls_and_required(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(self_signed=True, auth={"app": "s3cret"})
     plain = base64.b64encode(b"\0app\0s3cret").decode()
 
     def send() -> dict[str, Any]:
@@ -237,8 +222,8 @@ async def test_auth_is_offered_only_over_tls_and_required(make_sink: MakeSink) -
     assert stats.auth_successes == 1 and stats.auth_failures >= 1
 
 
-async def test_a_421_reply_closes_the_connection(make_sink: MakeSink) -> None:
-    sink = await make_sink(reject_recipients={"@busy.test": (421, "4.7.0 Too busy")})
+async def test_a_421_reply_closes_the_connection(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(reject_recipients={"@busy.test": (421, "4.7.0 Too busy")})
 
     def send() -> tuple[tuple[int, bytes], type[Exception] | None]:
         client = connect(sink)
@@ -259,9 +244,9 @@ async def test_a_421_reply_closes_the_connection(make_sink: MakeSink) -> None:
     assert error is smtplib.SMTPServerDisconnected
 
 
-async def test_ehlo_can_leave_out_8bitmime_and_smtputf8(make_sink: MakeSink) -> None:
-    full = await make_sink()
-    seven_bit = await make_sink(eight_bit_mime=False, smtputf8=False)
+async def test_ehlo_can_leave_out_8bitmime_and_smtputf8(make_smtp_sink: MakeSink) -> None:
+    full = await make_smtp_sink()
+    seven_bit = await make_smtp_sink(eight_bit_mime=False, smtputf8=False)
 
     def features(sink: SmtpSink) -> set[str]:
         with connect(sink) as client:
@@ -274,8 +259,8 @@ async def test_ehlo_can_leave_out_8bitmime_and_smtputf8(make_sink: MakeSink) -> 
     assert "8bitmime" not in left and "smtputf8" not in left and "size" in left
 
 
-async def test_record_limit_keeps_the_newest_and_reset_forgets(make_sink: MakeSink) -> None:
-    sink = await make_sink(record_limit=2)
+async def test_record_limit_keeps_the_newest_and_reset_forgets(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(record_limit=2)
 
     def send() -> None:
         with connect(sink) as client:
@@ -294,14 +279,14 @@ async def test_record_limit_keeps_the_newest_and_reset_forgets(make_sink: MakeSi
     assert all(int(m.queue_id, 16) > int(last_id, 16) for m in sink.messages())
 
 
-async def test_wait_for_names_what_is_missing(make_sink: MakeSink) -> None:
-    sink = await make_sink()
+async def test_wait_for_names_what_is_missing(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink()
     with pytest.raises(TimeoutError, match=r"waited 0.05 s for 1 messages, got 0"):
         await sink.wait_for(messages=1, timeout=0.05)
 
 
-async def test_close_ends_open_sessions(make_sink: MakeSink) -> None:
-    sink = await make_sink(self_signed=True)
+async def test_close_ends_open_sessions(make_smtp_sink: MakeSink) -> None:
+    sink = await make_smtp_sink(self_signed=True)
     client = await in_thread(lambda: connect(sink))
     try:
         await in_thread(lambda: (client.ehlo(), client.starttls(context=trusting(sink))))

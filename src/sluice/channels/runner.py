@@ -90,7 +90,7 @@ class ChannelRunner:
         self._on_failover = on_failover
         self._clock = clock
         self._observe = observe_latency
-        burst = config.burst or max(1.0, config.rate / 10)
+        burst = config.bucket_burst
         if config.rate > 0:
             self.adaptive = AdaptiveRate(
                 ceiling=config.rate, floor=min(1.0, config.rate), clock=clock

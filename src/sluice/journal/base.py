@@ -15,6 +15,9 @@ import msgspec
 
 from sluice.model import Message, Outcome, State
 
+#: How long a receipt for an unknown provider id waits for its SENT commit, in ms.
+EARLY_RECEIPT_TTL_MS = 24 * 3600 * 1000
+
 
 class JournalError(Exception):
     """The journal cannot do what was asked (a storage fault, not a caller's mistake)."""

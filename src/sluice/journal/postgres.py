@@ -45,6 +45,7 @@ import asyncpg
 import msgspec
 
 from sluice.journal.base import (
+    EARLY_RECEIPT_TTL_MS,
     CallbackJob,
     CancelResult,
     Completion,
@@ -60,11 +61,12 @@ from sluice.journal.rows import (
     MESSAGE_COLUMNS,
     callback_payload,
     encode_metadata,
+    final_callback,
     message_record,
     row_to_message,
     timeline_entry,
 )
-from sluice.model import FINAL_STATES, Message, Outcome, Priority, State, now_ms
+from sluice.model import Message, Outcome, Priority, State, now_ms
 
 log = logging.getLogger("sluice.journal")
 
@@ -72,16 +74,12 @@ log = logging.getLogger("sluice.journal")
 RECONNECT_SECONDS = 30.0
 #: How often the pending counts of every process are read back.
 PENDING_REFRESH_SECONDS = 1.0
-#: How long a receipt for an unknown provider id waits for its SENT commit.
-EARLY_RECEIPT_TTL_MS = 24 * 3600 * 1000
 #: The channel of wake-up notifications.
 DUE_CHANNEL = "sluice_due"
 #: Messages expired per sweep at most.
 MAX_EXPIRE_PER_SWEEP = 10_000
 
-_QUEUED = int(State.QUEUED)
 _SENDING = int(State.SENDING)
-_SENT = int(State.SENT)
 _EXPIRED = int(State.EXPIRED)
 _CANCELLED = int(State.CANCELLED)
 
@@ -500,7 +498,7 @@ class PostgresJournal:
 
     def queue_depth(self) -> int:
         """Operations waiting for a connection of the pool."""
-        return max(self._waiting, 0)
+        return self._waiting
 
     def pending(self) -> dict[str, int]:
         return self._pending_view
@@ -856,21 +854,6 @@ async def _insert_callbacks(
     return len(callbacks)
 
 
-def _final_callback(
-    c: Completion, row: asyncpg.Record | tuple[Any, ...], now: int
-) -> tuple[int, str, bytes] | None:
-    """The status callback of a message that reached a final state, if it has a URL; `row` is
-    (tenant, channel, recipient, attempts, callback_url, metadata)."""
-    tenant, channel, recipient, attempts, callback_url, metadata = row[:6]
-    if not callback_url or c.state not in FINAL_STATES:
-        return None
-    payload = callback_payload(
-        c.message_id, c.state, now, channel, attempts, tenant, recipient, c.provider_id,
-        c.detail, metadata,
-    )  # fmt: skip
-    return (c.message_id, callback_url, payload)
-
-
 async def _op_complete(
     conn: asyncpg.Connection, tx: _Tx, owner: int, completions: list[Completion]
 ) -> int:
@@ -930,9 +913,9 @@ async def _op_complete(
             if row is None:
                 continue
             tx.deltas[row[2]] -= 1
-            callback = _final_callback(c, tuple(row)[1:], now)
+            callback = final_callback(c, tuple(row)[1:], now)
             if callback is not None:
-                callbacks.append(callback)
+                callbacks.append((c.message_id, *callback))
             if c.parts and c.state == State.SENT:
                 n = len(c.parts)
                 parts += [(c.channel, pid, c.message_id, i, n) for i, pid in enumerate(c.parts)]
@@ -956,9 +939,9 @@ async def _op_complete(
         )
         if found[6] == _SENDING:
             tx.deltas[found[1]] -= 1
-        callback = _final_callback(c, tuple(found), now)
+        callback = final_callback(c, tuple(found), now)
         if callback is not None:
-            callbacks.append(callback)
+            callbacks.append((c.message_id, *callback))
         applied.append(c)
     await _insert_events(
         conn,

@@ -12,8 +12,16 @@ from typing import Any
 
 import msgspec
 
-from sluice.journal.base import MessageRecord, TimelineEntry
-from sluice.model import STATE_NAMES, Message, Outcome, State, format_id, id_time_ms
+from sluice.journal.base import Completion, MessageRecord, TimelineEntry
+from sluice.model import (
+    FINAL_STATES,
+    STATE_NAMES,
+    Message,
+    Outcome,
+    State,
+    format_id,
+    id_time_ms,
+)
 
 #: The columns of a message, in the order `row_to_message` takes them.
 MESSAGE_COLUMNS = (
@@ -85,6 +93,20 @@ def callback_payload(
             metadata=_metadata_decoder.decode(metadata) if metadata is not None else None,
         )
     )
+
+
+def final_callback(c: Completion, row: Sequence[Any], now: int) -> tuple[str, bytes] | None:
+    """(url, payload) of the status callback of a message that reached a final state, or None
+    (no callback URL, or not final); `row` is (tenant, channel, recipient, attempts,
+    callback_url, metadata)."""
+    tenant, channel, recipient, attempts, callback_url, metadata = row[:6]
+    if not callback_url or c.state not in FINAL_STATES:
+        return None
+    payload = callback_payload(
+        c.message_id, c.state, now, channel, attempts, tenant, recipient, c.provider_id,
+        c.detail, metadata,
+    )  # fmt: skip
+    return callback_url, payload
 
 
 def timeline_entry(row: Sequence[Any]) -> TimelineEntry:

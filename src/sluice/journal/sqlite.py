@@ -34,6 +34,7 @@ import msgspec
 
 from sluice.journal import recipient_index
 from sluice.journal.base import (
+    EARLY_RECEIPT_TTL_MS,
     CallbackJob,
     CancelResult,
     Completion,
@@ -53,12 +54,12 @@ from sluice.journal.rows import (
     MESSAGE_COLUMNS,
     callback_payload,
     encode_metadata,
+    final_callback,
     message_record,
     row_to_message,
     timeline_entry,
 )
 from sluice.model import (
-    FINAL_STATES,
     Message,
     Outcome,
     Priority,
@@ -72,8 +73,6 @@ SCHEMA_VERSION = 2
 #: SQLite page cache per connection: the writer's holds the hot ends of the indexes.
 WRITER_CACHE_KIB = 64 * 1024
 READER_CACHE_KIB = 16 * 1024
-#: How long a receipt for an unknown provider id waits for its SENT commit.
-EARLY_RECEIPT_TTL_MS = 24 * 3600 * 1000
 #: How often the checkpoint thread copies the WAL into the database file.
 CHECKPOINT_INTERVAL_SECONDS = 0.2
 #: WAL size (pages of 4 KiB) at which the writer checkpoints by itself: 256 MiB.
@@ -1040,22 +1039,12 @@ def _insert_rows(conn: sqlite3.Connection, head: str, width: int, values: list[A
 def _final_callback(conn: sqlite3.Connection, c: Completion, row: tuple[Any, ...], now: int) -> int:
     """Queue the status callback of a message that reached a final state, if it has a URL;
     `row` is (tenant, channel, recipient, attempts, callback_url, metadata). Returns 0 or 1."""
-    tenant, channel, recipient, attempts, callback_url, metadata = row[:6]
-    if not callback_url or c.state not in FINAL_STATES:
+    found = final_callback(c, row, now)
+    if found is None:
         return 0
-    _add_callback(
-        conn,
-        c.message_id,
-        callback_url,
-        c.state,
-        now,
-        channel,
-        attempts,
-        tenant,
-        recipient,
-        c.provider_id,
-        c.detail,
-        metadata,
+    conn.execute(
+        "INSERT INTO callbacks (message_id, url, payload, due_at) VALUES (?, ?, ?, ?)",
+        (c.message_id, *found, now),
     )
     return 1
 
