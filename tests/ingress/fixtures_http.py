@@ -17,7 +17,7 @@ from journal_backends import open_journal
 from sluice import config as config_module
 from sluice.config import Config
 from sluice.ingress.contract import ChannelStatus
-from sluice.ingress.http import build_app
+from sluice.ingress.http.app import build_app
 from sluice.journal.base import CancelResult, Journal, MessageRecord, SubmitResult
 from sluice.model import IdGenerator, Message, now_ms
 

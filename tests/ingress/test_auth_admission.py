@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from sluice.config import Config, from_dict, hash_api_key
-from sluice.ingress.admission import Admission
-from sluice.ingress.auth import MAX_KEY_LENGTH, ApiKeys
+from sluice.ingress.http.admission import Admission
+from sluice.ingress.http.auth import MAX_KEY_LENGTH, ApiKeys
 
 
 def make_config(limits: dict[str, Any] | None = None, **tenants: dict[str, Any]) -> Config:

@@ -24,7 +24,7 @@ from fixtures_http import (
 )
 
 from journal_backends import BACKENDS
-from sluice.ingress.http import build_app
+from sluice.ingress.http.app import build_app
 from sluice.model import ID_LENGTH, parse_id
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sluice.config import Config, from_dict, hash_api_key
-from sluice.ingress.schema import (
+from sluice.ingress.http.schema import (
     MAX_TIME_MS,
     ApiError,
     MessageParser,

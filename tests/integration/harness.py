@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from sluice.app import SluiceGateway
 from sluice.config import from_dict, hash_api_key
+from sluice.process.gateway import SluiceGateway
 
 KEY = "test-key-acme"
 OTHER_KEY = "test-key-other"

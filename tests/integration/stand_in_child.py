@@ -15,8 +15,8 @@ import os
 import signal
 import sys
 
-from sluice.listeners import Listeners
-from sluice.supervisor import ChildSpec, die_with_parent
+from sluice.process.listeners import Listeners
+from sluice.process.supervisor import ChildSpec, die_with_parent
 
 
 async def serve(spec: ChildSpec, *, stubborn: bool) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from harness import eventually, gateway_config, running_gateway, webhook_channel
 
-from sluice.app import SluiceGateway
 from sluice.config import from_dict
 from sluice.model import State
+from sluice.process.gateway import SluiceGateway
 from sluice.sim.webhook_sink import SinkOptions, WebhookSink
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from harness import KEY, eventually, gateway_config, running_gateway, webhook_channel
 
-from sluice.app import SluiceGateway
 from sluice.model import State
+from sluice.process.gateway import SluiceGateway
 from sluice.screening.greylist import Greylist
 from sluice.sim.smtp_sink import SmtpSink, SmtpSinkOptions
 from sluice.sim.webhook_sink import WebhookSink

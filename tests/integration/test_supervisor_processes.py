@@ -17,7 +17,7 @@ import pytest
 
 from services import free_port
 from sluice.config import Config, dump_toml, from_dict
-from sluice.supervisor import ChildCommand, ChildSpec, RestartPolicy, Supervisor
+from sluice.process.supervisor import ChildCommand, ChildSpec, RestartPolicy, Supervisor
 
 pytestmark = pytest.mark.integration
 

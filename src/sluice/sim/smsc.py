@@ -118,7 +118,7 @@ from typing import Any, cast
 import msgspec
 from aiohttp import web
 
-from sluice.channels.rate import TokenBucket
+from sluice.flow.rate import TokenBucket
 from sluice.protocols.smpp import (
     ESM_CLASS_DELIVERY_RECEIPT,
     ESM_CLASS_UDHI,

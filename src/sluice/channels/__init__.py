@@ -1,1 +1,0 @@
-"""Pure delivery-channel primitives: rate limits, retry schedules and circuit breakers."""

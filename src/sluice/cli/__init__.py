@@ -1,0 +1,1 @@
+"""The `sluice` command and its demo."""

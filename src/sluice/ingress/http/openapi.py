@@ -1,0 +1,608 @@
+"""The OpenAPI 3.1 description of the HTTP API, as plain data (served at ``GET /openapi.json``).
+
+Written by hand rather than generated so that it can say what the code enforces beyond types:
+the configured limits (they are filled in from the configuration the app runs with), the
+error codes of each status, and which endpoints need no API key. `tests/ingress` checks that
+every route of `sluice.ingress.http.app` is described here and that every reference resolves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sluice.config import Config
+from sluice.model import ID_LENGTH, Outcome, Priority, State
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1"
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _response_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {_JSON: {"schema": schema}}
+
+
+def _error_response(description: str, codes: list[str], **headers: Any) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": f"{description} Error codes: {', '.join(codes)}.",
+        "content": _json_content(_ref("ErrorBody")),
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _schemas(config: Config) -> dict[str, Any]:
+    limits = config.limits
+    timestamp_in = {
+        "description": "RFC 3339 date-time with a time zone, or integer milliseconds since the "
+        "Unix epoch.",
+        "oneOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_999},
+        ],
+    }
+    timestamp_out = {
+        "type": "string",
+        "format": "date-time",
+        "description": "RFC 3339, UTC, milliseconds: 2025-01-01T00:00:00.000Z",
+    }
+    message_id = {
+        "type": "string",
+        "minLength": ID_LENGTH,
+        "maxLength": ID_LENGTH,
+        "pattern": f"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{{{ID_LENGTH}}}$",
+        "description": "Time-ordered message id, Crockford base32.",
+    }
+    priority = {"type": "string", "enum": [p.name.lower() for p in Priority]}
+    state = {"type": "string", "enum": [s.name.lower() for s in State]}
+    metadata = {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "maxProperties": limits.max_metadata_entries,
+        "description": f"String to string; at most {limits.max_metadata_bytes} bytes as JSON. "
+        "Returned with the message and in callbacks.",
+    }
+    return {
+        "MessageId": message_id,
+        "Priority": priority,
+        "State": state,
+        "MessageIn": {
+            "type": "object",
+            "description": "One message to deliver. Unknown fields are refused (422).",
+            "required": ["channel", "to", "body"],
+            "additionalProperties": False,
+            "properties": {
+                "channel": {
+                    "type": "string",
+                    "description": "A configured channel this API key's tenant may use "
+                    "(GET /v1/channels).",
+                },
+                "to": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": limits.max_recipient_length,
+                    "description": "Recipient: a phone number, address or subscriber id.",
+                },
+                "from": {
+                    "anyOf": [
+                        {"type": "string", "maxLength": limits.max_sender_length},
+                        {"type": "null"},
+                    ]
+                },
+                "body": {
+                    "type": "string",
+                    "description": f"At most {limits.max_body_bytes} bytes of UTF-8.",
+                },
+                "priority": {**priority, "default": "normal"},
+                "not_before": {
+                    **timestamp_in,
+                    "description": "Do not deliver before this time. "
+                    + timestamp_in["description"],
+                },
+                "expires_at": {
+                    **timestamp_in,
+                    "description": "Give up delivering at this time; must be in the future and "
+                    "after not_before. " + timestamp_in["description"],
+                },
+                "ttl_seconds": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Alternative to expires_at, counted from acceptance; giving "
+                    "both is refused.",
+                },
+                "callback_url": {
+                    "type": "string",
+                    "format": "uri",
+                    "maxLength": limits.max_callback_url_length,
+                    "description": "http(s) URL that receives a POST on each final state.",
+                },
+                "metadata": metadata,
+            },
+        },
+        "Batch": {
+            "type": "object",
+            "required": ["messages"],
+            "additionalProperties": False,
+            "properties": {
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": limits.max_batch,
+                    "items": _ref("MessageIn"),
+                }
+            },
+        },
+        "SubmitResponse": {
+            "type": "object",
+            "required": ["ids", "replayed"],
+            "properties": {
+                "ids": {
+                    "type": "array",
+                    "items": _ref("MessageId"),
+                    "description": "One id per message, in request order.",
+                },
+                "replayed": {
+                    "type": "boolean",
+                    "description": "True when the Idempotency-Key was seen before: these are "
+                    "the first request's ids and nothing new was stored.",
+                },
+            },
+        },
+        "TimelineEntry": {
+            "type": "object",
+            "required": ["at", "state"],
+            "description": "One state change; fields without a value are omitted.",
+            "properties": {
+                "at": timestamp_out,
+                "state": state,
+                "channel": {"type": "string"},
+                "attempt": {"type": "integer"},
+                "outcome": {"type": "string", "enum": [o.name.lower() for o in Outcome]},
+                "provider_id": {"type": "string"},
+                "latency_ms": {"type": "number"},
+                "detail": {"type": "string"},
+            },
+        },
+        "MessageSummary": {
+            "type": "object",
+            "description": "A stored message; fields without a value are omitted.",
+            "required": [
+                "id",
+                "channel",
+                "to",
+                "body",
+                "priority",
+                "state",
+                "attempts",
+                "created_at",
+                "updated_at",
+            ],
+            "properties": {
+                "id": _ref("MessageId"),
+                "channel": {"type": "string"},
+                "to": {"type": "string"},
+                "from": {"type": "string"},
+                "body": {"type": "string"},
+                "priority": priority,
+                "state": state,
+                "attempts": {"type": "integer", "minimum": 0},
+                "created_at": timestamp_out,
+                "updated_at": timestamp_out,
+                "not_before": timestamp_out,
+                "expires_at": timestamp_out,
+                "provider_id": {"type": "string"},
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                "callback_url": {"type": "string"},
+            },
+        },
+        "MessageDetail": {
+            "allOf": [
+                _ref("MessageSummary"),
+                {
+                    "type": "object",
+                    "required": ["timeline"],
+                    "properties": {"timeline": {"type": "array", "items": _ref("TimelineEntry")}},
+                },
+            ]
+        },
+        "MessagePage": {
+            "type": "object",
+            "required": ["messages", "next_cursor"],
+            "properties": {
+                "messages": {
+                    "type": "array",
+                    "items": _ref("MessageSummary"),
+                    "description": "Newest first.",
+                },
+                "next_cursor": _nullable(
+                    {"type": "string", "description": "Pass as `cursor` for the next page."}
+                ),
+            },
+        },
+        "CancelResponse": {
+            "type": "object",
+            "required": ["id", "state"],
+            "properties": {"id": _ref("MessageId"), "state": {"const": "cancelled"}},
+        },
+        "ChannelStatus": {
+            "type": "object",
+            "required": [
+                "name",
+                "type",
+                "width",
+                "rate",
+                "current_rate",
+                "burst",
+                "in_flight",
+                "pending",
+                "breaker",
+                "failover",
+                "sent",
+                "failed",
+                "retried",
+            ],
+            "properties": {
+                "name": {"type": "string"},
+                "type": {"type": "string"},
+                "width": {"type": "integer", "description": "Messages in flight at most."},
+                "rate": {"type": "number", "description": "Configured messages/s; 0 = unlimited."},
+                "current_rate": {
+                    "type": "number",
+                    "description": "Rate in force after the peer's throttling answers.",
+                },
+                "burst": {"type": "integer"},
+                "in_flight": {"type": "integer"},
+                "pending": {"type": "integer", "description": "Queue depth."},
+                "breaker": {
+                    "type": "string",
+                    "enum": ["closed", "half_open", "open", "none"],
+                    "description": "This process's breaker for the channel; none in a process "
+                    'that does not deliver (server.role = "api"). in_flight, current_rate, '
+                    "sent, failed and retried are this process's too.",
+                },
+                "failover": _nullable({"type": "string"}),
+                "sent": {"type": "integer"},
+                "failed": {"type": "integer"},
+                "retried": {"type": "integer"},
+            },
+        },
+        "ChannelList": {
+            "type": "object",
+            "required": ["channels"],
+            "properties": {"channels": {"type": "array", "items": _ref("ChannelStatus")}},
+        },
+        "Status": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}},
+        },
+        "Error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable, for programs."},
+                "message": {"type": "string", "description": "What was wrong, for people."},
+                "field": {
+                    "type": "string",
+                    "description": "The field, parameter or header at fault, as a path: "
+                    "messages[3].to, limit, Idempotency-Key.",
+                },
+            },
+        },
+        "ErrorBody": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": _ref("Error")},
+        },
+        "TooLate": {
+            "type": "object",
+            "required": ["error", "id", "state"],
+            "properties": {
+                "error": _ref("Error"),
+                "id": _ref("MessageId"),
+                "state": {**state, "description": "The state that made cancelling too late."},
+            },
+        },
+    }
+
+
+_RETRY_AFTER = {
+    "description": "Seconds to wait before trying again.",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+_RESPONSES: dict[str, Any] = {
+    "BadRequest": _error_response(
+        "The body is not JSON (the message gives the position) or a header is malformed.",
+        ["malformed_json", "bad_request"],
+    ),
+    "Unauthorized": _error_response(
+        "The API key is missing, malformed or unknown.",
+        ["unauthorized"],
+        **{"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    ),
+    "NotFound": _error_response(
+        "No such message for this API key's tenant (or no such endpoint).", ["not_found"]
+    ),
+    "MethodNotAllowed": _error_response(
+        "The path exists but not with this method.",
+        ["method_not_allowed"],
+        Allow={"schema": {"type": "string"}, "description": "The methods the path allows."},
+    ),
+    "TooLarge": _error_response(
+        "The body is over limits.max_request_bytes, the batch over limits.max_batch, or over "
+        "the tenant's burst.",
+        ["request_too_large", "batch_too_large"],
+    ),
+    "UnsupportedMediaType": _error_response(
+        "The body is not sent as application/json.", ["unsupported_media_type"]
+    ),
+    "Unprocessable": _error_response(
+        "A field is missing, mistyped, unknown or out of its limits; `field` names it. A "
+        "batch with one such message stores nothing.",
+        [
+            "invalid_message",
+            "unknown_channel",
+            "channel_not_allowed",
+            "invalid_idempotency_key",
+            "idempotency_key_reused",
+            "invalid_parameter",
+        ],
+    ),
+    "TooManyRequests": _error_response(
+        "Admission refused: the gateway's backlog is full or the tenant is over its rate. "
+        "Nothing was stored.",
+        ["backlog_full", "rate_limited"],
+        **{"Retry-After": _RETRY_AFTER},
+    ),
+    "Unavailable": _error_response(
+        "The message store failed; nothing is known to be stored.",
+        ["unavailable", "not_ready"],
+        **{"Retry-After": _RETRY_AFTER},
+    ),
+    "InternalError": _error_response("An unexpected error; it was logged.", ["internal_error"]),
+}
+
+
+def _common(*extra: tuple[str, str]) -> dict[str, Any]:
+    responses = {"500": _response_ref("InternalError")}
+    for status, name in extra:
+        responses[status] = _response_ref(name)
+    return responses
+
+
+_AUTH = [("401", "Unauthorized")]
+_MESSAGE_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": _ref("MessageId"),
+}
+
+
+def _paths(config: Config) -> dict[str, Any]:
+    limits = config.limits
+    public: list[dict[str, Any]] = []  # no API key needed
+    return {
+        "/v1/messages": {
+            "post": {
+                "operationId": "submitMessages",
+                "summary": "Submit one message or a batch",
+                "description": "Answers once the messages are stored durably. A batch is all "
+                "or nothing. Admission may refuse with 429 before the body is read.",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": limits.max_idempotency_key_length,
+                        },
+                        "description": "Repeating a request with the same key and body answers "
+                        "200 with the first request's ids and stores nothing; the same key with "
+                        "a different body is refused (422 idempotency_key_reused).",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": _json_content({"oneOf": [_ref("MessageIn"), _ref("Batch")]}),
+                },
+                "responses": {
+                    "202": {
+                        "description": "Stored.",
+                        "content": _json_content(_ref("SubmitResponse")),
+                    },
+                    "200": {
+                        "description": "A replay of an earlier request with the same "
+                        "Idempotency-Key: its ids, nothing new stored.",
+                        "content": _json_content(_ref("SubmitResponse")),
+                    },
+                    **_common(
+                        ("400", "BadRequest"),
+                        *_AUTH,
+                        ("413", "TooLarge"),
+                        ("415", "UnsupportedMediaType"),
+                        ("422", "Unprocessable"),
+                        ("429", "TooManyRequests"),
+                        ("503", "Unavailable"),
+                    ),
+                },
+            },
+            "get": {
+                "operationId": "listMessages",
+                "summary": "Messages to one recipient, newest first",
+                "parameters": [
+                    {
+                        "name": "to",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                        "description": "The recipient, percent-encoded; a literal + stays +.",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": limits.max_page_size,
+                            "default": 100,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "next_cursor of the previous page, unchanged.",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "One page.",
+                        "content": _json_content(_ref("MessagePage")),
+                    },
+                    **_common(*_AUTH, ("422", "Unprocessable"), ("503", "Unavailable")),
+                },
+            },
+        },
+        "/v1/messages/{id}": {
+            "parameters": [_MESSAGE_ID_PARAM],
+            "get": {
+                "operationId": "getMessage",
+                "summary": "A message, its state and its timeline",
+                "responses": {
+                    "200": {
+                        "description": "The message.",
+                        "content": _json_content(_ref("MessageDetail")),
+                    },
+                    **_common(*_AUTH, ("404", "NotFound"), ("503", "Unavailable")),
+                },
+            },
+            "delete": {
+                "operationId": "cancelMessage",
+                "summary": "Cancel a message that has not been handed to a channel yet",
+                "responses": {
+                    "200": {
+                        "description": "Cancelled.",
+                        "content": _json_content(_ref("CancelResponse")),
+                    },
+                    "409": {
+                        "description": "Too late: the message is already being sent or final. "
+                        "Error code: too_late.",
+                        "content": _json_content(_ref("TooLate")),
+                    },
+                    **_common(*_AUTH, ("404", "NotFound"), ("503", "Unavailable")),
+                },
+            },
+        },
+        "/v1/channels": {
+            "get": {
+                "operationId": "listChannels",
+                "summary": "Delivery channels and their live status",
+                "responses": {
+                    "200": {
+                        "description": "Every configured channel.",
+                        "content": _json_content(_ref("ChannelList")),
+                    },
+                    **_common(*_AUTH),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness: 200 while the process serves",
+                "security": public,
+                "responses": {
+                    "200": {"description": "Alive.", "content": _json_content(_ref("Status"))},
+                    **_common(),
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "ready",
+                "summary": "Readiness: 200 once the journal is open and channels run",
+                "security": public,
+                "responses": {
+                    "200": {"description": "Ready.", "content": _json_content(_ref("Status"))},
+                    "503": _error_response("Starting or shutting down.", ["not_ready"]),
+                    **_common(),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "security": public,
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_common(),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": public,
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1 document.",
+                        "content": _json_content({"type": "object"}),
+                    },
+                    **_common(),
+                },
+            }
+        },
+    }
+
+
+def openapi_document(config: Config) -> dict[str, Any]:
+    """The OpenAPI document for an app running with `config` (its limits appear in it)."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "Sluice message gateway",
+            "version": API_VERSION,
+            "description": "Submit messages for durable, rate-limited delivery and follow "
+            'their state. Every error answers {"error": {"code", "message", "field"?}}; '
+            "fields without a value are omitted from message views.",
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(config),
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key configured (as its sha256) for a tenant.",
+                }
+            },
+            "schemas": _schemas(config),
+            "responses": _RESPONSES,
+        },
+    }

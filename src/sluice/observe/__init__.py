@@ -1,0 +1,1 @@
+"""Observation: metrics rendered from the snapshots that components expose through `stats()`."""
