@@ -25,7 +25,7 @@ from typing import Any
 
 import redis.asyncio
 
-from sluice.channels.shared_rate import SharedTokenBucket
+from sluice.sharing.rate import SharedTokenBucket
 
 #: Width of the slots each process counts its sends in; 10 of them make a one-second window.
 SLOT_SECONDS = 0.1
