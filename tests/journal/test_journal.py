@@ -30,6 +30,7 @@ from sluice.journal.base import (
     JournalBusy,
     JournalError,
     MessageRecord,
+    Receipt,
 )
 from sluice.journal.postgres import PostgresJournal
 from sluice.journal.sqlite import SqliteJournal
@@ -322,6 +323,31 @@ async def test_a_failing_op_fails_only_its_caller(sqlite_journal: SqliteJournal)
     # The group was retried op by op: each one's recipient index went with its own commit.
     history = await journal.by_recipient(TENANT, "+15550001", None, 100)
     assert {m.id for m in good} <= {r.message.id for r in history}
+
+
+@pytest.mark.parametrize("fsync_outcomes", [False, True])
+async def test_claims_commit_apart_from_the_producers_fsync_unless_outcomes_are_fsynced(
+    tmp_path: Path, fsync_outcomes: bool
+) -> None:
+    journal = SqliteJournal(tmp_path / "journal.db", fsync_outcomes=fsync_outcomes)
+    await journal.open()
+    try:
+        queued = await insert_one(journal)
+        new = make()
+        async with WriterGate(journal):
+            before = journal.commits
+            tasks = await queue_all([journal.insert(TENANT, [new]), claim_all(journal)])
+        inserted, claimed = await asyncio.gather(*tasks)
+        assert inserted.ids == [new.id]
+        if fsync_outcomes:  # the gate's group, then the insert and the claim in queue order
+            assert journal.commits - before == 2
+            assert {m.id for m in claimed} == {queued.id, new.id}
+        else:  # the gate's group, the claim on its own first, then the insert
+            assert journal.commits - before == 3
+            assert [m.id for m in claimed] == [queued.id]
+        assert journal.pending() == {"web": 2}
+    finally:
+        await journal.close()
 
 
 async def test_a_lone_failing_op_leaves_the_journal_usable(journal: Journal) -> None:
@@ -664,6 +690,43 @@ async def test_pending_is_exact_through_every_transition(journal: Journal) -> No
         State.CANCELLED: 1,
         State.EXPIRED: 2,
     }
+
+
+async def test_one_batch_of_every_outcome(journal: Journal) -> None:
+    elsewhere = await insert_one(journal)
+    [other] = await claim_all(journal, owner=OTHER_OWNER)
+    retried, sent, failed, delivered, quiet = [
+        await insert_one(journal, callback_url=HOOK) for _ in range(5)
+    ]
+    assert await journal.apply_receipts("web", [Receipt("p-2", True, "stat:DELIVRD")]) == 0
+    claimed = {m.id: m for m in await claim_all(journal)}
+    later, parts = now_ms() + 60_000, ("p-1", "p-2")
+    queued_callbacks = await journal.complete(
+        OWNER,
+        [
+            completion(claimed[retried.id], State.QUEUED, Outcome.TRANSIENT, due_at=later),
+            completion(claimed[sent.id], State.SENT, Outcome.SENT, provider_id="p-1", parts=parts),
+            completion(claimed[failed.id], State.FAILED, Outcome.PERMANENT, detail="no route"),
+            completion(claimed[delivered.id], State.DELIVERED, Outcome.SENT, provider_id="p-3"),
+            completion(claimed[quiet.id], State.SENT, Outcome.SENT, provider_id="p-4"),
+            completion(other, State.SENT, Outcome.SENT, provider_id="p-5"),  # another's lease
+        ],
+    )
+    assert queued_callbacks == 4  # sent, failed, delivered, quiet
+    assert [await state_of(journal, m.id) for m in (retried, sent, failed, delivered, quiet)] == [
+        State.QUEUED,
+        State.SENT,  # its early part's receipt is applied; the other part's is awaited
+        State.FAILED,
+        State.DELIVERED,
+        State.SENT,
+    ]
+    assert await state_of(journal, elsewhere.id) == State.SENDING
+    assert journal.pending() == {"web": 2}  # retried, elsewhere
+    assert await journal.apply_receipts("web", [Receipt("p-1", True, "stat:DELIVRD")]) == 1
+    timeline = (await record(journal, sent.id)).timeline
+    assert [e.state for e in timeline][-2:] == [State.SENT, State.DELIVERED]
+    states = sorted(payload(j)["state"] for j in await callbacks(journal))
+    assert states == ["delivered", "delivered", "failed", "sent", "sent"]
 
 
 # --- leases ----------------------------------------------------------------------------------

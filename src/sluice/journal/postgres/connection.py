@@ -1,0 +1,77 @@
+"""How the journal reaches its server: the pool, and which faults are worth another try.
+
+An operation that loses its connection (a server restart, a network cut, a failover) is run
+again on a fresh one until `reconnect_seconds` (`RECONNECT_SECONDS` by default) have passed;
+`RETRYABLE` names the errors that mean "the connection or the server's state, not the
+statement". Every other server error fails the call at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeAlias
+
+import asyncpg
+import asyncpg.pool
+
+#: How long an operation keeps trying to reach the server before it fails.
+RECONNECT_SECONDS = 30.0
+
+#: Errors after which the operation is run again on another connection.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ReadOnlySQLTransactionError,  # a failover in progress: the old primary is a replica
+)
+#: Every fault of the server or of the way to it: what a background loop outlives.
+SERVER_FAULTS: tuple[type[BaseException], ...] = (*RETRYABLE, asyncpg.PostgresError)
+
+#: A connection lent by the pool, as every operation receives it.
+PoolConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+
+async def create_pool(
+    url: str, schema: str, size: int, statement_timeout_ms: int, timeout_seconds: float
+) -> asyncpg.Pool:
+    """A pool whose connections work in `schema` and cut statements off after the timeout."""
+    return await asyncpg.create_pool(
+        url,
+        min_size=1,
+        max_size=size,
+        server_settings={
+            "search_path": schema,
+            "statement_timeout": str(statement_timeout_ms),
+            "application_name": "sluice",
+        },
+        timeout=timeout_seconds,
+    )
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully if the server answers within 10 s, else cut the connections."""
+    try:
+        await asyncio.wait_for(pool.close(), 10)
+    except (TimeoutError, OSError, asyncpg.InterfaceError):
+        pool.terminate()
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}@{host}"

@@ -1,0 +1,169 @@
+"""Receipts from providers, and the parts of SENT messages they answer.
+
+A receipt can arrive before the commit of its own SENT outcome; a message sent in several
+parts is final once every part has its receipt.
+"""
+
+from __future__ import annotations
+
+from sluice.journal.base import Receipt
+from sluice.journal.postgres.callbacks import insert_callbacks
+from sluice.journal.postgres.changes import Tx
+from sluice.journal.postgres.connection import PoolConnection
+from sluice.journal.postgres.events import insert_events
+from sluice.journal.rows import callback_payload
+from sluice.model import Outcome, State, now_ms
+
+# A part's SENT and its receipt meet in one row of `provider_parts`, keyed by (channel,
+# provider id), whichever comes first: the SENT commit sets message_id, the receipt sets
+# delivered. Both write it with INSERT … ON CONFLICT, so when they run at once in two
+# transactions the second waits for the first's commit and then sees it: a receipt that
+# overtakes its SENT is never lost between them. (Two tables, "parts" and "early receipts",
+# each checked by the other side, lose it under READ COMMITTED: each side's check runs before
+# the other commits.)
+
+
+async def record_parts(
+    conn: PoolConnection, tx: Tx, parts: list[tuple[str, str, int, int, int]], now: int
+) -> None:
+    """The provider ids of SENT messages' parts; applies receipts that came before."""
+    latest = {(p[0], p[1]): p for p in parts}  # one row per key in one statement
+    channels, pids, mids, indexes, counts = (list(c) for c in zip(*latest.values(), strict=True))
+    rows = await conn.fetch(
+        "INSERT INTO provider_parts (channel, provider_id, message_id, part, parts, at) "
+        "SELECT c, p, m, i, n, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], "
+        "$4::integer[], $5::integer[]) AS u(c, p, m, i, n) "
+        "ON CONFLICT (channel, provider_id) DO UPDATE SET message_id = excluded.message_id, "
+        "part = excluded.part, parts = excluded.parts "
+        "RETURNING channel, provider_id, message_id, delivered",
+        channels,
+        pids,
+        mids,
+        indexes,
+        counts,
+        now,
+    )
+    heard = sorted({(r[2], r[0], r[1]) for r in rows if r[3] is not None})
+    for mid, channel, pid in heard:
+        await _settle_if_complete(conn, channel, mid, pid, now)
+
+
+async def op_apply_receipts(
+    conn: PoolConnection, tx: Tx, channel: str, receipts: list[Receipt]
+) -> int:
+    """Apply a batch of receipts; return how many messages reached a final state."""
+    now = now_ms()
+    latest = {r.provider_id: r for r in receipts}  # one row per key in one statement
+    rows = await conn.fetch(
+        "INSERT INTO provider_parts (channel, provider_id, delivered, detail, at) "
+        "SELECT $1, p, d, t, $2 FROM unnest($3::text[], $4::boolean[], $5::text[]) "
+        "AS r(p, d, t) ON CONFLICT (channel, provider_id) DO UPDATE SET "
+        "delivered = excluded.delivered, detail = excluded.detail "
+        "RETURNING provider_id, message_id, parts",
+        channel,
+        now,
+        list(latest),
+        [r.delivered for r in latest.values()],
+        [r.detail for r in latest.values()],
+    )
+    single: dict[int, Receipt] = {}
+    multi: dict[int, str] = {}
+    for pid, mid, n in rows:
+        if mid is None:
+            continue  # before its SENT commit (or not ours): the SENT will find it
+        if n > 1:
+            multi[mid] = pid
+        else:
+            single[mid] = latest[pid]
+    finals = await _settle_receipts(conn, channel, single, now) if single else 0
+    for mid in sorted(multi):
+        finals += await _settle_if_complete(conn, channel, mid, multi[mid], now)
+    return finals
+
+
+async def _settle_receipts(
+    conn: PoolConnection, channel: str, receipts: dict[int, Receipt], now: int
+) -> int:
+    """Final states for single-part messages from their receipts, by message id."""
+    mids = list(receipts)
+    await conn.execute(
+        "DELETE FROM provider_parts WHERE channel = $1 AND provider_id = ANY($2::text[])",
+        channel,
+        [r.provider_id for r in receipts.values()],
+    )
+    sent = await conn.fetch(
+        "UPDATE messages m SET state = v.state, updated_at = $1 "
+        "FROM unnest($2::bigint[], $3::smallint[]) AS v(id, state) "
+        "WHERE m.id = v.id AND m.state = 3 "
+        "RETURNING m.id, m.tenant, m.channel, m.recipient, m.attempts, m.callback_url, m.metadata",
+        now,
+        mids,
+        [int(State.DELIVERED if receipts[mid].delivered else State.FAILED) for mid in mids],
+    )
+    events = []
+    callbacks = []
+    for mid, tenant, msg_channel, recipient, attempts, callback_url, metadata in sent:
+        r = receipts[mid]
+        state = State.DELIVERED if r.delivered else State.FAILED
+        outcome = Outcome.SENT if r.delivered else Outcome.PERMANENT
+        events.append(
+            (mid, int(state), channel, attempts, int(outcome), r.provider_id, None, r.detail)
+        )
+        if callback_url:
+            payload = callback_payload(
+                mid, state, now, msg_channel, attempts, tenant, recipient, r.provider_id,
+                r.detail, metadata,
+            )  # fmt: skip
+            callbacks.append((mid, callback_url, payload))
+    await insert_events(conn, now, events)
+    await insert_callbacks(conn, now, callbacks)
+    return len(sent)
+
+
+async def _settle_if_complete(
+    conn: PoolConnection, channel: str, message_id: int, pid: str, now: int
+) -> int:
+    """The final state of a message once every part has its receipt (`pid`: the part heard
+    last); returns 1 if it reached one.
+
+    The message's row is locked first: receipts for two parts committing at once then read
+    the parts one after the other, and the second sees the first's."""
+    locked = await conn.fetchval(
+        "SELECT 1 FROM messages WHERE id = $1 AND state = 3 FOR UPDATE", message_id
+    )
+    if locked is None:
+        return 0
+    parts = await conn.fetch(
+        "SELECT provider_id, delivered, detail FROM provider_parts WHERE message_id = $1 "
+        "ORDER BY part",
+        message_id,
+    )
+    if not parts or any(delivered is None for _, delivered, _ in parts):
+        return 0  # more parts to hear from
+    failed = [(p, detail) for p, delivered, detail in parts if not delivered]
+    state = State.FAILED if failed else State.DELIVERED
+    if failed:
+        detail = "; ".join(f"part {p}: {d or 'not delivered'}" for p, d in failed)
+    elif len(parts) == 1:
+        detail = parts[0][2]
+    else:
+        detail = f"all {len(parts)} parts delivered"
+    await conn.execute("DELETE FROM provider_parts WHERE message_id = $1", message_id)
+    final = await conn.fetchrow(
+        "UPDATE messages SET state = $1, updated_at = $2 WHERE id = $3 "
+        "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
+        int(state),
+        now,
+        message_id,
+    )
+    assert final is not None  # locked FOR UPDATE above: the UPDATE finds its row
+    outcome = Outcome.SENT if state == State.DELIVERED else Outcome.PERMANENT
+    await insert_events(
+        conn, now, [(message_id, int(state), channel, final[3], int(outcome), pid, None, detail)]
+    )
+    if final[4]:
+        payload = callback_payload(
+            message_id, state, now, final[1], final[3], final[0], final[2], pid, detail, final[5]
+        )
+        await insert_callbacks(conn, now, [(message_id, final[4], payload)])
+    return 1

@@ -1,0 +1,134 @@
+"""The journal's tables in its own PostgreSQL schema, and their migrations.
+
+The schema (`journal.schema`) is migrated at start, one version at a time, under an advisory
+lock so that processes starting together migrate it once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sluice.journal.base import JournalError
+from sluice.journal.postgres.connection import PoolConnection
+from sluice.model import now_ms
+
+log = logging.getLogger("sluice.journal")
+
+#: Each migration brings the schema from the version before it to its own number.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id bigint PRIMARY KEY,
+        tenant text NOT NULL,
+        channel text NOT NULL,
+        recipient text NOT NULL,
+        sender text,
+        body text NOT NULL,
+        priority smallint NOT NULL,
+        state smallint NOT NULL,
+        due_at bigint NOT NULL,
+        not_before bigint,
+        expires_at bigint,
+        callback_url text,
+        metadata bytea,
+        attempts integer NOT NULL DEFAULT 0,
+        lease_owner bigint,
+        lease_until bigint,
+        provider_id text,
+        updated_at bigint NOT NULL
+    );
+    CREATE INDEX messages_due ON messages (channel, priority, due_at) WHERE state = 1;
+    -- Leased rows are the few in flight: renewals and releases by owner scan them all.
+    CREATE INDEX messages_leased ON messages (lease_until) WHERE state = 2;
+    CREATE INDEX messages_expiring ON messages (expires_at)
+        WHERE state = 1 AND expires_at IS NOT NULL;
+    CREATE INDEX messages_recipient ON messages (tenant, recipient, id);
+    CREATE TABLE events (
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        message_id bigint NOT NULL,
+        at bigint NOT NULL,
+        state smallint NOT NULL,
+        channel text,
+        attempt integer,
+        outcome smallint,
+        provider_id text,
+        latency_ms real,
+        detail text
+    );
+    CREATE INDEX events_message ON events (message_id, seq);
+    CREATE TABLE idempotency (
+        tenant text NOT NULL,
+        key text NOT NULL,
+        digest bytea,
+        ids bigint[] NOT NULL,
+        created_at bigint NOT NULL,
+        PRIMARY KEY (tenant, key)
+    );
+    CREATE INDEX idempotency_age ON idempotency (created_at);
+    -- A part of a SENT message and its receipt, whichever came first: message_id is NULL
+    -- while the receipt waits for its SENT commit, delivered while the SENT waits for it.
+    CREATE TABLE provider_parts (
+        channel text NOT NULL,
+        provider_id text NOT NULL,
+        message_id bigint,
+        part integer,
+        parts integer,
+        delivered boolean,
+        detail text,
+        at bigint NOT NULL,
+        PRIMARY KEY (channel, provider_id)
+    );
+    CREATE INDEX provider_parts_message ON provider_parts (message_id)
+        WHERE message_id IS NOT NULL;
+    CREATE INDEX provider_parts_early ON provider_parts (at) WHERE message_id IS NULL;
+    CREATE TABLE callbacks (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        message_id bigint NOT NULL,
+        url text NOT NULL,
+        payload bytea NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        due_at bigint NOT NULL
+    );
+    CREATE INDEX callbacks_due ON callbacks (due_at);
+    CREATE TABLE saved_state (
+        name text PRIMARY KEY,
+        data bytea NOT NULL,
+        saved_at bigint NOT NULL
+    );
+    -- Additive counters, one row per channel and server process that wrote it.
+    CREATE TABLE pending_counts (
+        channel text NOT NULL,
+        backend integer NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (channel, backend)
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def migrate(conn: PoolConnection, schema: str) -> None:
+    """Create the schema, or bring it from the version it has to SCHEMA_VERSION."""
+    async with conn.transaction():
+        # One process migrates; the others wait here, then find nothing to do.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('sluice.migrate.' || $1))", schema
+        )
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL, "
+            "applied_at bigint NOT NULL)"
+        )
+        version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal schema version {version} is newer than this Sluice ({SCHEMA_VERSION})"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            await conn.execute(MIGRATIONS[number - 1])
+            await conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                number,
+                now_ms(),
+            )
+            log.info("journal schema %s migrated to version %d", schema, number)

@@ -1,0 +1,126 @@
+"""The producers' write in the SQLite journal: new messages, prepared on the caller's thread.
+
+Examples:
+    prepared = prepare_insert("acme", messages)                  # on the event loop
+    result = op_insert(conn, tx, "acme", prepared, key, digest)  # on the writer thread
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from sluice.journal.base import IdempotencyConflict, SubmitResult
+from sluice.journal.multirow import chunk_sizes, insert_sql
+from sluice.journal.recipient_index import recipient_key
+from sluice.journal.rows import encode_metadata
+from sluice.model import Message, now_ms
+
+if TYPE_CHECKING:
+    from sluice.journal.sqlite.writer import Transaction
+
+
+#: Rows per INSERT of messages (journal/multirow.py): at most 11 values a row, 11,264 a statement.
+_MAX_CHUNK_ROWS = 1024
+_INSERT_HEAD = (
+    "INSERT INTO messages (id, tenant, channel, recipient, sender, body, priority, state, "
+    "due_at, not_before, expires_at, callback_url, metadata, updated_at) VALUES "
+)
+#: A row's values after ?1 (the tenant) and ?2 (the time of the insert), in two shapes: the
+#: common one (no sender, schedule, expiry, callback or metadata) binds 5 values a row.
+_PLAIN_WIDTH = 5
+_PLAIN_ROWS = (
+    "(?3,?1,?4,?5,NULL,?6,?7,1,?2,NULL,NULL,NULL,NULL,?2)",
+    "(?,?1,?,?,NULL,?,?,1,?2,NULL,NULL,NULL,NULL,?2)",
+)
+_FULL_WIDTH = 11
+_FULL_ROWS = (
+    "(?3,?1,?4,?5,?6,?7,?8,1,?9,?10,?11,?12,?13,?2)",
+    "(?,?1,?,?,?,?,?,1,?,?,?,?,?,?2)",
+)
+
+
+class PreparedInsert(msgspec.Struct):
+    """An insert prepared on the caller's thread, so the writer only binds and steps: a few
+    multi-row INSERTs (journal/multirow.py) with their values."""
+
+    statements: list[tuple[str, list[Any]]]
+    ids: list[int]
+    pairs: list[tuple[int, int]]
+    counts: dict[str, int]
+
+
+def prepare_insert(tenant: str, messages: list[Message]) -> PreparedInsert:
+    now = now_ms()
+    plain = not any(
+        m.sender is not None
+        or m.not_before is not None
+        or m.expires_at is not None
+        or m.callback_url is not None
+        or m.metadata
+        for m in messages
+    )
+    values: list[Any] = []
+    if plain:
+        for m in messages:
+            values += (m.id, m.channel, m.recipient, m.body, m.priority)
+        width, (first, row) = _PLAIN_WIDTH, _PLAIN_ROWS
+    else:
+        for m in messages:
+            values += (
+                m.id,
+                m.channel,
+                m.recipient,
+                m.sender,
+                m.body,
+                m.priority,
+                m.not_before or now,
+                m.not_before,
+                m.expires_at,
+                m.callback_url,
+                encode_metadata(m.metadata),
+            )
+        width, (first, row) = _FULL_WIDTH, _FULL_ROWS
+    statements = []
+    start = 0
+    for rows in chunk_sizes(len(messages), _MAX_CHUNK_ROWS):
+        end = start + rows * width
+        sql = insert_sql(_INSERT_HEAD, first, row, rows)
+        statements.append((sql, [tenant, now, *values[start:end]]))
+        start = end
+    counts: Counter[str] = Counter(m.channel for m in messages)
+    pairs = [(recipient_key(tenant, m.recipient), m.id) for m in messages]
+    return PreparedInsert(statements, [m.id for m in messages], pairs, dict(counts))
+
+
+def op_insert(
+    conn: sqlite3.Connection,
+    tx: Transaction,
+    tenant: str,
+    prepared: PreparedInsert,
+    key: str | None,
+    digest: bytes | None,
+) -> SubmitResult:
+    if key is not None:
+        row = conn.execute(
+            "SELECT digest, ids FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key)
+        ).fetchone()
+        if row is not None:
+            if row[0] is not None and digest is not None and row[0] != digest:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} was used before for a different request"
+                )
+            return SubmitResult(msgspec.msgpack.decode(row[1], type=list[int]), True)
+    for sql, params in prepared.statements:
+        conn.execute(sql, params)
+    if key is not None:
+        conn.execute(
+            "INSERT INTO idempotency (tenant, key, digest, ids, created_at) VALUES (?, ?, ?, ?, ?)",
+            (tenant, key, digest, msgspec.msgpack.encode(prepared.ids), now_ms()),
+        )
+    tx.deltas.update(prepared.counts)
+    tx.index_pairs.extend(prepared.pairs)
+    return SubmitResult(prepared.ids, False)

@@ -1,0 +1,176 @@
+"""Delivery receipts in the SQLite journal: a sent message's final state, from its provider.
+
+A receipt can arrive before the commit of its message's SENT outcome; it is then kept in
+`early_receipts` until that outcome commits (see `claims.op_complete`) or its time runs out.
+
+Examples:
+    finals = op_apply_receipts(conn, tx, "sms", receipts)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING
+
+from sluice.journal.base import Receipt
+from sluice.journal.sqlite.callbacks import add_callback
+from sluice.journal.sqlite.json_rows import json_encoder, rows_decoder, unhex
+from sluice.model import Outcome, State, now_ms
+
+if TYPE_CHECKING:
+    from sluice.journal.sqlite.writer import Transaction
+
+
+def op_apply_receipts(
+    conn: sqlite3.Connection, tx: Transaction, channel: str, receipts: list[Receipt]
+) -> int:
+    """Apply a batch of receipts; return how many messages reached a final state.
+
+    Receipts for single-part messages, the bulk of them, are applied a few statements per
+    batch (see json_rows.py); early ones are kept in one statement; parts of longer messages
+    go one by one through `apply_receipt`."""
+    now = now_ms()
+    keys = json_encoder.encode([r.provider_id for r in receipts])
+    (found,) = conn.execute(_PARTS_SELECT, (channel, keys)).fetchone()
+    known = {pid: (mid, n) for pid, mid, n in rows_decoder.decode(found)}
+    early: list[Receipt] = []
+    single: dict[int, Receipt] = {}
+    multi: list[Receipt] = []
+    for r in receipts:
+        hit = known.get(r.provider_id)
+        if hit is None:
+            early.append(r)
+        elif hit[1] > 1:
+            multi.append(r)
+        elif hit[0] in single:  # the same receipt twice: the second finds nothing left
+            early.append(r)
+        else:
+            single[hit[0]] = r
+    if early:
+        conn.execute(
+            "INSERT OR REPLACE INTO early_receipts (channel, provider_id, delivered, detail, at) "
+            "SELECT ?1, value ->> 0, value ->> 1, value ->> 2, ?2 FROM json_each(?3)",
+            (channel, now, json_encoder.encode(early)),
+        )
+        tx.shared.early_receipts += len(early)
+    finals = _settle_receipts(conn, channel, single, now) if single else 0
+    for r in multi:
+        finals += apply_receipt(conn, tx, channel, r, now)
+    return finals
+
+
+#: ?1 channel, ?2 a JSON array of provider ids: [provider_id, message_id, parts] known.
+_PARTS_SELECT = (
+    "SELECT json_group_array(json_array(provider_id, message_id, parts)) FROM provider_parts "
+    "WHERE channel = ?1 AND provider_id IN (SELECT value FROM json_each(?2))"
+)
+
+
+def _settle_receipts(
+    conn: sqlite3.Connection, channel: str, receipts: dict[int, Receipt], now: int
+) -> int:
+    """Final states for single-part messages from their receipts, by message id."""
+    rows = [
+        (mid, r.provider_id, int(State.DELIVERED if r.delivered else State.FAILED))
+        for mid, r in receipts.items()
+    ]
+    keys = json_encoder.encode(rows)
+    conn.execute(
+        "DELETE FROM provider_parts WHERE channel = ?1 AND provider_id IN "
+        "(SELECT value ->> 1 FROM json_each(?2))",
+        (channel, keys),
+    )
+    (found,) = conn.execute(
+        "SELECT json_group_array(json_array(id, tenant, channel, recipient, attempts, "
+        "callback_url, hex(metadata))) FROM messages "
+        "WHERE id IN (SELECT value ->> 0 FROM json_each(?1)) AND state = 3",
+        (keys,),
+    ).fetchone()
+    sent = rows_decoder.decode(found)
+    if not sent:
+        return 0
+    conn.execute(
+        "UPDATE messages SET state = v.value ->> 2, updated_at = ?2 FROM json_each(?1) AS v "
+        "WHERE messages.id = v.value ->> 0 AND messages.state = 3",
+        (keys, now),
+    )
+    events = []
+    for mid, tenant, msg_channel, recipient, attempts, callback_url, metadata in sent:
+        r = receipts[mid]
+        state = State.DELIVERED if r.delivered else State.FAILED
+        outcome = Outcome.SENT if r.delivered else Outcome.PERMANENT
+        events.append((mid, int(state), attempts, int(outcome), r.provider_id, r.detail))
+        if callback_url:
+            add_callback(
+                conn, mid, callback_url, state, now, msg_channel, attempts, tenant, recipient,
+                r.provider_id, r.detail, unhex(metadata),
+            )  # fmt: skip
+    conn.execute(
+        "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
+        "detail) SELECT value ->> 0, ?1, value ->> 1, ?2, value ->> 2, value ->> 3, "
+        "value ->> 4, value ->> 5 FROM json_each(?3)",
+        (now, channel, json_encoder.encode(events)),
+    )
+    return len(sent)
+
+
+def apply_receipt(
+    conn: sqlite3.Connection, tx: Transaction, channel: str, receipt: Receipt, now: int
+) -> int:
+    """Record one part's receipt; return 1 if its message reached a final state."""
+    row = conn.execute(
+        "UPDATE provider_parts SET delivered = ?, detail = ? "
+        "WHERE channel = ? AND provider_id = ? RETURNING message_id, parts",
+        (int(receipt.delivered), receipt.detail, channel, receipt.provider_id),
+    ).fetchone()
+    if row is None:  # overtook the commit of its SENT outcome, or not ours: keep it a while
+        conn.execute(
+            "INSERT OR REPLACE INTO early_receipts (channel, provider_id, delivered, detail, at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (channel, receipt.provider_id, int(receipt.delivered), receipt.detail, now),
+        )
+        tx.shared.early_receipts += 1
+        return 0
+    message_id, count = row
+    if count == 1:  # the common case: no other part to look up
+        parts = [(receipt.provider_id, int(receipt.delivered), receipt.detail)]
+    else:
+        parts = conn.execute(
+            "SELECT provider_id, delivered, detail FROM provider_parts WHERE message_id = ?",
+            (message_id,),
+        ).fetchall()
+    if any(delivered is None for _, delivered, _ in parts):
+        return 0  # more parts to hear from
+    failed = [(pid, detail) for pid, delivered, detail in parts if not delivered]
+    state = State.FAILED if failed else State.DELIVERED
+    detail: str | None  # a lone part's receipt may carry none
+    if failed:
+        detail = "; ".join(f"part {pid}: {d or 'not delivered'}" for pid, d in failed)
+    else:
+        detail = receipt.detail if len(parts) == 1 else f"all {len(parts)} parts delivered"
+    if count == 1:
+        conn.execute(
+            "DELETE FROM provider_parts WHERE channel = ? AND provider_id = ?",
+            (channel, receipt.provider_id),
+        )
+    else:
+        conn.execute("DELETE FROM provider_parts WHERE message_id = ?", (message_id,))
+    final = conn.execute(
+        "UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND state = 3 "
+        "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
+        (int(state), now, message_id),
+    ).fetchone()
+    if final is None:
+        return 0
+    outcome = Outcome.SENT if state == State.DELIVERED else Outcome.PERMANENT
+    conn.execute(
+        "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
+        "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (message_id, now, int(state), channel, final[3], int(outcome), receipt.provider_id, detail),
+    )
+    if final[4]:
+        add_callback(
+            conn, message_id, final[4], state, now, final[1], final[3], final[0], final[2],
+            receipt.provider_id, detail, final[5],
+        )  # fmt: skip
+    return 1
