@@ -79,7 +79,7 @@ from sluice.protocols.smpp import (
     tlv_u32_value,
     tlv_value,
 )
-from sluice.protocols.smpp.pdu import (
+from sluice.protocols.smpp.pdu.codec import (
     PDU_CLASSES,
     _decode_layout,
     _encode_layout,
@@ -836,7 +836,7 @@ def test_permanent_and_transient() -> None:
 
 
 def test_fast_path_format_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sluice.protocols.smpp import pdu as pdu_module
+    from sluice.protocols.smpp.pdu import fast as pdu_module
 
     monkeypatch.setattr(pdu_module, "_MAX_CACHED_FORMATS", 8)
     monkeypatch.setattr(pdu_module, "_SHORT_MESSAGE_FORMATS", {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sluice.protocols.smpp.pdu import Pdu
+    from sluice.protocols.smpp.pdu.types import Pdu
 
 
 class SmppProtocolError(Exception):

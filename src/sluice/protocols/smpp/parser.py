@@ -75,6 +75,7 @@ class PduParser:
         return len(self._buf)
 
     def _check(self, data: bytes | bytearray, pos: int) -> int:
+        length: int  # unpack_from is typed tuple[Any, ...]; ">IIII" gives four ints
         length, command_id, _status, seq = _unpack_header(data, pos)
         if HEADER_LENGTH <= length <= self._max:
             return length

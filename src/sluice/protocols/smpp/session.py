@@ -176,17 +176,19 @@ MAY_SEND, MAY_RECEIVE = _build_tables()
 _EVER_RECEIVED = {role: frozenset().union(*MAY_RECEIVE[role].values()) for role in Role}
 
 
+# Each event repeats frozen=True: msgspec would inherit it from Event, but a type checker reads
+# only the class's own keywords and would otherwise take the event for mutable.
 class Event(msgspec.Struct, frozen=True, gc=False):
     """Something the owner of a session must act on."""
 
 
-class PduReceived(Event):
+class PduReceived(Event, frozen=True):
     """A valid PDU, legal in the session state: handle it (and answer it, if a request)."""
 
     pdu: Pdu
 
 
-class Rejected(Event):
+class Rejected(Event, frozen=True):
     """A request we refuse, already answered: write ``reply`` and carry on.
 
     ``pdu`` is ``None`` when the PDU did not decode (the reply then still echoes its
@@ -201,7 +203,7 @@ class Rejected(Event):
     sequence_number: int
 
 
-class ProtocolViolation(Event):
+class ProtocolViolation(Event, frozen=True):
     """A response we did not expect, or one that does not decode; nothing is answered.
 
     A transport still holding a request with this ``sequence_number`` in its window should
@@ -215,7 +217,7 @@ class ProtocolViolation(Event):
     sequence_number: int
 
 
-class Fatal(Event):
+class Fatal(Event, frozen=True):
     """The byte stream is broken (a bad command_length): write ``reply``, then close."""
 
     status: int

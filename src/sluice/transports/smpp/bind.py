@@ -98,6 +98,7 @@ class SmppBind(asyncio.Protocol):
         on_deliver: OnDeliver,
         spawn: Spawn,
         on_deliver_now: OnDeliverNow = lambda pdu, reply: False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._config = config
@@ -120,15 +121,18 @@ class SmppBind(asyncio.Protocol):
         self._slot_freed = asyncio.Event()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.bound = False
-        self.last_heard = time.monotonic()
+        # Stamps what the SMSC sends (for the keepalive) and paces the rate; response deadlines
+        # run on the event loop's clock, which is the same time.monotonic by default.
+        self._clock = clock
+        self.last_heard = clock()
         burst = max(1.0, config.bind_rate / 10) if config.bind_rate else 1.0
-        self.bucket = TokenBucket(config.bind_rate, burst)
+        self.bucket = TokenBucket(config.bind_rate, burst, clock)
         #: AIMD under a configured bind_rate; without one, the bind measures the SMSC's cap
         #: from its throttles.
         self.pacer: AdaptiveRate | CapFinder = (
-            AdaptiveRate(ceiling=config.bind_rate, floor=min(1.0, config.bind_rate))
+            AdaptiveRate(ceiling=config.bind_rate, floor=min(1.0, config.bind_rate), clock=clock)
             if config.bind_rate > 0
-            else CapFinder(start=max(10.0, config.window * 20.0))
+            else CapFinder(start=max(10.0, config.window * 20.0), clock=clock)
         )
         self.submitted = 0
         self.throttled = 0
@@ -150,7 +154,7 @@ class SmppBind(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.last_heard = time.monotonic()
+        self.last_heard = self._clock()
         self._reading = True
         try:
             self._handle(data)
@@ -256,7 +260,7 @@ class SmppBind(asyncio.Protocol):
         """Send enquire_link after `enquire_link_seconds` of silence; returns when closed."""
         interval = self._config.enquire_link_seconds
         while not self.closed.done():
-            idle = time.monotonic() - self.last_heard
+            idle = self._clock() - self.last_heard
             if idle >= interval:
                 try:
                     await self._request(EnquireLink(sequence_number=0), bound_required=False)
