@@ -434,6 +434,26 @@ def test_many_processes_need_the_postgres_journal_and_node_numbers_that_fit() ->
         loads('[server]\nrole = "api"\n', {})
 
 
+def test_of_two_faults_the_one_found_first_is_named() -> None:
+    # The sections are checked in order; with the sqlite journal, more processes are the fault
+    # (their node numbers would not fit either).
+    message = config_error("[server]\nworkers = 2\nnode = 1023\n")
+    assert message.startswith("server.workers: the sqlite journal serves one process")
+    message = config_error('[server]\nlisten = "nowhere"\n[journal]\nheartbeat_seconds = 60\n')
+    assert message.startswith("server.listen:")
+    message = config_error(
+        '[journal]\nheartbeat_seconds = 60\n[redis]\nurl = "http://x"\n'
+        + WEB.replace("https://hooks.example.com/in", "ftp://x")
+    )
+    assert message.startswith("journal.heartbeat_seconds:")
+    message = config_error('[redis]\nurl = "http://x"\n' + WEB.replace("https://", "ftp://"))
+    assert message.startswith("redis.url:")
+    message = config_error(
+        WEB.replace("https://", "ftp://") + '[tenants.a]\napi_keys = []\nchannels = ["web"]\n'
+    )
+    assert message.startswith("channels.web.webhook.url:")
+
+
 def test_hash_api_key_is_sha256_hex_and_accepted_by_the_config() -> None:
     hashed = hash_api_key("s3cr3t-κλειδί")
     assert hashed == "sha256:" + hashlib.sha256("s3cr3t-κλειδί".encode()).hexdigest()

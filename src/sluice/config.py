@@ -21,13 +21,15 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 from sluice.model import NODE_MAX
 
 ENV_PREFIX = "SLUICE__"
+
+_T = TypeVar("_T")
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -43,7 +45,7 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     pass
 
 
-class ServerConfig(_Base):
+class ServerConfig(_Base, frozen=True):
     listen: str = "127.0.0.1:8080"
     #: Node number in message ids (0..1023); unset picks a random one at start. With
     #: `workers` > 1, process i takes node + i (distinct random ones when unset). Processes
@@ -64,7 +66,7 @@ class ServerConfig(_Base):
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
 
 
-class JournalConfig(_Base):
+class JournalConfig(_Base, frozen=True):
     #: "sqlite": embedded, one process. "postgres": shared by any number of processes.
     backend: Literal["sqlite", "postgres"] = "sqlite"
     #: The SQLite database file.
@@ -96,7 +98,7 @@ class JournalConfig(_Base):
     max_claim: Positive = 1000
 
 
-class LimitsConfig(_Base):
+class LimitsConfig(_Base, frozen=True):
     max_batch: Positive = 10_000
     max_request_bytes: Positive = 32 * 1024 * 1024
     max_body_bytes: Positive = 64 * 1024
@@ -116,7 +118,7 @@ class LimitsConfig(_Base):
     max_page_size: Positive = 1000
 
 
-class RetryConfig(_Base):
+class RetryConfig(_Base, frozen=True):
     max_attempts: Positive = 8
     base_seconds: Seconds = 1.0
     max_seconds: Seconds = 600.0
@@ -124,14 +126,14 @@ class RetryConfig(_Base):
     jitter: Fraction = 0.2
 
 
-class BreakerConfig(_Base):
+class BreakerConfig(_Base, frozen=True):
     #: Consecutive transient failures that open the breaker.
     failure_threshold: Positive = 10
     cooldown_seconds: Seconds = 5.0
     max_cooldown_seconds: Seconds = 120.0
 
 
-class WebhookConfig(_Base):
+class WebhookConfig(_Base, frozen=True):
     url: str
     #: Secret for the HMAC-SHA256 signature header; unset sends unsigned requests.
     secret: str | None = None
@@ -139,7 +141,7 @@ class WebhookConfig(_Base):
     connect_timeout_seconds: Seconds = 3.0
 
 
-class SmppConfig(_Base):
+class SmppConfig(_Base, frozen=True):
     """One SMPP account: `binds` connections to one SMSC, each with its own window and rate."""
 
     host: str
@@ -181,7 +183,7 @@ class SmppConfig(_Base):
     max_pdu_bytes: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] = 65_536 + 512
 
 
-class EmailConfig(_Base):
+class EmailConfig(_Base, frozen=True):
     """Email over SMTP: through a relay (`relay_host`), or straight to each recipient
     domain's MX when no relay is set."""
 
@@ -213,7 +215,7 @@ class EmailConfig(_Base):
     max_messages_per_connection: Positive = 100
 
 
-class ChannelConfig(_Base):
+class ChannelConfig(_Base, frozen=True):
     type: Literal["webhook", "smpp", "email"]
     #: Messages in flight at once on this channel.
     width: Positive = 32
@@ -240,7 +242,7 @@ class ChannelConfig(_Base):
         return self.burst or max(1.0, self.rate / 10)
 
 
-class TenantConfig(_Base):
+class TenantConfig(_Base, frozen=True):
     #: Hashes of the tenant's API keys: "sha256:<hex>" (see `sluice hash-key`).
     api_keys: list[str]
     #: Messages per second accepted from this tenant; 0 means unlimited.
@@ -250,7 +252,7 @@ class TenantConfig(_Base):
     channels: list[str] = []
 
 
-class CallbacksConfig(_Base):
+class CallbacksConfig(_Base, frozen=True):
     max_attempts: Positive = 10
     base_seconds: Seconds = 1.0
     max_seconds: Seconds = 600.0
@@ -264,7 +266,7 @@ class CallbacksConfig(_Base):
 Action = Literal["enforce", "drop", "ignore"]
 
 
-class ScreeningConfig(_Base):
+class ScreeningConfig(_Base, frozen=True):
     """Checks on the raw connection before any SMTP work (Postfix postscreen's tests).
 
     Actions, as in postscreen: "enforce" lets the client go on but refuses every RCPT TO with
@@ -311,7 +313,7 @@ class ScreeningConfig(_Base):
     save_every_seconds: Seconds = 60.0
 
 
-class GreylistConfig(_Base):
+class GreylistConfig(_Base, frozen=True):
     """Greylisting at RCPT TO (postgrey): a new (client /24 or /64, sender, recipient) triplet
     is refused with 451 4.7.1 until it retries after `delay_seconds`."""
 
@@ -326,7 +328,7 @@ class GreylistConfig(_Base):
     recipients: list[str] = []
 
 
-class SmtpConfig(_Base):
+class SmtpConfig(_Base, frozen=True):
     """The SMTP front door: screening, then an SMTP session; accepted mail becomes messages."""
 
     #: Tenant that owns mail from clients that did not authenticate (AUTH names the tenant).
@@ -360,7 +362,7 @@ class SmtpConfig(_Base):
     greylist: GreylistConfig = GreylistConfig()
 
 
-class RedisConfig(_Base):
+class RedisConfig(_Base, frozen=True):
     """Redis, for what processes share: global channel rates. Unset: every limit is local."""
 
     #: redis://host:port/db; empty: no Redis.
@@ -373,7 +375,7 @@ class RedisConfig(_Base):
     timeout_seconds: Seconds = 0.5
 
 
-class Config(_Base):
+class Config(_Base, frozen=True):
     server: ServerConfig = ServerConfig()
     journal: JournalConfig = JournalConfig()
     redis: RedisConfig = RedisConfig()
@@ -383,6 +385,74 @@ class Config(_Base):
     tenants: dict[str, TenantConfig] = {}
     #: The SMTP front door; absent: no SMTP listener.
     smtp: SmtpConfig | None = None
+
+
+def hash_api_key(key: str) -> str:
+    """The form an API key takes in the configuration."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _check(config: Config) -> None:
+    """Rules that span fields; types and ranges are checked by the schema. One check per
+    section; the first fault found is the one reported."""
+    _check_server(config.server)
+    _check_journal(config.journal, config.server)
+    # After the journal's: with the sqlite journal, more than one process is the fault to name
+    # (the range of node numbers follows from server.workers).
+    _check_nodes(config.server)
+    _check_redis(config.redis)
+    if config.smtp is not None:
+        _check_smtp(config, config.smtp)
+    for name, channel in config.channels.items():
+        _check_channel(name, channel, config.channels)
+    _check_tenants(config.tenants, config.channels)
+
+
+def _check_server(server: ServerConfig) -> None:
+    host, sep, port = server.listen.rpartition(":")
+    valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
+    if not sep or not host or not valid_port:
+        raise ConfigError(f"server.listen: expected host:port, got {server.listen!r}")
+
+
+def _check_journal(journal: JournalConfig, server: ServerConfig) -> None:
+    if journal.heartbeat_seconds >= journal.lease_seconds:
+        raise ConfigError(
+            "journal.heartbeat_seconds: must be shorter than journal.lease_seconds "
+            f"({journal.heartbeat_seconds} >= {journal.lease_seconds})"
+        )
+    if journal.backend == "sqlite":
+        if server.workers > 1:
+            raise ConfigError(
+                "server.workers: the sqlite journal serves one process; "
+                'use journal.backend = "postgres" for more'
+            )
+        if server.role != "all":
+            raise ConfigError(
+                'server.role: "api" and "worker" need a journal they share '
+                '(journal.backend = "postgres")'
+            )
+    elif not journal.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"journal.url: expected postgresql://…, got {journal.url!r}")
+
+
+def _check_nodes(server: ServerConfig) -> None:
+    node, workers = server.node, server.workers
+    if node is not None and node + workers - 1 > NODE_MAX:
+        raise ConfigError(
+            f"server.node: {workers} processes number their message ids from server.node = "
+            f"{node} up to {node + workers - 1}, past the largest node {NODE_MAX}; set "
+            f"server.node to at most {NODE_MAX + 1 - workers}, or leave it unset for "
+            "random distinct nodes"
+        )
+
+
+def _check_redis(redis: RedisConfig) -> None:
+    if redis.url and not redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis.url: expected redis://…, got {redis.url!r}")
 
 
 def _check_smtp(config: Config, smtp: SmtpConfig) -> None:
@@ -406,89 +476,48 @@ def _check_smtp(config: Config, smtp: SmtpConfig) -> None:
         raise ConfigError("smtp.screening.dnsbl_min_ttl_seconds: larger than dnsbl_max_ttl")
 
 
-def hash_api_key(key: str) -> str:
-    """The form an API key takes in the configuration."""
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-def _check(config: Config) -> None:
-    """Rules that span fields; types and ranges are checked by the schema."""
-    host, sep, port = config.server.listen.rpartition(":")
-    valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
-    if not sep or not host or not valid_port:
-        raise ConfigError(f"server.listen: expected host:port, got {config.server.listen!r}")
-    if config.journal.heartbeat_seconds >= config.journal.lease_seconds:
+def _check_channel(
+    name: str, channel: ChannelConfig, channels: Mapping[str, ChannelConfig]
+) -> None:
+    key = f"channels.{name}"
+    if channel.type == "webhook" and channel.webhook is None:
+        raise ConfigError(f"{key}.webhook: required for a channel of type 'webhook'")
+    if channel.type == "smpp" and channel.smpp is None:
+        raise ConfigError(f"{key}.smpp: required for a channel of type 'smpp'")
+    if channel.type == "email" and channel.email is None:
         raise ConfigError(
-            "journal.heartbeat_seconds: must be shorter than journal.lease_seconds "
-            f"({config.journal.heartbeat_seconds} >= {config.journal.lease_seconds})"
+            f"{key}.email: required for a channel of type 'email' (an empty table sends "
+            "to each recipient domain's MX)"
         )
-    if config.journal.backend == "sqlite":
-        if config.server.workers > 1:
+    if channel.smpp is not None:
+        smpp = channel.smpp
+        if smpp.reconnect_min_seconds > smpp.reconnect_max_seconds:
+            raise ConfigError(f"{key}.smpp.reconnect_min_seconds: larger than reconnect_max")
+        if smpp.mo_webhook is not None and not smpp.mo_webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.smpp.mo_webhook: expected an http(s) URL")
+        if channel.width < smpp.binds * smpp.window:
             raise ConfigError(
-                "server.workers: the sqlite journal serves one process; "
-                'use journal.backend = "postgres" for more'
+                f"{key}.width: {channel.width} is less than smpp.binds * smpp.window "
+                f"({smpp.binds * smpp.window}); the windows could never fill"
             )
-        if config.server.role != "all":
-            raise ConfigError(
-                'server.role: "api" and "worker" need a journal they share '
-                '(journal.backend = "postgres")'
-            )
-    elif not config.journal.url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"journal.url: expected postgresql://…, got {config.journal.url!r}")
-    node, workers = config.server.node, config.server.workers
-    if node is not None and node + workers - 1 > NODE_MAX:
+    if channel.webhook is not None and not channel.webhook.url.startswith(("http://", "https://")):
         raise ConfigError(
-            f"server.node: {workers} processes number their message ids from server.node = "
-            f"{node} up to {node + workers - 1}, past the largest node {NODE_MAX}; set "
-            f"server.node to at most {NODE_MAX + 1 - workers}, or leave it unset for "
-            "random distinct nodes"
+            f"{key}.webhook.url: expected an http(s) URL, got {channel.webhook.url!r}"
         )
-    if config.redis.url and not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis.url: expected redis://…, got {config.redis.url!r}")
-    if config.smtp is not None:
-        _check_smtp(config, config.smtp)
-    for name, channel in config.channels.items():
-        key = f"channels.{name}"
-        if channel.type == "webhook" and channel.webhook is None:
-            raise ConfigError(f"{key}.webhook: required for a channel of type 'webhook'")
-        if channel.type == "smpp" and channel.smpp is None:
-            raise ConfigError(f"{key}.smpp: required for a channel of type 'smpp'")
-        if channel.type == "email" and channel.email is None:
-            raise ConfigError(
-                f"{key}.email: required for a channel of type 'email' (an empty table sends "
-                "to each recipient domain's MX)"
-            )
-        if channel.smpp is not None:
-            smpp = channel.smpp
-            if smpp.reconnect_min_seconds > smpp.reconnect_max_seconds:
-                raise ConfigError(f"{key}.smpp.reconnect_min_seconds: larger than reconnect_max")
-            if smpp.mo_webhook is not None and not smpp.mo_webhook.startswith(
-                ("http://", "https://")
-            ):
-                raise ConfigError(f"{key}.smpp.mo_webhook: expected an http(s) URL")
-            if channel.width < smpp.binds * smpp.window:
-                raise ConfigError(
-                    f"{key}.width: {channel.width} is less than smpp.binds * smpp.window "
-                    f"({smpp.binds * smpp.window}); the windows could never fill"
-                )
-        if channel.webhook is not None and not channel.webhook.url.startswith(
-            ("http://", "https://")
-        ):
-            raise ConfigError(
-                f"{key}.webhook.url: expected an http(s) URL, got {channel.webhook.url!r}"
-            )
-        if channel.failover is not None:
-            if channel.failover == name:
-                raise ConfigError(f"{key}.failover: a channel cannot fail over to itself")
-            if channel.failover not in config.channels:
-                raise ConfigError(f"{key}.failover: unknown channel {channel.failover!r}")
-        if channel.retry.base_seconds > channel.retry.max_seconds:
-            raise ConfigError(f"{key}.retry.base_seconds: larger than retry.max_seconds")
+    if channel.failover is not None:
+        if channel.failover == name:
+            raise ConfigError(f"{key}.failover: a channel cannot fail over to itself")
+        if channel.failover not in channels:
+            raise ConfigError(f"{key}.failover: unknown channel {channel.failover!r}")
+    if channel.retry.base_seconds > channel.retry.max_seconds:
+        raise ConfigError(f"{key}.retry.base_seconds: larger than retry.max_seconds")
+
+
+def _check_tenants(
+    tenants: Mapping[str, TenantConfig], channels: Mapping[str, ChannelConfig]
+) -> None:
     seen_keys: dict[str, str] = {}
-    for name, tenant in config.tenants.items():
+    for name, tenant in tenants.items():
         key = f"tenants.{name}"
         if not tenant.api_keys:
             raise ConfigError(f"{key}.api_keys: a tenant needs at least one key")
@@ -504,7 +533,7 @@ def _check(config: Config) -> None:
                 )
             seen_keys[api_key] = name
         for channel_name in tenant.channels:
-            if channel_name not in config.channels:
+            if channel_name not in channels:
                 raise ConfigError(f"{key}.channels: unknown channel {channel_name!r}")
 
 
@@ -521,7 +550,7 @@ def _env_value(text: str) -> Any:
 
 def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Overlay ``SLUICE__A__B=value`` variables on a parsed TOML document (returns a copy)."""
-    merged = _deep_copy(raw)
+    merged: dict[str, Any] = _deep_copy(raw)
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -553,7 +582,7 @@ _UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]*)`$")
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
-def _convert(raw: Any, kind: type[Any], prefix: str) -> Any:
+def _convert(raw: Any, kind: type[_T], prefix: str) -> _T:
     try:
         return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
@@ -571,7 +600,7 @@ def _convert(raw: Any, kind: type[Any], prefix: str) -> Any:
         raise ConfigError(f"{key or '(top level)'}: {reason}") from None
 
 
-def _convert_table(raw: dict[str, Any], name: str, kind: type[Any]) -> dict[str, Any]:
+def _convert_table(raw: dict[str, Any], name: str, kind: type[_T]) -> dict[str, _T]:
     table = raw.get(name, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{name}: expected a table, got {type(table).__name__}")

@@ -13,8 +13,10 @@ import shutil
 import smtplib
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -74,12 +76,12 @@ MAIL_COUNT = 5
 
 def smtp_front_door(smtp_sink_port: int) -> tuple[dict[str, object], dict[str, object]]:
     """The email channel (to the bundled SMTP sink) and the SMTP front door's section."""
-    email = {
+    email: dict[str, object] = {
         "type": "email",
         "width": 4,
         "email": {"relay_host": "127.0.0.1", "relay_port": smtp_sink_port},
     }
-    smtp = {
+    smtp: dict[str, object] = {
         "listen": "127.0.0.1:0",
         "hostname": f"mx.{MAIL_DOMAIN}",
         "tenant": "demo",
@@ -177,7 +179,7 @@ async def _mail(console: Console, gateway: SluiceGateway, mail_sink: SmtpSink) -
             break
         await asyncio.sleep(0.1)
     after = sum((await gateway.journal.count_by_state()).values())
-    counts = gateway.smtp.stats.counts
+    counts = gateway.smtp.stats().verdicts
     console.print(
         f"SMTP front door: {2 * MAIL_COUNT} mails accepted ({after - before} messages stored "
         f"before each 250); screening: {counts.get(('screening', 'pass_new'), 0)} PASS NEW, "
@@ -192,7 +194,7 @@ def _fresh_directory(path: Path) -> None:
 
 
 async def _post(
-    session: aiohttp.ClientSession, base: str, batch: list[dict[str, object]]
+    session: aiohttp.ClientSession, base: str, batch: Sequence[Mapping[str, object]]
 ) -> list[str]:
     async with session.post(
         f"{base}/v1/messages",
@@ -310,9 +312,10 @@ def _report_sms(console: Console, smsc: SmscSimulator) -> None:
 
 async def _latencies(
     session: aiohttp.ClientSession, base: str, ids: list[str]
-) -> tuple[list[float], dict[str, object] | None]:
+) -> tuple[list[float], dict[str, Any] | None]:
+    """Accept-to-sent latencies of `ids`, and the record (decoded JSON) of one that was retried."""
     latencies: list[float] = []
-    retried: dict[str, object] | None = None
+    retried: dict[str, Any] | None = None
     for message_id in ids:
         async with session.get(
             f"{base}/v1/messages/{message_id}", headers={"Authorization": f"Bearer {DEMO_KEY}"}

@@ -227,7 +227,8 @@ class ClientMemory:
         if row < 0:
             return False
         offset = (row & _PAGE_MASK) * _ROW_SIZE + _EXPIRY_AT + 4 * test
-        return _EXPIRY.unpack_from(self._pages[row >> _PAGE_BITS], offset)[0] > now
+        until: int = _EXPIRY.unpack_from(self._pages[row >> _PAGE_BITS], offset)[0]
+        return until > now
 
     def forget_before(self, cutoff: int) -> int:
         """Drop every address last seen before `cutoff`, compact the rows and return how many

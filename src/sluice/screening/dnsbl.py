@@ -382,7 +382,9 @@ class DnsblScorer:
                     qname, "A", lifetime=lifetime, search=False, raise_on_no_answer=False
                 )
         except dns.resolver.NXDOMAIN as error:
-            responses = list(error.responses().values())
+            # dnspython leaves NXDOMAIN.responses() unannotated: it maps names to Messages.
+            replies: dict[object, dns.message.Message] = error.responses()  # type: ignore[no-untyped-call]
+            responses = list(replies.values())
             negative_ttl = _negative_ttl(responses[0]) if responses else None
             self._cache.put(qname, (), self._clamp(negative_ttl))
             return _Lookup(_Outcome.ANSWERED)
@@ -426,7 +428,8 @@ def _negative_ttl(response: dns.message.Message) -> int | None:
     """How long "not listed" may be cached: the SOA's TTL or its minimum, whichever is lower."""
     for rrset in response.authority:
         if rrset.rdtype == dns.rdatatype.SOA:
-            return min(rrset.ttl, rrset[0].minimum)
+            minimum: int = rrset[0].minimum
+            return min(rrset.ttl, minimum)
     return None
 
 

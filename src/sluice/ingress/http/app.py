@@ -229,7 +229,7 @@ class HttpApi:
             event = await receive()
             if event["type"] == "http.disconnect":
                 raise _ClientGone
-            chunk = event.get("body", b"")
+            chunk: bytes = event.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise _too_large(limit)

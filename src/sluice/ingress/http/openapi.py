@@ -47,9 +47,11 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _schemas(config: Config) -> dict[str, Any]:
     limits = config.limits
+    timestamp_in_text = (
+        "RFC 3339 date-time with a time zone, or integer milliseconds since the Unix epoch."
+    )
     timestamp_in = {
-        "description": "RFC 3339 date-time with a time zone, or integer milliseconds since the "
-        "Unix epoch.",
+        "description": timestamp_in_text,
         "oneOf": [
             {"type": "string", "format": "date-time"},
             {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_999},
@@ -110,13 +112,12 @@ def _schemas(config: Config) -> dict[str, Any]:
                 "priority": {**priority, "default": "normal"},
                 "not_before": {
                     **timestamp_in,
-                    "description": "Do not deliver before this time. "
-                    + timestamp_in["description"],
+                    "description": "Do not deliver before this time. " + timestamp_in_text,
                 },
                 "expires_at": {
                     **timestamp_in,
                     "description": "Give up delivering at this time; must be in the future and "
-                    "after not_before. " + timestamp_in["description"],
+                    "after not_before. " + timestamp_in_text,
                 },
                 "ttl_seconds": {
                     "type": "integer",

@@ -253,7 +253,7 @@ class MessageParser:
                     _where(index) + "body",
                 )
         not_before = m.not_before
-        if not_before is not None and type(not_before) is not int:
+        if not_before is not None and not isinstance(not_before, int):
             not_before = _to_ms(not_before, _where(index) + "not_before")
         expires_at = m.expires_at
         if expires_at is not None or m.ttl_seconds is not None:
@@ -307,7 +307,7 @@ class MessageParser:
         else:
             raw = m.expires_at
             assert raw is not None
-            expires_at = raw if type(raw) is int else _to_ms(raw, where + "expires_at")
+            expires_at = raw if isinstance(raw, int) else _to_ms(raw, where + "expires_at")
         if expires_at <= now:
             raise ApiError(
                 422, "invalid_message", "expires_at is in the past", where + "expires_at"

@@ -150,8 +150,9 @@ class MailHandler:
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, address: str, *, authenticated: bool) -> str | None:
-        """None when the recipient has a route, else the refusal reply."""
+    def _route(self, address: str, *, authenticated: bool | None) -> str | None:
+        """None when the recipient has a route, else the refusal reply (`authenticated` is
+        aiosmtpd's session flag: None until an AUTH succeeds)."""
         local, _, domain = address.rpartition("@")
         domain = domain.lower()
         if not local:

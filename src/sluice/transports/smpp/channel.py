@@ -22,6 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -37,6 +38,7 @@ from sluice.protocols.smpp import (
     SubmitSm,
     SubmitSmResp,
     Tag,
+    Tlv,
     describe,
     is_permanent,
     tlv_cstring_value,
@@ -145,7 +147,8 @@ class SmppTransport:
                 self._bind_up.set()
                 keepalive = tg.create_task(bind.keepalive())
                 closing = tg.create_task(self._closing.wait())
-                await asyncio.wait({bind.closed, closing}, return_when=asyncio.FIRST_COMPLETED)
+                ending: set[asyncio.Future[Any]] = {bind.closed, closing}
+                await asyncio.wait(ending, return_when=asyncio.FIRST_COMPLETED)
                 closing.cancel()
                 keepalive.cancel()
                 self.binds.remove(bind)
@@ -309,7 +312,7 @@ class SmppTransport:
 
     def _submit_sm(self, message: Message, segment: Segment) -> SubmitSm:
         config = self._config
-        tlvs = ()
+        tlvs: tuple[Tlv, ...] = ()
         if segment.sar is not None:
             ref, total, seq = segment.sar
             tlvs = (
