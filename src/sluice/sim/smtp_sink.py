@@ -5,6 +5,10 @@ demo, the integration tests and the benchmarks (``sluice sim smtp``): aiosmtpd s
 protocol (EHLO, STARTTLS, AUTH, SIZE, 8BITMIME, SMTPUTF8, dot-stuffing), the sink decides the
 answers, keeps the last messages it accepted and counts what happened.
 
+The options, aiosmtpd's hooks and the counts are one module, as they are one concept: every
+hook reads the options and counts what it answered (the STARTTLS certificates are made in
+`sluice.sim.certificates`).
+
 How it answers:
 
 - Greeting and EHLO name: ``hostname``. EHLO offers SIZE (``max_message_size``, 0: no limit),
@@ -51,23 +55,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import ipaddress
 import logging
 import math
-import os
 import random
-import shutil
 import ssl
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr
 
 import msgspec
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
 
-from sluice.sim.options import add_report_argument, report
+from sluice.sim.base import Simulator
+from sluice.sim.certificates import load_tls, self_signed_context
+from sluice.sim.options import check_number, check_port, options_from_flags
+from sluice.sim.report import add_report_argument, check_report_seconds, run_until_cancelled
 
 log = logging.getLogger("sluice.sim.smtp")
 
@@ -80,11 +82,6 @@ DEFAULT_SESSION_TIMEOUT_SECONDS = 300.0
 CLOSE_GRACE_SECONDS = 1.0
 #: Listen backlog: a channel opens its whole width of connections at once (see webhook_sink).
 LISTEN_BACKLOG = 1024
-#: Days the self-signed certificate is valid: long enough for a demo, short enough to be
-#: useless if it leaks.
-SELF_SIGNED_DAYS = 2
-#: Seconds the ``openssl`` command gets to make a key and a certificate.
-OPENSSL_TIMEOUT_SECONDS = 30.0
 
 _OK_RCPT = "250 2.1.5 Ok"
 _TEMP_FAIL = "451 4.3.0 Simulated temporary failure (temp_fail_ratio)"
@@ -136,8 +133,7 @@ class SmtpSinkOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     session_timeout_seconds: float = DEFAULT_SESSION_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port: expected 0..65535, got {self.port}")
+        check_port("port", self.port)
         if not self.hostname or any(c.isspace() for c in self.hostname):
             raise ValueError(
                 f"hostname: expected a host name without spaces, got {self.hostname!r}"
@@ -167,15 +163,14 @@ class SmtpSinkOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
                 )
             if "\r" in text or "\n" in text:
                 raise ValueError(f"reject_recipients[{key!r}]: reply text must be one line")
-        _check_ratio("temp_fail_ratio", self.temp_fail_ratio)
-        _check_ratio("perm_fail_ratio", self.perm_fail_ratio)
+        check_number("temp_fail_ratio", self.temp_fail_ratio, 0.0, 1.0)
+        check_number("perm_fail_ratio", self.perm_fail_ratio, 0.0, 1.0)
         if self.temp_fail_ratio + self.perm_fail_ratio > 1.0:
             raise ValueError(
                 "perm_fail_ratio: temp_fail_ratio + perm_fail_ratio must be at most 1, got "
                 f"{self.temp_fail_ratio!r} + {self.perm_fail_ratio!r}"
             )
-        if not (math.isfinite(self.data_latency_ms) and self.data_latency_ms >= 0):
-            raise ValueError(f"data_latency_ms: expected a number >= 0, got {self.data_latency_ms}")
+        check_number("data_latency_ms", self.data_latency_ms, 0.0)
         if self.max_message_size < 0:
             raise ValueError(f"max_message_size: expected >= 0, got {self.max_message_size}")
         if self.record_limit < 0:
@@ -189,11 +184,6 @@ class SmtpSinkOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     @property
     def has_tls(self) -> bool:
         return self.self_signed or self.tls_cert is not None
-
-
-def _check_ratio(name: str, value: float) -> None:
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name}: expected a number between 0 and 1, got {value!r}")
 
 
 class ReceivedMail(msgspec.Struct, kw_only=True, frozen=True):
@@ -292,7 +282,7 @@ class _SinkSession(SMTP):
         finally:
             self._sink._closed(self)
 
-    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+    async def push(self, status: AnyStr) -> None:
         line = status.encode() if isinstance(status, str) else status
         code = int(line[:3]) if line[:3].isdigit() else 0
         self._last_code = code
@@ -378,8 +368,10 @@ class _SinkHandler:
         return f"500 Error: ({type(error).__name__}) {error}"
 
 
-class SmtpSink:
+class SmtpSink(Simulator):
     """The sink server; see the module docstring for what it answers and counts."""
+
+    NAME = "SMTP sink"
 
     def __init__(self, options: SmtpSinkOptions | None = None) -> None:
         self._options = options if options is not None else SmtpSinkOptions()
@@ -403,15 +395,15 @@ class SmtpSink:
     async def start(self) -> int:
         """Listen on ``options.host:options.port`` and return the bound port."""
         if self._server is not None:
-            raise RuntimeError(f"SMTP sink already started on port {self._port}")
+            raise RuntimeError(f"{self.NAME} already started on port {self._port}")
         options = self._options
         if options.self_signed:
-            self._tls_context, self._certificate_pem = await _self_signed_context(
+            self._tls_context, self._certificate_pem = await self_signed_context(
                 options.hostname, options.host
             )
         elif options.tls_cert is not None and options.tls_key is not None:
             self._tls_context, self._certificate_pem = await asyncio.to_thread(
-                _load_tls, options.tls_cert, options.tls_key
+                load_tls, options.tls_cert, options.tls_key
             )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -439,18 +431,13 @@ class SmtpSink:
                 await self._all_closed.wait()
         await server.wait_closed()
 
-    async def __aenter__(self) -> SmtpSink:
-        if self._server is None:
-            await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    @property
+    def started(self) -> bool:
+        return self._server is not None
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("SMTP sink is not started: call start() first")
+        self._check_started()
         return self._port
 
     @property
@@ -526,7 +513,7 @@ class SmtpSink:
                 await waiter.event.wait()
         except TimeoutError:
             raise TimeoutError(
-                f"SMTP sink: waited {timeout:g} s for {messages} messages, got "
+                f"{self.NAME}: waited {timeout:g} s for {messages} messages, got "
                 f"{self._stats_messages} ({self.stats().summary()})"
             ) from None
         finally:
@@ -627,58 +614,25 @@ def _format_peer(peer: Any) -> str:
     return str(peer)
 
 
-def _load_tls(cert: str, key: str) -> tuple[ssl.SSLContext, str]:
-    """A server context for STARTTLS from PEM files, and the certificate's PEM."""
-    # Purpose.CLIENT_AUTH: a server-side context that asks clients for no certificate, which
-    # aiosmtpd expects (it warns about anything stricter).
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context, Path(cert).read_text()
-
-
-async def _self_signed_context(hostname: str, host: str) -> tuple[ssl.SSLContext, str]:
-    """A server context with a fresh key and self-signed certificate, and that PEM."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise RuntimeError(
-            "self_signed: the openssl command line tool is not on PATH; install it or give "
-            "tls_cert and tls_key"
-        )
-    names = [f"DNS:{hostname}", "DNS:localhost", "IP:127.0.0.1", "IP:::1"]
-    try:
-        ipaddress.ip_address(host)
-        if host not in ("127.0.0.1", "::1", "0.0.0.0", "::"):
-            names.append(f"IP:{host}")
-    except ValueError:
-        names.append(f"DNS:{host}")
-    with tempfile.TemporaryDirectory(prefix="sluice-smtp-sink-") as workdir:
-        cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
-        process = await asyncio.create_subprocess_exec(
-            openssl, "req", "-x509", "-batch", "-nodes",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-keyout", key, "-out", cert, "-days", str(SELF_SIGNED_DAYS),
-            "-subj", f"/CN={hostname}", "-addext", f"subjectAltName={','.join(names)}",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            async with asyncio.timeout(OPENSSL_TIMEOUT_SECONDS):
-                _, stderr = await process.communicate()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise RuntimeError(
-                f"self_signed: openssl took more than {OPENSSL_TIMEOUT_SECONDS:g} s"
-            ) from None
-        if process.returncode != 0:
-            raise RuntimeError(
-                f"self_signed: openssl failed (exit {process.returncode}): "
-                f"{stderr.decode(errors='replace').strip()}"
-            )
-        return await asyncio.to_thread(_load_tls, cert, key)
-
-
 # -- command line (`sluice sim smtp`) --------------------------------------------------------
+
+
+# Option fields whose flag takes the value as it is (the others are not on the command line,
+# or are built from repeated flags).
+_PLAIN_FIELDS = (
+    "host",
+    "port",
+    "hostname",
+    "tls_cert",
+    "tls_key",
+    "self_signed",
+    "require_starttls",
+    "temp_fail_ratio",
+    "perm_fail_ratio",
+    "seed",
+    "data_latency_ms",
+    "max_message_size",
+)
 
 
 def _parse_auth(value: str) -> tuple[str, str]:
@@ -750,37 +704,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> SmtpSinkOptions:
     """`SmtpSinkOptions` from parsed arguments; ValueError names the flag."""
-    try:
-        return SmtpSinkOptions(
-            host=args.host,
-            port=args.port,
-            hostname=args.hostname,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            self_signed=args.self_signed,
-            require_starttls=args.require_starttls,
-            auth=dict(args.auth) if args.auth else None,
-            reject_recipients=dict(args.reject or ()),
-            temp_fail_ratio=args.temp_fail_ratio,
-            perm_fail_ratio=args.perm_fail_ratio,
-            seed=args.seed,
-            data_latency_ms=args.data_latency_ms,
-            max_message_size=args.max_message_size,
-        )
-    except ValueError as exc:
-        field, sep, reason = str(exc).partition(": ")
-        field = field.partition("[")[0]
-        flag = {"auth": "auth", "reject_recipients": "reject"}.get(field, field)
-        raise ValueError(f"--{flag.replace('_', '-')}{sep}{reason}") from None
+    return options_from_flags(
+        SmtpSinkOptions,
+        args,
+        _PLAIN_FIELDS,
+        {"reject_recipients": "--reject"},
+        auth=dict(args.auth) if args.auth else None,
+        reject_recipients=dict(args.reject or ()),
+    )
 
 
 async def run_from_args(args: argparse.Namespace) -> None:
     """Run the sink until cancelled, printing a summary every ``--report-seconds``."""
     options = options_from_args(args)
-    async with SmtpSink(options) as sink:
+    check_report_seconds(args.report_seconds)
+    sink = SmtpSink(options)
+    await sink.start()
+
+    async def listening() -> str:
         tls = " with STARTTLS" if options.has_tls else ""
-        print(f"SMTP sink listening on {options.host}:{sink.port}{tls}", flush=True)
-        try:
-            await report(lambda: sink.stats().summary(), args.report_seconds)
-        finally:
-            print(f"SMTP sink closed: {sink.stats().summary()}", flush=True)
+        return f"{options.host}:{sink.port}{tls}"
+
+    await run_until_cancelled(sink, listening, args.report_seconds)

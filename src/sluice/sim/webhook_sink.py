@@ -68,23 +68,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from sluice.sim.options import add_report_argument, report, with_changes
+from sluice.sim.arrivals import ARRIVAL_WINDOW_SECONDS, ArrivalCounts
+from sluice.sim.base import Simulator
+from sluice.sim.control import ControlRoutes, error_body, http_host, json_response, start_http
+from sluice.sim.options import check_number, check_port, options_from_flags, with_changes
+from sluice.sim.report import add_report_argument, check_report_seconds, run_until_cancelled
 
 #: Paths under this prefix are the sink's own endpoints; every other path is a webhook target.
 CONTROL_PREFIX = "/_sink/"
-#: Seconds of per-second arrival counts kept: five minutes covers a demo or a benchmark run
-#: in two fixed lists of 300 ints.
-ARRIVAL_WINDOW_SECONDS = 300
 #: Sent with every 429: the rate-limit bucket refills within a second.
 RETRY_AFTER_SECONDS = 1
 #: Seconds `WebhookSink.close` lets answers still being held back finish before cancelling.
@@ -93,26 +93,11 @@ CLOSE_GRACE_SECONDS = 1.0
 #: whole width of connections at once; Linux caps it at net.core.somaxconn (4096 since 5.4).
 LISTEN_BACKLOG = 1024
 
-_JSON = "application/json"
 _BODY_ACCEPTED = b'{"accepted":true}'
 _FAIL_STATUS_RANGE = (400, 599)
-
-
-def _error_body(message: str) -> bytes:
-    return msgspec.json.encode({"error": message})
-
-
-_BODY_FAIL_STATUS = _error_body("fixed failure status (fail_status)")
-_BODY_UNAVAILABLE = _error_body("simulated outage (error_ratio)")
-_BODY_THROTTLED = _error_body("simulated throttling (throttle_ratio)")
-
-
-def _check_number(name: str, value: object, low: float, high: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-        raise ValueError(f"{name}: expected a number {bounds}, got {value!r}")
+_BODY_FAIL_STATUS = error_body("fixed failure status (fail_status)")
+_BODY_UNAVAILABLE = error_body("simulated outage (error_ratio)")
+_BODY_THROTTLED = error_body("simulated throttling (throttle_ratio)")
 
 
 class SinkOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -142,11 +127,11 @@ class SinkOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_number("latency_ms", self.latency_ms, 0.0)
-        _check_number("latency_jitter_ms", self.latency_jitter_ms, 0.0)
-        _check_number("error_ratio", self.error_ratio, 0.0, 1.0)
-        _check_number("throttle_ratio", self.throttle_ratio, 0.0, 1.0)
-        _check_number("rate_limit", self.rate_limit, 0.0)
+        check_number("latency_ms", self.latency_ms, 0.0)
+        check_number("latency_jitter_ms", self.latency_jitter_ms, 0.0)
+        check_number("error_ratio", self.error_ratio, 0.0, 1.0)
+        check_number("throttle_ratio", self.throttle_ratio, 0.0, 1.0)
+        check_number("rate_limit", self.rate_limit, 0.0)
         if self.error_ratio + self.throttle_ratio > 1.0:
             raise ValueError(
                 "throttle_ratio: error_ratio + throttle_ratio must be at most 1, got "
@@ -274,15 +259,12 @@ class _Waiter:
 
 
 _Answer = tuple[int, bytes, dict[str, str] | None]
-_ControlHandler = Callable[[web.BaseRequest], Awaitable[web.Response]]
 
 
-def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=body, headers=headers, content_type=_JSON)
-
-
-class WebhookSink:
+class WebhookSink(Simulator):
     """The sink server; see the module docstring for what it answers and counts."""
+
+    NAME = "webhook sink"
 
     def __init__(self, options: SinkOptions | None = None) -> None:
         self._options = SinkOptions()
@@ -297,14 +279,9 @@ class WebhookSink:
         self._provider_seq = 0
         self._in_flight = 0
         self._waiters: list[_Waiter] = []
-        self._control_routes: dict[tuple[str, str], _ControlHandler] = {
-            ("GET", "stats"): self._get_stats,
-            ("GET", "received"): self._get_received,
-            ("POST", "reset"): self._post_reset,
-            ("GET", "config"): self._get_config,
-            ("POST", "config"): self._post_config,
-        }
-        self._control_names = sorted({name for _, name in self._control_routes})
+        self._control = ControlRoutes(
+            CONTROL_PREFIX, self, {("GET", "received"): self._get_received}
+        )
         self.reset()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -312,19 +289,11 @@ class WebhookSink:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (port 0 picks a free one) and return the bound port."""
         if self._runner is not None:
-            raise RuntimeError(f"webhook sink already started on {self.url}")
-        server = web.Server(self._handle, access_log=None)
-        runner = web.ServerRunner(server, shutdown_timeout=CLOSE_GRACE_SECONDS)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+            raise RuntimeError(f"{self.NAME} already started on {self.url}")
+        self._runner, self._port = await start_http(
+            self._handle, host, port, backlog=LISTEN_BACKLOG, shutdown_timeout=CLOSE_GRACE_SECONDS
+        )
         self._host = host
-        self._port = int(runner.addresses[0][1])
         return self._port
 
     async def close(self) -> None:
@@ -333,21 +302,15 @@ class WebhookSink:
         if runner is not None:
             await runner.cleanup()
 
-    async def __aenter__(self) -> WebhookSink:
-        if self._runner is None:
-            await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    @property
+    def started(self) -> bool:
+        return self._runner is not None
 
     @property
     def url(self) -> str:
         """``http://host:port`` of the running sink."""
-        if self._runner is None:
-            raise RuntimeError("webhook sink is not started: call start() first")
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        self._check_started()
+        return f"http://{http_host(self._host)}:{self._port}"
 
     @property
     def options(self) -> SinkOptions:
@@ -372,9 +335,10 @@ class WebhookSink:
         self._max_in_flight = self._in_flight
         self._by_status: dict[int, int] = {}
         self._paths: dict[str, _PathLog] = {}
-        self._arrival_counts = [0] * ARRIVAL_WINDOW_SECONDS
-        self._arrival_stamps = [-1] * ARRIVAL_WINDOW_SECONDS
-        self._counting_since = int(time.time())
+        self._arrivals = ArrivalCounts(int(time.time()))
+        # The ring's own lists, counted into inline per delivery (see `_count`).
+        self._arrival_counts = self._arrivals.counts
+        self._arrival_stamps = self._arrivals.stamps
 
     def received(self, path: str) -> list[str]:
         """Ids accepted (2xx) on ``path``, in arrival order, repeats included."""
@@ -383,13 +347,7 @@ class WebhookSink:
 
     def stats(self) -> SinkStats:
         now = int(time.time())
-        first = max(self._counting_since, now - ARRIVAL_WINDOW_SECONDS + 1)
-        arrivals = [
-            self._arrival_counts[second % ARRIVAL_WINDOW_SECONDS]
-            if self._arrival_stamps[second % ARRIVAL_WINDOW_SECONDS] == second
-            else 0
-            for second in range(first, now + 1)
-        ]
+        arrivals = self._arrivals.series(now)
         by_path = {
             path: PathStats(
                 received=log.received,
@@ -440,7 +398,7 @@ class WebhookSink:
             where = f"on path {path!r}" if path is not None else "on any path"
             stats = self.stats()
             raise TimeoutError(
-                f"webhook sink: waited {timeout:g} s for {count} {what} {where}, got "
+                f"{self.NAME}: waited {timeout:g} s for {count} {what} {where}, got "
                 f"{self._progress(path, accepted_only)} (received {stats.received}, "
                 f"by status {stats.by_status}, paths {sorted(stats.by_path)})"
             ) from None
@@ -459,7 +417,7 @@ class WebhookSink:
             self._bucket = None
         elif self._bucket is None or options.rate_limit != previous.rate_limit:
             self._bucket = _RequestBucket(options.rate_limit, time.monotonic())
-        self._rate_limited_body = _error_body(
+        self._rate_limited_body = error_body(
             f"rate limit of {options.rate_limit:g} requests per second exceeded (rate_limit)"
         )
 
@@ -479,11 +437,11 @@ class WebhookSink:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         if path.startswith(CONTROL_PREFIX):
-            return await self._control(request, path[len(CONTROL_PREFIX) :])
+            return await self._control.handle(request)
         if request.method != "POST":
-            return _json_response(
+            return json_response(
                 405,
-                _error_body(f"method {request.method} not allowed: webhooks are POSTed"),
+                error_body(f"method {request.method} not allowed: webhooks are POSTed"),
                 {"Allow": "POST"},
             )
         self._in_flight += 1
@@ -498,7 +456,7 @@ class WebhookSink:
                 delay_ms += self._rng.uniform(0.0, options.latency_jitter_ms)
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000.0)
-            return _json_response(status, payload, headers)
+            return json_response(status, payload, headers)
         finally:
             self._in_flight -= 1
 
@@ -509,15 +467,15 @@ class WebhookSink:
             problem = self._signature_problem(self._key, headers, body)
             if problem is not None:
                 self._bad_signatures += 1
-                return self._count(path, None, None, (401, _error_body(problem), None))
+                return self._count(path, None, None, (401, error_body(problem), None))
         try:
             envelope = _ENVELOPE_DECODER.decode(body)
         except msgspec.DecodeError as exc:
-            return self._count(path, None, None, (400, _error_body(f"body: {exc}"), None))
+            return self._count(path, None, None, (400, error_body(f"body: {exc}"), None))
         message_id = headers.get("Sluice-Message-Id") or envelope.id
         if not message_id:
             problem = 'missing message id: no Sluice-Message-Id header and no "id" in the body'
-            return self._count(path, None, None, (400, _error_body(problem), None))
+            return self._count(path, None, None, (400, error_body(problem), None))
         options = self._options
         if options.fail_status is not None:
             return self._count(path, None, None, (options.fail_status, _BODY_FAIL_STATUS, None))
@@ -561,6 +519,7 @@ class WebhookSink:
         if log is None:
             log = self._paths[path] = _PathLog()
         log.received += 1
+        # ArrivalCounts.add, inline: this runs once per delivery.
         second = int(time.time())
         slot = second % ARRIVAL_WINDOW_SECONDS
         if self._arrival_stamps[slot] != second:
@@ -578,56 +537,15 @@ class WebhookSink:
             self._wake_waiters()
         return answer
 
-    # -- control endpoints -----------------------------------------------------------------
-
-    async def _control(self, request: web.BaseRequest, name: str) -> web.Response:
-        handler = self._control_routes.get((request.method, name))
-        if handler is not None:
-            return await handler(request)
-        allowed = [method for method, known in self._control_routes if known == name]
-        if allowed:
-            return _json_response(
-                405,
-                _error_body(f"{CONTROL_PREFIX}{name}: use {' or '.join(allowed)}"),
-                {"Allow": ", ".join(allowed)},
-            )
-        known = ", ".join(CONTROL_PREFIX + n for n in self._control_names)
-        return _json_response(
-            404, _error_body(f"unknown control endpoint {CONTROL_PREFIX}{name}; known: {known}")
-        )
-
-    async def _get_stats(self, request: web.BaseRequest) -> web.Response:
-        return _json_response(200, msgspec.json.encode(self.stats()))
+    # -- control endpoints (the common ones are sluice.sim.control's) ------------------------
 
     async def _get_received(self, request: web.BaseRequest) -> web.Response:
         path = request.query.get("path")
         if path is None:
-            return _json_response(
-                400, _error_body("path: query parameter required, e.g. ?path=/hook")
+            return json_response(
+                400, error_body("path: query parameter required, e.g. ?path=/hook")
             )
-        return _json_response(200, msgspec.json.encode(self.received(path)))
-
-    async def _post_reset(self, request: web.BaseRequest) -> web.Response:
-        self.reset()
-        return _json_response(200, b'{"reset":true}')
-
-    async def _get_config(self, request: web.BaseRequest) -> web.Response:
-        return _json_response(200, msgspec.json.encode(self._options.redacted()))
-
-    async def _post_config(self, request: web.BaseRequest) -> web.Response:
-        try:
-            changes = msgspec.json.decode(await request.read())
-        except msgspec.DecodeError as exc:
-            return _json_response(400, _error_body(f"config: body is not JSON: {exc}"))
-        if not isinstance(changes, dict):
-            return _json_response(
-                400, _error_body(f"config: expected a JSON object of options, got {changes!r}")
-            )
-        try:
-            options = self.configure(**changes)
-        except ValueError as exc:
-            return _json_response(400, _error_body(str(exc)))
-        return _json_response(200, msgspec.json.encode(options.redacted()))
+        return json_response(200, msgspec.json.encode(self.received(path)))
 
 
 # -- command line (`sluice sim webhook`) -----------------------------------------------------
@@ -687,33 +605,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> SinkOptions:
     """`SinkOptions` from parsed arguments; ValueError names the flag (``--error-ratio: ...``)."""
-    try:
-        return SinkOptions(
-            latency_ms=args.latency_ms,
-            latency_jitter_ms=args.latency_jitter_ms,
-            error_ratio=args.error_ratio,
-            throttle_ratio=args.throttle_ratio,
-            rate_limit=args.rate_limit,
-            fail_status=args.fail_status,
-            secret=args.secret,
-            seed=args.seed,
-        )
-    except ValueError as exc:
-        field, sep, reason = str(exc).partition(": ")
-        raise ValueError(f"--{field.replace('_', '-')}{sep}{reason}") from None
+    return options_from_flags(SinkOptions, args, SinkOptions.__struct_fields__)
 
 
 async def run_from_args(args: argparse.Namespace) -> None:
     """Run the sink until cancelled, printing a summary every ``--report-seconds``."""
     options = options_from_args(args)
-    _check_number("--report-seconds", args.report_seconds, 0.0)
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port: expected 0..65535, got {args.port}")
+    check_report_seconds(args.report_seconds)
+    check_port("--port", args.port)
     sink = WebhookSink(options)
     await sink.start(args.host, args.port)
-    try:
-        print(f"webhook sink listening on {sink.url}", flush=True)
-        await report(lambda: sink.stats().summary(), args.report_seconds)
-    finally:
-        await sink.close()
-        print(f"webhook sink closed: {sink.stats().summary()}", flush=True)
+
+    async def listening() -> str:
+        return sink.url
+
+    await run_until_cancelled(sink, listening, args.report_seconds)

@@ -3,12 +3,11 @@
 `SmscOptions` is the whole configuration of `sluice.sim.smsc.SmscSimulator`; every field can
 be changed while it runs (``SmscSimulator.configure``, ``POST /_smsc/config``). The meaning of
 each field is on the field; how they combine (which check wins, when the latency is drawn) is
-in the `sluice.sim.smsc` module docstring.
+in the `sluice.sim.smsc.policy` and `sluice.sim.smsc.receipts` module docstrings.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -16,7 +15,7 @@ import msgspec
 
 from sluice.protocols.smpp import CommandStatus
 from sluice.protocols.smpp.receipt import MESSAGE_STATES
-from sluice.sim.options import with_changes
+from sluice.sim.options import check_number, with_changes
 
 #: SMPP v3.4 section 4.1: system_id is a C-Octet String of at most 16 octets, password of 9,
 #: both NUL included.
@@ -32,17 +31,8 @@ LatencyDistribution = Literal["fixed", "uniform", "exponential"]
 #: The receipt states a simulator can report, as 7-letter receipt ``stat`` codes.
 RECEIPT_STATES = tuple(MESSAGE_STATES.values())
 #: Fault ratios drawn from one number per submit_sm, in this order (see the module docstring
-#: of `sluice.sim.smsc`); together they may not exceed 1.
+#: of `sluice.sim.smsc.policy`); together they may not exceed 1.
 FAULT_RATIOS = ("disconnect_ratio", "garbage_ratio", "error_ratio", "reject_ratio", "late_ratio")
-
-
-def check_number(name: str, value: object, low: float, high: float | None = None) -> None:
-    """ValueError naming ``name`` unless ``value`` is a finite number in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-        raise ValueError(f"{name}: expected a number {bounds}, got {value!r}")
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -235,6 +225,6 @@ class SmscOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     def redacted(self) -> dict[str, Any]:
         """The options as a JSON-ready dict, passwords masked."""
-        shown = msgspec.to_builtins(self)
+        shown: dict[str, Any] = msgspec.to_builtins(self)
         shown["accounts"] = dict.fromkeys(self.accounts, "***")
         return shown
