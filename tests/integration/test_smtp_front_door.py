@@ -64,7 +64,7 @@ def door_port(gateway: SluiceGateway) -> int:
 
 def counted(gateway: SluiceGateway, test: str, verdict: str) -> int:
     assert gateway.smtp is not None
-    return gateway.smtp.stats.counts.get((test, verdict), 0)
+    return gateway.smtp.stats().verdicts.get((test, verdict), 0)
 
 
 def send_with_smtplib(port: int, to: str, body: str = "Your code is 4711") -> dict[str, Any]:

@@ -122,3 +122,15 @@ async def test_without_redis_breakers_stay_per_process_and_news_resumes(
         b.fail_twice()  # and now b's news reaches a again
         await until(lambda: a.news.tripped == 1)
         assert a.breaker.state is BreakerState.OPEN
+
+
+async def test_a_breaker_opened_while_the_news_does_not_run_starts_no_task() -> None:
+    # Publishing tasks belong to `run`; before it (or after it) a breaker's opening is only
+    # this process's news, and nothing is left running without an owner.
+    client = redis.asyncio.Redis()  # never connects
+    news = BreakerNews(client, prefix="unused")
+    before = asyncio.all_tasks()
+    news.opened_for("sms")(5.0)
+    assert asyncio.all_tasks() == before
+    assert news.published == 0
+    await client.aclose()

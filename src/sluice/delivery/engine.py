@@ -9,7 +9,7 @@ A process of role "all" or "worker" runs one; a process of role "api" runs none,
 processes that deliver hear of its inserts from the shared journal (`Journal.watch_due`).
 
 Examples:
-    delivery = Delivery(config, journal, telemetry)
+    delivery = Delivery(config, journal)
     await delivery.start()                    # transports connect
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(delivery.run())
@@ -32,7 +32,6 @@ from sluice.flow.stage import Stage
 from sluice.ingress.contract import ChannelStatus
 from sluice.journal.base import Completion, Journal, JournalError, Receipt
 from sluice.model import now_ms
-from sluice.observe.metrics import GatewayMetrics
 from sluice.sharing.build import Sharing
 from sluice.transports.base import OnReceipts, Transport
 from sluice.transports.webhook import WebhookTransport
@@ -66,7 +65,6 @@ class Delivery:
         self,
         config: Config,
         journal: Journal,
-        telemetry: GatewayMetrics,
         transports: Mapping[str, Transport] | None = None,
         sharing: Sharing | None = None,
     ) -> None:
@@ -92,17 +90,11 @@ class Delivery:
                 lease_ms=int(config.journal.lease_seconds * 1000),
                 max_claim=config.journal.max_claim,
                 on_failover=self.wake,
-                observe_latency=telemetry.observer(name),
                 bucket=sharing.bucket(name, channel),
                 on_breaker_open=sharing.breaker_opened(name),
             )
             sharing.watch_breaker(name, runner.breaker)
         journal.watch_due(self.wake)
-        telemetry.watch_delivery(
-            self.runners.values(),
-            [self.completions],  # type: ignore[list-item]
-            self.callbacks,
-        )
         self._stop = asyncio.Event()
 
     def wake(self, channel: str, urgent: bool = False) -> None:
@@ -238,18 +230,19 @@ def _status(
             failed=0,
             retried=0,
         )
+    stats = runner.stats()
     return ChannelStatus(
         name=name,
         type=channel.type,
         width=channel.width,
         rate=channel.rate,
-        current_rate=runner.bucket.rate,
-        burst=int(runner.bucket.burst),
-        in_flight=runner.in_flight,
+        current_rate=stats.rate,
+        burst=int(stats.burst),
+        in_flight=stats.in_flight,
         pending=pending,
-        breaker=runner.breaker.state.name.lower(),
+        breaker=stats.breaker.state.name.lower(),
         failover=channel.failover,
-        sent=runner.sent,
-        failed=runner.failed,
-        retried=runner.retried,
+        sent=stats.sent,
+        failed=stats.failed,
+        retried=stats.retried,
     )

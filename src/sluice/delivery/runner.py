@@ -13,6 +13,9 @@ without counting the attempt. Transient → retried with exponential backoff and
 `max_attempts` or expiry, then FAILED; consecutive transient failures open the breaker, which
 parks the channel (messages stay queued, or move to the failover channel) until a probe
 succeeds. Permanent → FAILED at once.
+
+The arithmetic of a claim (`claim_plan`) and the judging of an answer (`outcomes`) are pure
+functions; this module keeps the state they read and does the I/O around them.
 """
 
 from __future__ import annotations
@@ -29,35 +32,56 @@ from typing import Any
 import msgspec
 
 from sluice.config import ChannelConfig
-from sluice.flow.breaker import BreakerState, CircuitBreaker
+from sluice.delivery.claim_plan import (
+    RATE_WINDOW_SECONDS,
+    Claim,
+    ClaimCounts,
+    claim_ahead,
+    claim_min,
+    plan_claim,
+    urgent_claim_limit,
+)
+from sluice.delivery.latency import LatencyHistogram, LatencyStats
+from sluice.delivery.outcomes import GIVE_UP, REFUSED, SENT, THROTTLED, judge, parked, requeue
+from sluice.flow.breaker import BreakerState, BreakerStats, CircuitBreaker
 from sluice.flow.rate import AdaptiveRate, Bucket, TokenBucket
 from sluice.flow.retry import RetryPolicy
 from sluice.flow.slots import PrioritySlots
 from sluice.flow.stage import Stage, StageClosed
 from sluice.journal.base import Completion, Journal, JournalError
-from sluice.model import Message, Outcome, Priority, State, now_ms
+from sluice.model import Message, Outcome, Priority, now_ms
 from sluice.transports.base import SendResult, Transport
 
 log = logging.getLogger("sluice.channel")
 
-#: How far ahead of the token bucket a claim may reach, in seconds of rate. Larger claims
-#: amortise the journal round trip; smaller ones let a newly arrived urgent message overtake.
-CLAIM_HORIZON_SECONDS = 0.1
-#: Claim ahead of the free slots by what the channel sends in this many seconds (at least one
-#: width): while those are sent, the next claim (a journal commit, some milliseconds under
-#: load) is already on its way. A slow channel claims little ahead, a fast one up to
-#: `max_claim`.
-CLAIM_AHEAD_SECONDS = 0.05
-#: Seconds over which the send rate that sizes the claim-ahead is measured.
-RATE_WINDOW_SECONDS = 0.25
 #: Claims a runner keeps on their way through the journal at once.
 MAX_CLAIMS_IN_FLIGHT = 2
-#: Most free slots a runner waits for before claiming again while it has work in flight.
-CLAIM_MIN_CAP = 16
 #: Longest sleep of an idle runner between looks at the journal (scheduled messages, retries).
 IDLE_POLL_SECONDS = 1.0
 #: How long a runner waits after the journal failed a call (it retried on its own first).
 JOURNAL_RETRY_SECONDS = 1.0
+
+
+class RunnerStats(msgspec.Struct, frozen=True):
+    """What a channel runner tells of itself (for metrics and the status API)."""
+
+    name: str
+    #: Attempt outcomes since start: sent, failed (refused or given up), retried (a transient
+    #: failure queued again), throttled (queued again, the attempt not counted).
+    sent: int
+    failed: int
+    retried: int
+    throttled: int
+    #: Messages handed to the transport and not yet answered, and claimed and not yet done.
+    in_flight: int
+    claimed: int
+    width: int
+    #: The rate in force (messages/s, 0 = unlimited) after throttling, and the bucket's burst.
+    rate: float
+    burst: float
+    breaker: BreakerStats
+    #: Send latencies by outcome ("sent", "transient" …), of the outcomes seen so far.
+    latency: dict[str, LatencyStats]
 
 
 class ChannelRunner:
@@ -75,7 +99,6 @@ class ChannelRunner:
         on_failover: Callable[[str], None] = lambda channel: None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        observe_latency: Callable[[str, float], None] = lambda outcome, seconds: None,
         bucket: Bucket | None = None,
         on_breaker_open: Callable[[float], None] | None = None,
     ) -> None:
@@ -89,7 +112,8 @@ class ChannelRunner:
         self._max_claim = max_claim
         self._on_failover = on_failover
         self._clock = clock
-        self._observe = observe_latency
+        #: Send latencies, one histogram per `Outcome` (indexed by it).
+        self._latency = tuple(LatencyHistogram() for _ in Outcome)
         burst = config.bucket_burst
         if config.rate > 0:
             self.adaptive = AdaptiveRate(
@@ -149,7 +173,7 @@ class ChannelRunner:
         self._tasks: asyncio.TaskGroup | None = None
         #: Claim only when this many slots are free (unless idle or an urgent message waits):
         #: one claim per answer would cost a journal round trip per message.
-        self._claim_min = max(1, min(config.width // 8, CLAIM_MIN_CAP))
+        self._claim_min = claim_min(config.width)
 
     # ------------------------------------------------------------------ control
 
@@ -167,6 +191,39 @@ class ChannelRunner:
     def width_room(self) -> int:
         """Messages the runner may claim now: the width and the claim-ahead, less claimed."""
         return self.config.width + self._prefetch - self.claimed
+
+    def stats(self) -> RunnerStats:
+        """A snapshot, built when asked (a scrape), never on the way of a message."""
+        return RunnerStats(
+            self.name,
+            self.sent,
+            self.failed,
+            self.retried,
+            self.throttled,
+            self.in_flight,
+            self.claimed,
+            self.config.width,
+            self.bucket.rate,
+            self.bucket.burst,
+            self.breaker.stats(),
+            {
+                outcome.name.lower(): histogram.stats()
+                for outcome, histogram in zip(Outcome, self._latency, strict=True)
+                if any(histogram.counts)
+            },
+        )
+
+    def _counts(self) -> ClaimCounts:
+        return ClaimCounts(
+            width=self.config.width,
+            prefetch=self._prefetch,
+            reserve=self.reserve,
+            claimed=self.claimed,
+            claimed_non_urgent=self.claimed_non_urgent,
+            claiming=self._claiming,
+            claims_out=self._claims_out,
+            in_flight=self.in_flight,
+        )
 
     # ------------------------------------------------------------------ loop
 
@@ -205,11 +262,8 @@ class ChannelRunner:
             if self._urgent_waiting and not self._urgent_claim_out:
                 return self._claim_urgent(tg)
             return IDLE_POLL_SECONDS  # a claim's return wakes us
-        width = self.config.width
         # Lower lanes may never fill the claim-ahead room an urgent message needs.
-        non_urgent = (
-            width + self._prefetch - self.reserve - self.claimed_non_urgent - self._claiming
-        )
+        non_urgent = self._counts().lower_lanes_room
         if self._dry:  # the last claim found nothing due
             if self._claims_out:
                 return IDLE_POLL_SECONDS
@@ -220,38 +274,31 @@ class ChannelRunner:
             if not self._urgent_waiting:
                 return await self._until_due(now_ms())
         self._size_prefetch()
-        room = self.width_room() - self._claiming
-        if state is BreakerState.HALF_OPEN:
-            room = min(room, 1 - self.claimed - self._claiming)  # one probe at a time
-        if room <= 0:
-            return IDLE_POLL_SECONDS
-        busy = self.claimed or self._claims_out
-        if room < self._claim_min and busy and not self._urgent_waiting:
-            return IDLE_POLL_SECONDS  # a few more answers first: claim in batches
+        plan = plan_claim(
+            self._counts(),
+            self.bucket,
+            lower_lanes_room=non_urgent,
+            claim_min=self._claim_min,
+            max_claim=self._max_claim,
+            urgent_waiting=self._urgent_waiting,
+            half_open=state is BreakerState.HALF_OPEN,
+        )
+        if not isinstance(plan, Claim):
+            if not plan.tokens:
+                return IDLE_POLL_SECONDS
+            self._urgent_waiting = False
+            return max(self.bucket.delay_for(plan.tokens), 0.001)
         self._urgent_waiting = False
-        limit = min(room, self._max_claim)
-        if self.bucket.rate > 0:
-            # Claimed messages still waiting for a slot will take tokens before these.
-            queued = self.claimed + self._claiming - self.in_flight
-            # The share: of a rate shared between processes, this one can count on its part.
-            horizon = self.bucket.share * CLAIM_HORIZON_SECONDS
-            affordable = self.bucket.available() + horizon - queued
-            if affordable < 1:
-                return max(self.bucket.delay_for(1 + max(queued, 0)), 0.001)
-            limit = min(limit, int(affordable))
-        if state is BreakerState.HALF_OPEN:
-            non_urgent = limit
         self._claims_out += 1
-        self._claiming += limit
-        tg.create_task(self._claim(limit, max(0, min(limit, non_urgent))))
+        self._claiming += plan.limit
+        tg.create_task(self._claim(plan.limit, plan.non_urgent))
         return None
 
     def _claim_urgent(self, tg: asyncio.TaskGroup) -> float | None:
         """An urgent arrival does not wait for the bulk claims on their way: it gets a claim
         of its own, of urgent messages only."""
         self._urgent_waiting = False
-        # At least one, beyond the claim-ahead if need be: it goes first in any case.
-        limit = min(max(1, self.width_room() - self._claiming), self._max_claim)
+        limit = urgent_claim_limit(self._counts(), self._max_claim)
         self._urgent_claim_out = True
         self._claims_out += 1
         self._claiming += limit
@@ -304,11 +351,9 @@ class ChannelRunner:
         elapsed = now - self._rate_since
         if elapsed < RATE_WINDOW_SECONDS:
             return
-        rate = self._done_count / elapsed
+        self._prefetch = claim_ahead(self._done_count, elapsed, self.config.width, self._max_claim)
         self._done_count = 0
         self._rate_since = now
-        width = self.config.width
-        self._prefetch = max(width, min(int(rate * CLAIM_AHEAD_SECONDS), self._max_claim))
 
     async def _until_due(self, now: int) -> float:
         try:
@@ -444,13 +489,9 @@ class ChannelRunner:
                     await asyncio.sleep(delay)
             if not self.breaker.allow():
                 failover = self.config.failover
-                if failover is not None:  # parked: hand it to the failover channel now
-                    completion = msgspec.structs.replace(
-                        self._requeue(message, None, f"failover from {self.name}: breaker open"),
-                        reroute_to=failover,
-                    )
-                else:
-                    completion = self._requeue(message, self.breaker.retry_at(), "breaker open")
+                retry_at = self.breaker.retry_at()
+                wait = 0.0 if retry_at is None else retry_at - self._clock()
+                completion = parked(message, self.name, failover, wait, now_ms)
             else:
                 started = time.perf_counter()
                 try:
@@ -473,103 +514,40 @@ class ChannelRunner:
     def _outcome(self, message: Message, started: float, result: SendResult) -> Completion:
         """The completion for a transport's answer (sent at `started`, perf_counter)."""
         latency = time.perf_counter() - started
-        self._observe(result.outcome.name.lower(), latency)
+        self._latency[result.outcome].observe(latency)
         try:
             return self._judge(message, result, latency * 1000)
         except Exception:  # a bug here must not take the channel down with it
             log.exception("channel %s: judging an outcome failed", self.name)
-            return self._requeue(message, None, "internal error; retried")
-
-    def _requeue(self, message: Message, at: float | None, why: str) -> Completion:
-        wait = 0.0 if at is None else max(0.0, at - self._clock())
-        return Completion(
-            message.id,
-            State.QUEUED,
-            self.name,
-            message.attempts,
-            Outcome.THROTTLED,
-            detail=why,
-            due_at=now_ms() + int(wait * 1000),
-            uncount=True,
-        )
+            return requeue(message, self.name, 0.0, "internal error; retried", now_ms)
 
     def _judge(self, message: Message, result: SendResult, latency_ms: float) -> Completion:
-        outcome = result.outcome
-        if outcome is Outcome.SENT or outcome is Outcome.PERMANENT:
+        """Judge the answer (outcomes.py) and apply its verdict, as the table there says."""
+        verdict, completion = judge(
+            message,
+            result,
+            latency_ms,
+            self.name,
+            self.retry,
+            self.config.retry.base_seconds,
+            now_ms,
+        )
+        if verdict is SENT or verdict is REFUSED:
             self.breaker.record_success()  # the peer is healthy; a refusal is about the message
             self.bucket.rate = self.adaptive.on_success()
-            if outcome is Outcome.SENT:
+            if verdict is SENT:
                 self.sent += 1
-                state = State.SENT
             else:
                 self.failed += 1
-                state = State.FAILED
-            return Completion(
-                message.id,
-                state,
-                self.name,
-                message.attempts,
-                outcome,
-                latency_ms,
-                result.provider_id,
-                result.detail,
-                parts=result.parts,
-            )
-        if outcome is Outcome.THROTTLED:
+        elif verdict is THROTTLED:
             self.breaker.release_probe()
             self.throttled += 1
             if not self.transport.paces_itself:
                 self.bucket.rate = self.adaptive.on_throttle()
-            wait = result.retry_after if result.retry_after is not None else 0.0
-            completion = self._requeue(message, self._clock() + wait, result.detail or "throttled")
-            return Completion(
-                completion.message_id,
-                State.QUEUED,
-                self.name,
-                message.attempts,
-                Outcome.THROTTLED,
-                latency_ms,
-                result.provider_id,
-                completion.detail,
-                completion.due_at,
-                uncount=True,
-            )
-        self.breaker.record_failure()
-        if not result.attempted:  # the channel is down, not the message: keep its attempts
-            self.retried += 1
-            at = self._clock() + self.config.retry.base_seconds
-            completion = self._requeue(message, at, result.detail or "not attempted")
-            return msgspec.structs.replace(completion, outcome=outcome, latency_ms=latency_ms)
-        now = now_ms()
-        due = self.retry.next_due_ms(message.attempts, now, message.expires_at)
-        if result.retry_after is not None and due is not None:
-            due = max(due, now + int(result.retry_after * 1000))
-        if due is None:
-            self.failed += 1
-            why = (
-                "expires before the next attempt"
-                if message.attempts < self.config.retry.max_attempts
-                else f"gave up after {message.attempts} attempts"
-            )
-            return Completion(
-                message.id,
-                State.FAILED,
-                self.name,
-                message.attempts,
-                outcome,
-                latency_ms,
-                result.provider_id,
-                f"{result.detail}; {why}",
-            )
-        self.retried += 1
-        return Completion(
-            message.id,
-            State.QUEUED,
-            self.name,
-            message.attempts,
-            outcome,
-            latency_ms,
-            result.provider_id,
-            result.detail,
-            due,
-        )
+        else:
+            self.breaker.record_failure()
+            if verdict is GIVE_UP:
+                self.failed += 1
+            else:
+                self.retried += 1
+        return completion

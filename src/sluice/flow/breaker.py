@@ -33,6 +33,8 @@ import math
 import time
 from collections.abc import Callable
 
+import msgspec
+
 
 class BreakerState(enum.Enum):
     """Where a breaker stands: sending, refusing, or letting one probe through."""
@@ -40,6 +42,15 @@ class BreakerState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+class BreakerStats(msgspec.Struct, frozen=True):
+    """What a breaker tells of itself (for metrics and the status API)."""
+
+    state: BreakerState
+    #: Openings so far, reopenings after a failed probe and trips by news included.
+    opened_count: int
+    consecutive_failures: int
 
 
 class CircuitBreaker:
@@ -133,6 +144,10 @@ class CircuitBreaker:
     def opened_count(self) -> int:
         """How many times the breaker has opened, reopenings after a failed probe included."""
         return self._opened_count
+
+    def stats(self) -> BreakerStats:
+        """A snapshot; like reading `state`, it half-opens a breaker whose cooldown passed."""
+        return BreakerStats(self.state, self._opened_count, self._failures)
 
     def allow(self) -> bool:
         """May a request go now? In HALF_OPEN, True once until the probe's result is known."""

@@ -108,6 +108,19 @@ class CallbackJob(msgspec.Struct, frozen=True):
     attempts: int
 
 
+class JournalStats(msgspec.Struct, frozen=True):
+    """What a journal tells of itself (for metrics)."""
+
+    #: Messages accepted and not yet final, per channel.
+    pending: dict[str, int]
+    #: Transactions committed, operations in them, and seconds spent in them.
+    commits: int
+    ops: int
+    busy_seconds: float
+    #: Operations waiting for the journal (a writer or a connection).
+    queue_depth: int
+
+
 class Journal(Protocol):
     """What every journal backend provides. Times are integer ms since the Unix epoch."""
 
@@ -119,6 +132,8 @@ class Journal(Protocol):
     def queue_depth(self) -> int:
         """Operations waiting for the journal (a writer or a connection)."""
         ...
+
+    def stats(self) -> JournalStats: ...
 
     async def count_by_state(self) -> dict[State, int]: ...
 

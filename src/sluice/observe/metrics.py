@@ -1,16 +1,17 @@
 """Prometheus metrics for one gateway, in a registry of its own (no process-wide state).
 
-Counters that the hot path already keeps (runner and stage tallies, journal commits) are read
-at scrape time by a collector, so measuring costs nothing per message; only send latencies
-are observed as they happen, into plain bucket lists (`LatencyHistogram`) that the collector
-exports: a prometheus_client Histogram takes locks for every observation.
+Only the two request counters are counted here. Every other figure is read at scrape time
+from the frozen snapshots the components hand out through `stats()` (runners, stages, the
+callback sender, the journal, the sharing, the SMTP front door), so measuring costs nothing
+per message: the send latencies are counted by each runner into plain bucket lists
+(delivery/latency.py), since a prometheus_client Histogram takes locks for every observation.
+The process wiring hands the components over (`watch_*`); this module only renders.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
@@ -21,39 +22,33 @@ from prometheus_client.core import (
 )
 
 if TYPE_CHECKING:
-    from sluice.delivery.callbacks import CallbackSender
-    from sluice.delivery.runner import ChannelRunner
-    from sluice.flow.stage import Stage
-    from sluice.ingress.smtp.door import SmtpFrontDoor
-    from sluice.journal.base import Journal
-    from sluice.sharing.build import Sharing
+    from sluice.delivery.callbacks import CallbackStats
+    from sluice.delivery.latency import LatencyStats
+    from sluice.delivery.runner import RunnerStats
+    from sluice.flow.stage import StageStats
+    from sluice.ingress.smtp.door import FrontDoorStats
+    from sluice.journal.base import JournalStats
+    from sluice.sharing.build import SharingStats
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
-#: Upper bounds (seconds) of the send-latency buckets.
-SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+S_co = TypeVar("S_co", covariant=True)
 
 
-class LatencyHistogram:
-    """Observations counted per bucket, with their sum; read at scrape time."""
+class HasStats(Protocol[S_co]):
+    """A component that tells what it knows as a frozen snapshot."""
 
-    __slots__ = ("bounds", "counts", "total")
+    def stats(self) -> S_co: ...
 
-    def __init__(self, bounds: tuple[float, ...] = SEND_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.total += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """Prometheus buckets: (upper bound, observations at or below it)."""
-        out, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out
+def cumulative_buckets(latency: LatencyStats) -> list[tuple[str, float]]:
+    """Prometheus buckets: (upper bound, observations at or below it)."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*latency.bounds, float("inf")), latency.counts, strict=True):
+        running += count
+        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+    return out
 
 
 class GatewayMetrics:
@@ -71,50 +66,38 @@ class GatewayMetrics:
             ["code"],
             registry=self.registry,
         )
-        #: Send latencies by (channel, outcome).
-        self.send_seconds: dict[tuple[str, str], LatencyHistogram] = {}
-        self.registry.register(_SendLatencyCollector(self.send_seconds))
+        #: The runners whose send latencies are exported (none in a process that does not
+        #: deliver: the histogram is there, empty).
+        self._runners: list[HasStats[RunnerStats]] = []
+        self.registry.register(_SendLatencyCollector(self._runners))
 
-    def observer(self, channel: str) -> Callable[[str, float], None]:
-        histograms = self.send_seconds
-        children: dict[str, LatencyHistogram] = {}
-
-        def observe(outcome: str, seconds: float) -> None:
-            child = children.get(outcome)
-            if child is None:
-                child = children[outcome] = histograms.setdefault(
-                    (channel, outcome), LatencyHistogram()
-                )
-            child.observe(seconds)
-
-        return observe
-
-    def watch_front_door(self, door: SmtpFrontDoor) -> None:
+    def watch_front_door(self, door: HasStats[FrontDoorStats]) -> None:
         self.registry.register(_FrontDoorCollector(door))
 
-    def watch_journal(self, journal: Journal, channels: Iterable[str]) -> None:
+    def watch_journal(self, journal: HasStats[JournalStats], channels: Iterable[str]) -> None:
         """The journal's figures: backlog, queue depth per channel, commits (every process)."""
         self.registry.register(_JournalCollector(journal, list(channels)))
 
-    def watch_sharing(self, sharing: Sharing) -> None:
+    def watch_sharing(self, sharing: HasStats[SharingStats]) -> None:
         """What this process shares through Redis: channel rates, breaker news, the
         idempotency cache (nothing without Redis)."""
-        if sharing.client is not None:
-            self.registry.register(_SharingCollector(sharing))
+        self.registry.register(_SharingCollector(sharing))
 
     def watch_delivery(
         self,
-        runners: Iterable[ChannelRunner],
-        stages: Iterable[Stage[object]],
-        callbacks: CallbackSender,
+        runners: Iterable[HasStats[RunnerStats]],
+        stages: Iterable[HasStats[StageStats]],
+        callbacks: HasStats[CallbackStats],
     ) -> None:
         """The delivery side's figures (processes that deliver)."""
-        self.registry.register(_DeliveryCollector(list(runners), list(stages), callbacks))
+        runners = list(runners)
+        self._runners.extend(runners)
+        self.registry.register(_DeliveryCollector(runners, list(stages), callbacks))
 
 
 class _SendLatencyCollector:
-    def __init__(self, histograms: dict[tuple[str, str], LatencyHistogram]) -> None:
-        self._histograms = histograms
+    def __init__(self, runners: list[HasStats[RunnerStats]]) -> None:
+        self._runners = runners
 
     def describe(self) -> list[Metric]:
         return []
@@ -125,52 +108,60 @@ class _SendLatencyCollector:
             "Time from handing a message to a transport to its answer.",
             labels=["channel", "outcome"],
         )
-        for (channel, outcome), histogram in sorted(self._histograms.items()):
-            family.add_metric([channel, outcome], histogram.cumulative(), histogram.total)
+        observed = sorted(
+            (
+                ((s.name, outcome), latency)
+                for s in (runner.stats() for runner in self._runners)
+                for outcome, latency in s.latency.items()
+            ),
+            key=lambda item: item[0],
+        )
+        for (channel, outcome), latency in observed:
+            family.add_metric([channel, outcome], cumulative_buckets(latency), latency.total)
         yield family
 
 
 class _FrontDoorCollector:
     """The SMTP front door's verdicts per test and its live sizes."""
 
-    def __init__(self, door: SmtpFrontDoor) -> None:
+    def __init__(self, door: HasStats[FrontDoorStats]) -> None:
         self._door = door
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        door = self._door
+        stats = self._door.stats()
         verdicts = CounterMetricFamily(
             "sluice_smtp_screening",
             "Screening outcomes: connect/busy, access/allowlisted, pregreet/fail, dnsbl/pass, "
             "screening/pass_new, log/GREYLISTED …",
             labels=["test", "verdict"],
         )
-        for (test, verdict), count in sorted(door.stats.counts.items()):
+        for (test, verdict), count in sorted(stats.verdicts.items()):
             verdicts.add_metric([test, verdict], count)
         yield verdicts
         yield GaugeMetricFamily(
-            "sluice_smtp_screening_busy", "Connections being screened.", value=door.gate.busy
+            "sluice_smtp_screening_busy", "Connections being screened.", value=stats.screening
         )
         yield GaugeMetricFamily(
-            "sluice_smtp_clients", "Client addresses remembered.", value=len(door.memory)
+            "sluice_smtp_clients", "Client addresses remembered.", value=stats.clients
         )
         yield GaugeMetricFamily(
             "sluice_smtp_client_memory_bytes",
             "Bytes held by the client memory.",
-            value=door.memory.bytes_used(),
+            value=stats.client_memory_bytes,
         )
-        if door.greylist is not None:
+        if stats.greylist_triplets is not None:
             yield GaugeMetricFamily(
                 "sluice_smtp_greylist_triplets",
                 "Greylist triplets remembered.",
-                value=len(door.greylist),
+                value=stats.greylist_triplets,
             )
 
 
 class _JournalCollector:
-    def __init__(self, journal: Journal, channels: list[str]) -> None:
+    def __init__(self, journal: HasStats[JournalStats], channels: list[str]) -> None:
         self._journal = journal
         self._channels = channels
 
@@ -178,8 +169,8 @@ class _JournalCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        journal = self._journal
-        pending = journal.pending()
+        stats = self._journal.stats()
+        pending = stats.pending
         by_channel = GaugeMetricFamily(
             "sluice_channel_pending",
             "Messages accepted for the channel and not yet final.",
@@ -191,31 +182,33 @@ class _JournalCollector:
         backlog = GaugeMetricFamily("sluice_backlog", "Messages accepted and not yet final.")
         backlog.add_metric([], sum(pending.values()))
         yield backlog
-        yield CounterMetricFamily("sluice_journal_commits", "Group commits.", value=journal.commits)
+        yield CounterMetricFamily("sluice_journal_commits", "Group commits.", value=stats.commits)
         yield CounterMetricFamily(
-            "sluice_journal_operations", "Operations committed.", value=journal.ops
+            "sluice_journal_operations", "Operations committed.", value=stats.ops
         )
         yield CounterMetricFamily(
             "sluice_journal_busy_seconds",
             "Time the journal writer spent in transactions.",
-            value=journal.busy_seconds,
+            value=stats.busy_seconds,
         )
         yield GaugeMetricFamily(
             "sluice_journal_queue_depth",
             "Operations waiting for the journal writer.",
-            value=journal.queue_depth(),
+            value=stats.queue_depth,
         )
 
 
 class _SharingCollector:
-    def __init__(self, sharing: Sharing) -> None:
+    def __init__(self, sharing: HasStats[SharingStats]) -> None:
         self._sharing = sharing
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        sharing = self._sharing
+        stats = self._sharing.stats()
+        if not stats.redis:
+            return
         shared = GaugeMetricFamily(
             "sluice_channel_rate_shared",
             "1 while the channel's rate is shared through Redis, 0 while on a local share.",
@@ -231,21 +224,21 @@ class _SharingCollector:
             "The part of the channel's rate this process can count on (messages/s).",
             labels=["channel"],
         )
-        for name, bucket in sharing.buckets.items():
-            shared.add_metric([name], 1 if bucket.shared else 0)
-            live.add_metric([name], bucket.live)
-            share.add_metric([name], bucket.share)
+        for name, rate in stats.rates.items():
+            shared.add_metric([name], 1 if rate.shared else 0)
+            live.add_metric([name], rate.live)
+            share.add_metric([name], rate.share)
         yield from (shared, live, share)
-        if sharing.news is not None:
+        if stats.news is not None:
             news = CounterMetricFamily(
                 "sluice_breaker_news",
                 "Breaker openings published to other processes, and heard from them.",
                 labels=["direction"],
             )
-            news.add_metric(["published"], sharing.news.published)
-            news.add_metric(["heard"], sharing.news.tripped)
+            news.add_metric(["published"], stats.news.published)
+            news.add_metric(["heard"], stats.news.heard)
             yield news
-        cache = sharing.idempotency
+        cache = stats.idempotency
         if cache is not None:
             lookups = CounterMetricFamily(
                 "sluice_idempotency_cache", "Idempotency cache lookups.", labels=["result"]
@@ -258,7 +251,10 @@ class _SharingCollector:
 
 class _DeliveryCollector:
     def __init__(
-        self, runners: list[ChannelRunner], stages: list[Stage[object]], callbacks: CallbackSender
+        self,
+        runners: list[HasStats[RunnerStats]],
+        stages: list[HasStats[StageStats]],
+        callbacks: HasStats[CallbackStats],
     ) -> None:
         self._runners = runners
         self._stages = stages
@@ -280,7 +276,7 @@ class _DeliveryCollector:
                 ("breaker", "Breaker state: 0 closed, 1 half-open, 2 open."),
             )
         }
-        for r in self._runners:
+        for r in (runner.stats() for runner in self._runners):
             for result, value in (
                 ("sent", r.sent),
                 ("failed", r.failed),
@@ -289,8 +285,8 @@ class _DeliveryCollector:
             ):
                 results.add_metric([r.name, result], value)
             gauges["in_flight"].add_metric([r.name], r.in_flight)
-            gauges["width"].add_metric([r.name], r.config.width)
-            gauges["rate"].add_metric([r.name], r.bucket.rate)
+            gauges["width"].add_metric([r.name], r.width)
+            gauges["rate"].add_metric([r.name], r.rate)
             gauges["breaker"].add_metric([r.name], BREAKER_VALUES[r.breaker.state.name.lower()])
         yield results
         yield from gauges.values()
@@ -313,10 +309,11 @@ class _DeliveryCollector:
             wait.add_metric([s.name], s.wait_seconds)
             busy.add_metric([s.name], s.busy_seconds)
         yield from (depth, processed, batches, wait, busy)
+        c = self._callbacks.stats()
         callbacks = CounterMetricFamily(
             "sluice_callbacks", "Status callbacks by result.", labels=["result"]
         )
-        callbacks.add_metric(["delivered"], self._callbacks.delivered)
-        callbacks.add_metric(["retried"], self._callbacks.retried)
-        callbacks.add_metric(["dropped"], self._callbacks.dropped)
+        callbacks.add_metric(["delivered"], c.delivered)
+        callbacks.add_metric(["retried"], c.retried)
+        callbacks.add_metric(["dropped"], c.dropped)
         yield callbacks

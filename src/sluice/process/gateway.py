@@ -6,26 +6,24 @@
 
 `server.role` picks the parts (`roles`): "all" takes messages and delivers them; "api" only
 takes them (the HTTP message API, the SMTP front door); "worker" only delivers them (the
-delivery side, `sluice.delivery.engine`) and serves nothing on HTTP but /healthz, /readyz and /metrics.
-Processes that share a machine's ports under a supervisor (`supervisor`) are given their
-listening sockets instead of binding them.
+delivery side, `sluice.delivery.engine`) and serves nothing on HTTP but /healthz, /readyz and
+/metrics. Processes that share a machine's ports under a supervisor (`supervisor`) are given
+their listening sockets instead of binding them.
 
-Every task is owned by one TaskGroup. Shutdown (SIGTERM) closes the doors first (HTTP and SMTP
-stop taking requests, readiness turns false), then the delivery side drains: in-flight sends
-get up to `server.shutdown_grace_seconds`, their outcomes are committed, and whatever is still
-leased returns to the queue, so a restart picks it up at once.
+Every part has one life cycle (`parts`: start, run, stop, close) and every task is owned by
+one TaskGroup. Shutdown (SIGTERM) closes the doors first (HTTP and SMTP stop taking requests,
+readiness turns false), then the delivery side drains: in-flight sends get up to
+`server.shutdown_grace_seconds`, their outcomes are committed, and whatever is still leased
+returns to the queue, so a restart picks it up at once. The journal closes last.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Iterator
+import socket
 from typing import TYPE_CHECKING
 
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.config import Config
@@ -37,7 +35,9 @@ from sluice.journal.backends import build_journal
 from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
 from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.observe.metrics import GatewayMetrics
+from sluice.process.front_door import FrontDoorPart
 from sluice.process.listeners import Listeners, bind_tcp
+from sluice.process.parts import HttpServerPart, Part, SharingPart
 from sluice.process.roles import role_of, serves_smtp
 from sluice.sharing.build import Sharing
 from sluice.transports.base import Transport
@@ -46,21 +46,6 @@ if TYPE_CHECKING:
     from sluice.ingress.smtp.door import SmtpFrontDoor
 
 log = logging.getLogger("sluice")
-
-
-#: Names of the SMTP front door's state in the journal.
-CLIENT_MEMORY_STATE = "smtp.client_memory"
-#: How often clients past their retention are forgotten (and the greylist cleaned).
-CLEANUP_SECONDS = 3600.0
-GREYLIST_STATE = "smtp.greylist"
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the gateway owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class SluiceGateway:
@@ -89,7 +74,12 @@ class SluiceGateway:
         #: The delivery side, in a process that delivers (role "all" or "worker").
         self.delivery: Delivery | None = None
         if self.role.delivers:
-            self.delivery = Delivery(config, self.journal, self.telemetry, transports, self.sharing)
+            self.delivery = Delivery(config, self.journal, transports, self.sharing)
+            self.telemetry.watch_delivery(
+                self.delivery.runners.values(),
+                [self.delivery.completions],
+                self.delivery.callbacks,
+            )
         #: The channel runners of this process, by channel (none in a process of role "api").
         self.runners: dict[str, ChannelRunner] = self.delivery.runners if self.delivery else {}
         #: Sockets handed over by a supervisor; None: bind server.listen (and smtp.listen).
@@ -98,8 +88,8 @@ class SluiceGateway:
         self._ready = False
         self.started = asyncio.Event()
         self.port: int | None = None
-        #: The SMTP front door, when this process runs it (created in `run`, once the journal
-        #: is open).
+        #: The SMTP front door, when this process runs it (created in `run`; its saved state is
+        #: restored once the journal is open).
         self.smtp: SmtpFrontDoor | None = None
 
     @property
@@ -169,54 +159,6 @@ class SluiceGateway:
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.telemetry.registry), CONTENT_TYPE_LATEST
 
-    # ------------------------------------------------------------------ SMTP front door
-
-    async def _open_front_door(self) -> SmtpFrontDoor:
-        """The front door with the client memory and greylist saved by the last run."""
-        from sluice.ingress.smtp.door import SmtpFrontDoor
-
-        door = SmtpFrontDoor(self.config, self)
-        restorers = {CLIENT_MEMORY_STATE: door.restore_memory}
-        if door.greylist is not None:
-            restorers[GREYLIST_STATE] = door.restore_greylist
-        for name, restore in restorers.items():
-            saved = await self.journal.load_state(name)
-            if saved is None:
-                continue
-            try:
-                restore(saved)
-            except ValueError as exc:
-                log.warning("%s: the saved state is unreadable (%s); starting empty", name, exc)
-        return door
-
-    async def _save_front_door(self, door: SmtpFrontDoor) -> None:
-        """Save the client memory and greylist every save_every_seconds; forget clients past
-        their retention once every CLEANUP_SECONDS (a scan of every client on the event loop:
-        ~0.6 s per million)."""
-        assert self.config.smtp is not None
-        screening = self.config.smtp.screening
-        loop = asyncio.get_running_loop()
-        next_cleanup = loop.time() + CLEANUP_SECONDS
-        while True:
-            await asyncio.sleep(screening.save_every_seconds)
-            cleanup = loop.time() >= next_cleanup
-            if cleanup:
-                next_cleanup = loop.time() + CLEANUP_SECONDS
-            await self._save_state(door, cleanup=cleanup)
-
-    async def _save_state(self, door: SmtpFrontDoor, *, cleanup: bool = True) -> None:
-        assert self.config.smtp is not None
-        if cleanup:
-            retention = self.config.smtp.screening.client_retention_seconds
-            forgotten = door.memory.forget_before(int(time.time() - retention))
-            if forgotten:
-                log.info("smtp: forgot %d clients not seen for %.0f s", forgotten, retention)
-            if door.greylist is not None:
-                door.greylist.cleanup()
-        await self.journal.save_state(CLIENT_MEMORY_STATE, door.memory.snapshot())
-        if door.greylist is not None:
-            await self.journal.save_state(GREYLIST_STATE, door.greylist.snapshot())
-
     # ------------------------------------------------------------------ life cycle
 
     def request_stop(self) -> None:
@@ -231,32 +173,29 @@ class SluiceGateway:
             listeners = Listeners(bind_tcp(self.config.server.listen))
         sock = listeners.http
         self.port = sock.getsockname()[1]
+        app = build_app(self, message_api=self.role.takes_messages)
+        doors: list[Part] = [HttpServerPart(app, sock)]
+        if serves_smtp(self.config):
+            doors.append(self._front_door(listeners.smtp))
+        # In the order they stop: the doors (no new messages), delivery (drains what is in
+        # flight), then what both use. They start the other way round.
+        tiers: list[list[Part]] = [
+            doors,
+            [self.delivery] if self.delivery is not None else [],
+            [SharingPart(self.sharing)],
+        ]
+        parts = [part for tier in reversed(tiers) for part in tier]
+        # The journal is no part: every part uses it, so it opens before the first one starts
+        # and closes after the last one is closed.
         await self.journal.open()
         try:
-            if self.delivery is not None:
-                await self.delivery.start()
-            server = _EmbeddedServer(
-                uvicorn.Config(
-                    build_app(self, message_api=self.role.takes_messages),  # type: ignore[arg-type]
-                    lifespan="off",
-                    log_level="warning",
-                    access_log=False,
-                    http="httptools",
-                    timeout_graceful_shutdown=5,
-                )
-            )
+            for part in parts:
+                await part.start()
+            if self.smtp is not None:
+                self.telemetry.watch_front_door(self.smtp)
             async with asyncio.TaskGroup() as tg:
-                sharing = tg.create_task(self.sharing.run())
-                delivering = None
-                if self.delivery is not None:
-                    delivering = tg.create_task(self.delivery.run())
-                http = tg.create_task(server.serve(sockets=[sock]))
-                front_door = saver = None
-                if serves_smtp(self.config):
-                    self.smtp = await self._open_front_door()
-                    self.telemetry.watch_front_door(self.smtp)
-                    front_door = tg.create_task(self.smtp.run(listeners.smtp))
-                    saver = tg.create_task(self._save_front_door(self.smtp))
+                running = {part: tg.create_task(part.run()) for part in parts}
+                if self.smtp is not None:
                     await self.smtp.listening.wait()
                 self._ready = True
                 self.started.set()
@@ -269,20 +208,22 @@ class SluiceGateway:
                 await self._stop.wait()
                 log.info("shutting down: no new requests, finishing in-flight work")
                 self._ready = False
-                server.should_exit = True
-                if self.smtp is not None and front_door is not None and saver is not None:
-                    saver.cancel()
-                    self.smtp.close()
-                    await front_door
-                    await self._save_state(self.smtp)
-                await http
-                if self.delivery is not None and delivering is not None:
-                    self.delivery.stop()
-                    await delivering
-                sharing.cancel()
+                for tier in tiers:
+                    for part in tier:
+                        part.stop()
+                    for part in tier:
+                        await running[part]
         finally:
-            await self.sharing.close()
-            if self.delivery is not None:
-                await self.delivery.close()
+            for part in reversed(parts):
+                await part.close()
             await self.journal.close()
             listeners.close()
+
+    def _front_door(self, sock: socket.socket | None) -> FrontDoorPart:
+        """The SMTP front door (`self.smtp`), as a part that keeps its client memory and
+        greylist in the journal."""
+        from sluice.ingress.smtp.door import SmtpFrontDoor
+
+        assert self.config.smtp is not None
+        self.smtp = SmtpFrontDoor(self.config, self)
+        return FrontDoorPart(self.smtp, self.journal, self.config.smtp.screening, sock)

@@ -56,6 +56,13 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_News).decode
 
 
+class BreakerNewsStats(msgspec.Struct, frozen=True):
+    """Breaker openings published to the other processes, and heard from them."""
+
+    published: int
+    heard: int
+
+
 class BreakerNews:
     def __init__(
         self, redis: Redis, *, prefix: str = "sluice", timeout_seconds: float = 0.5
@@ -67,7 +74,8 @@ class BreakerNews:
         #: This process, so that it ignores its own news.
         self._origin = int.from_bytes(os.urandom(8), "big") >> 1
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._sending: set[asyncio.Task[None]] = set()
+        #: Owns the publishing tasks while `run` listens (None before and after).
+        self._tasks: asyncio.TaskGroup | None = None
         self._down = False
         #: Breakers opened here, and tripped by news from elsewhere (for metrics and tests).
         self.published = 0
@@ -75,17 +83,22 @@ class BreakerNews:
         #: Set once the subscription is listening (for tests and start-up ordering).
         self.listening = asyncio.Event()
 
+    def stats(self) -> BreakerNewsStats:
+        return BreakerNewsStats(self.published, self.tripped)
+
     def watch(self, channel: str, breaker: CircuitBreaker) -> None:
         """Trip `breaker` when another process reports `channel`'s peer down."""
         self._breakers[channel] = breaker
 
     def opened_for(self, channel: str) -> Callable[[float], None]:
-        """The `on_open` hook of `channel`'s breaker: tells the other processes."""
+        """The `on_open` hook of `channel`'s breaker: tells the other processes (while `run`
+        runs; a breaker that opens before or after stays this process's news)."""
 
         def opened(seconds: float) -> None:
-            task = asyncio.get_running_loop().create_task(self._publish(channel, seconds))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            if self._tasks is None:
+                log.info("breaker news: channel %s opened while not connected; not shared", channel)
+                return
+            self._tasks.create_task(self._publish(channel, seconds))
 
         return opened
 
@@ -101,20 +114,22 @@ class BreakerNews:
             self._fault(exc)
 
     async def run(self) -> None:
-        """Listen for news until cancelled; reconnect after a fault."""
+        """Listen for news until cancelled; reconnect after a fault. News of breakers opened
+        here is published meanwhile, each in a task of this run (cancelled with it)."""
         delay = BACKOFF_MIN_SECONDS
         try:
-            while True:
-                try:
-                    await self._listen()
-                except (RedisError, OSError, TimeoutError) as exc:
-                    self._fault(exc)
-                self.listening.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                while True:
+                    try:
+                        await self._listen()
+                    except (RedisError, OSError, TimeoutError) as exc:
+                        self._fault(exc)
+                    self.listening.clear()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX_SECONDS)
         finally:
-            for task in list(self._sending):
-                task.cancel()
+            self._tasks = None
 
     async def _listen(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -133,7 +148,8 @@ class BreakerNews:
         finally:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self._timeout):
-                    await pubsub.aclose()
+                    # redis-py leaves PubSub.aclose unannotated (its other aclose are typed).
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _catch_up(self) -> None:
         """Trip breakers whose channel another process parked before we listened."""

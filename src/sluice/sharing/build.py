@@ -16,13 +16,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import msgspec
 import redis.asyncio
 
 from sluice.config import ChannelConfig, Config
 from sluice.flow.breaker import CircuitBreaker
-from sluice.sharing.breaker_news import BreakerNews
-from sluice.sharing.idempotency_cache import IdempotencyCache
-from sluice.sharing.rate import SharedTokenBucket
+from sluice.sharing.breaker_news import BreakerNews, BreakerNewsStats
+from sluice.sharing.idempotency_cache import IdempotencyCache, IdempotencyCacheStats
+from sluice.sharing.rate import SharedRateStats, SharedTokenBucket
+
+
+class SharingStats(msgspec.Struct, frozen=True):
+    """What this process shares through Redis, as its parts tell it."""
+
+    #: False without `redis.url`: nothing is shared, and the rest is empty.
+    redis: bool
+    #: The shared rates, by channel (channels with a rate), in the order of the config.
+    rates: dict[str, SharedRateStats]
+    news: BreakerNewsStats | None
+    idempotency: IdempotencyCacheStats | None
 
 
 class Sharing:
@@ -66,6 +78,14 @@ class Sharing:
         )
         self.buckets[name] = bucket
         return bucket
+
+    def stats(self) -> SharingStats:
+        return SharingStats(
+            self.client is not None,
+            {name: bucket.stats() for name, bucket in self.buckets.items()},
+            self.news.stats() if self.news is not None else None,
+            self.idempotency.stats() if self.idempotency is not None else None,
+        )
 
     def breaker_opened(self, name: str) -> Callable[[float], None] | None:
         """The `on_open` hook of channel `name`'s breaker (None without Redis)."""

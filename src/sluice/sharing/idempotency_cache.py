@@ -118,6 +118,16 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Entry).decode
 
 
+class IdempotencyCacheStats(msgspec.Struct, frozen=True):
+    """The counts of `IdempotencyCache` (its docstring says what each one counts)."""
+
+    hits: int
+    misses: int
+    errors: int
+    skipped: int
+    down: bool
+
+
 class IdempotencyCache:
     """Idempotency keys remembered in Redis for ``ttl_seconds``, in front of the journal.
 
@@ -168,6 +178,9 @@ class IdempotencyCache:
         self._probing = False
         self._bad_answer_logged_at = -math.inf
         self._bad_answers_unlogged = 0
+
+    def stats(self) -> IdempotencyCacheStats:
+        return IdempotencyCacheStats(self.hits, self.misses, self.errors, self.skipped, self.down)
 
     def key_for(self, tenant: str, key: str) -> bytes:
         """The Redis key of (tenant, key): ``{prefix}:idem:{tenant}:{key}``, tenant escaped."""

@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import msgspec
 from redis.exceptions import NoScriptError, RedisError
 
 from sluice.flow.rate import EPSILON, TokenBucket, check_amount, check_rate
@@ -122,6 +123,19 @@ _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 # What "Redis is down" looks like: refused or dropped connections, timeouts, error replies.
 _REDIS_DOWN = (RedisError, OSError, TimeoutError)
+
+
+class SharedRateStats(msgspec.Struct, frozen=True):
+    """What a shared rate tells of itself (for metrics)."""
+
+    #: True while grants come from Redis; False while unlimited or fallen back.
+    shared: bool
+    #: Processes sharing the rate at Redis's last answer, and this process's part (messages/s).
+    live: int
+    share: float
+    #: Round trips to Redis and tokens granted.
+    exchanges: int
+    granted: float
 
 
 class SharedTokenBucket:
@@ -271,6 +285,9 @@ class SharedTokenBucket:
         return min(self._pool, self._local.available())
 
     # ---------------------------------------------------------------- state, for metrics
+
+    def stats(self) -> SharedRateStats:
+        return SharedRateStats(self._shared, self._live, self.share, self.exchanges, self.granted)
 
     @property
     def shared(self) -> bool:

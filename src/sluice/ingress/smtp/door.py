@@ -23,21 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import ipaddress
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any, AnyStr, cast
 
-import aiosmtpd.smtp as aiosmtpd_smtp
+import msgspec
 from aiosmtpd.smtp import SMTP
 
 from sluice.config import Config, SmtpConfig
 from sluice.ingress.contract import Gateway
 from sluice.ingress.http.auth import ApiKeys
+from sluice.ingress.smtp.aiosmtpd_lookups import install_lookup_caches
 from sluice.ingress.smtp.mail import MailHandler, SessionVerdict
 from sluice.protocols.proxy import ProxyError
 from sluice.protocols.proxy import parse as parse_proxy
@@ -50,50 +50,11 @@ from sluice.screening.limits import ClientLimiter, ScreeningGate
 log = logging.getLogger("sluice.smtp")
 
 
-class _AuthMembers:
-    """What aiosmtpd's `SMTP.__init__` asks `inspect` for, answered from a per-class cache.
-
-    aiosmtpd calls `inspect.getmembers` on the session and on its handler for every
-    connection, only to find the `auth_*` methods; that was ~35 % of the gateway's CPU per
-    connection on the cached-pass path (py-spy, `bench/smtp_screening.py`). The answer depends
-    only on the classes, so the names are found once per class and bound per instance.
-    """
-
-    def __init__(self) -> None:
-        self._names: dict[type, list[str]] = {}
-
-    def getmembers(self, obj: object) -> list[tuple[str, object]]:
-        names = self._names.get(type(obj))
-        if names is None:
-            names = self._names[type(obj)] = [n for n in dir(type(obj)) if n.startswith("auth_")]
-        return [(name, getattr(obj, name)) for name in names]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(inspect, name)
-
-
-_dir_cache: dict[type, list[str]] = {}
-
-
-def _class_dir(obj: object) -> list[str]:
-    """`dir` for aiosmtpd's per-connection look-ups of `smtp_*` and `handle_*` methods, which
-    depend only on the class (another ~15 % of the CPU per connection)."""
-    names = _dir_cache.get(type(obj))
-    if names is None:
-        names = _dir_cache[type(obj)] = dir(type(obj))
-    return names
-
-
-aiosmtpd_smtp.inspect = _AuthMembers()  # type: ignore[assignment]
-aiosmtpd_smtp.dir = _class_dir  # type: ignore[attr-defined]
-#: aiosmtpd logs several INFO lines per connection; the front door logs its own vocabulary.
-logging.getLogger("mail.log").setLevel(logging.WARNING)
-
 #: Bytes a client may send before its SMTP session starts (pregreeters, PROXY); more: dropped.
 MAX_EARLY_BYTES = 4096
 
 
-class FrontDoorStats:
+class VerdictCounts:
     """Counts per test and verdict, for metrics ("pregreet", "fail"), ("connect", "pass_old")."""
 
     __slots__ = ("counts",)
@@ -104,6 +65,20 @@ class FrontDoorStats:
     def add(self, test: str, verdict: str) -> None:
         key = (test, verdict)
         self.counts[key] = self.counts.get(key, 0) + 1
+
+
+class FrontDoorStats(msgspec.Struct, frozen=True):
+    """What the front door tells of itself (for metrics)."""
+
+    #: Screening outcomes by (test, verdict), as `VerdictCounts` keeps them.
+    verdicts: dict[tuple[str, str], int]
+    #: Connections being screened.
+    screening: int
+    #: Client addresses remembered, and the bytes that memory holds.
+    clients: int
+    client_memory_bytes: int
+    #: Greylist triplets remembered (None: no greylisting).
+    greylist_triplets: int | None
 
 
 class SmtpFrontDoor:
@@ -163,7 +138,7 @@ class SmtpFrontDoor:
         self.greylist = greylist
         self._keys = ApiKeys(config.tenants)
         self._tls = _tls_context(smtp)
-        self.stats = FrontDoorStats()
+        self.verdicts = VerdictCounts()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._closing = asyncio.Event()
@@ -175,6 +150,7 @@ class SmtpFrontDoor:
 
     async def run(self, sock: socket.socket | None = None) -> None:
         """Listen (on `sock`, or on smtp.listen) until `close`."""
+        install_lookup_caches()
         loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tg:
             self._tasks = tg
@@ -197,6 +173,15 @@ class SmtpFrontDoor:
     def close(self) -> None:
         self._closing.set()
 
+    def stats(self) -> FrontDoorStats:
+        return FrontDoorStats(
+            dict(self.verdicts.counts),
+            self.gate.busy,
+            len(self.memory),
+            self.memory.bytes_used(),
+            len(self.greylist) if self.greylist is not None else None,
+        )
+
     def restore_memory(self, data: bytes) -> None:
         """Take the client memory saved by an earlier run (ValueError if unreadable)."""
         self.memory = ClientMemory.restore(data)
@@ -218,7 +203,7 @@ class SmtpFrontDoor:
         CONNECT and DISCONNECT, one each per connection, are logged at DEBUG: at thousands of
         connections a second they were a quarter of the CPU per connection (~25 µs a line),
         and the verdict line (PASS OLD, DENYLISTED …) names the client anyway."""
-        self.stats.add("log", word)
+        self.verdicts.add("log", word)
         log.log(level, "%s", line)
 
     def now(self) -> float:
@@ -264,6 +249,8 @@ class SmtpFrontDoor:
         )
         session = _GreetedSession(
             handler,
+            deadline,
+            on_end,
             hostname=smtp.hostname,
             ident="ESMTP Sluice",
             data_size_limit=smtp.max_message_bytes,
@@ -275,30 +262,42 @@ class SmtpFrontDoor:
             command_call_limit=smtp.max_commands,
             loop=asyncio.get_running_loop(),
         )
-        original = session.connection_lost
-
-        def lost(exc: Exception | None) -> None:
-            deadline.cancel()
-            on_end()
-            original(exc)
-
-        session.connection_lost = lost  # type: ignore[method-assign]
         transport.set_protocol(session)
         session.connection_made(transport)
         assert session.session is not None
-        session.session.peer = (verdict.client, verdict.port)
+        # aiosmtpd types `peer` as str, but its own sessions hold the (host, port) of
+        # `peername` there, as this one does: its stub is wrong.
+        session.session.peer = (verdict.client, verdict.port)  # type: ignore[assignment]
         session.data_received(data)
 
 
 class _GreetedSession(SMTP):
-    """An aiosmtpd session whose greeting the front door already sent."""
+    """An aiosmtpd session whose greeting the front door already sent. When its connection
+    is lost, the session's deadline is cancelled and `on_end` runs, before aiosmtpd's own
+    clean-up."""
 
     _greeting_pending = True
 
-    async def push(self, status: str) -> None:  # type: ignore[override]
+    def __init__(
+        self,
+        handler: MailHandler,
+        deadline: asyncio.TimerHandle,
+        on_end: Callable[[], None],
+        **settings: Any,
+    ) -> None:
+        super().__init__(handler, **settings)
+        self._session_deadline = deadline
+        self._on_session_end = on_end
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._session_deadline.cancel()
+        self._on_session_end()
+        super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
         if self._greeting_pending:
             self._greeting_pending = False
-            if status.startswith("220 "):
+            if isinstance(status, str) and status.startswith("220 "):
                 return
         await super().push(status)
 
@@ -459,27 +458,27 @@ class ScreeningConnection(asyncio.Protocol):
         where = self._where()
         door.event("CONNECT", f"CONNECT from {where}", logging.DEBUG)
         if not door.gate.try_enter():
-            door.stats.add("connect", "busy")
+            door.verdicts.add("connect", "busy")
             self._refuse("421 4.3.2 All server ports are busy")
             return None
         self._admitted = True
         client = self._client
         if door.allow.contains(client):
             door.event("ALLOWLISTED", f"ALLOWLISTED {where}")
-            door.stats.add("access", "allowlisted")
+            door.verdicts.add("access", "allowlisted")
             self._hand_over(None)
             return None
         reject: str | None = None
         if door.deny.contains(client):
             door.event("DENYLISTED", f"DENYLISTED {where}")
-            door.stats.add("access", "denylisted")
+            door.verdicts.add("access", "denylisted")
             reject = self._act(screening.deny_action, "blocked by the deny list", reject)
             if reject == _DROPPED:
                 return None
         refusal = door.limiter.try_open(client)
         if refusal is not None:
             door.event("NOQUEUE", f"NOQUEUE: reject: CONNECT from {where}: {refusal}")
-            door.stats.add("limits", "refused")
+            door.verdicts.add("limits", "refused")
             self._refuse(f"421 4.7.0 {refusal}")
             return None
         self._limited = True
@@ -488,7 +487,7 @@ class ScreeningConnection(asyncio.Protocol):
         tests = self._tests_due(now)
         if not tests and reject is None:
             door.event("PASS OLD", f"PASS OLD {where}")
-            door.stats.add("screening", "pass_old")
+            door.verdicts.add("screening", "pass_old")
             self._hand_over(None)
             return None
         return tests, now, reject
@@ -507,56 +506,59 @@ class ScreeningConnection(asyncio.Protocol):
     async def _run_tests(self, tests: list[ScreenTest], now: int, reject: str | None) -> str | None:
         door, screening = self._door, self._door.config.screening
         where = self._where()
-        lookup = (
-            asyncio.ensure_future(door.dnsbl.score(self._client))
-            if ScreenTest.DNSBL in tests and door.dnsbl is not None
-            else None
-        )
         passed: list[ScreenTest] = []
-        try:
-            # The first greeting line; the session's "220 " line will end it.
-            self._write(f"220-{door.config.hostname} ESMTP\r\n".encode())
-            if ScreenTest.PREGREET in tests:
-                wait = (
-                    screening.greet_wait_stressed_seconds
-                    if door.gate.stressed
-                    else screening.greet_wait_seconds
-                )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._talked.wait()
-                if self._transport is None or self._transport.is_closing():
-                    return _DROPPED
-                if self._early:
-                    elapsed = time.monotonic() - self._started
-                    door.event(
-                        "PREGREET",
-                        f"PREGREET {len(self._early)} after {elapsed:.2f} from {where}: "
-                        f"{bytes(self._early[:100])!r}",
+        # The DNSBL lookup runs while the client is watched for a pregreet; it belongs to this
+        # screening, which cancels it when the connection is dropped first.
+        async with asyncio.TaskGroup() as lookups:
+            lookup = (
+                lookups.create_task(door.dnsbl.score(self._client))
+                if ScreenTest.DNSBL in tests and door.dnsbl is not None
+                else None
+            )
+            try:
+                # The first greeting line; the session's "220 " line will end it.
+                self._write(f"220-{door.config.hostname} ESMTP\r\n".encode())
+                if ScreenTest.PREGREET in tests:
+                    wait = (
+                        screening.greet_wait_stressed_seconds
+                        if door.gate.stressed
+                        else screening.greet_wait_seconds
                     )
-                    door.stats.add("pregreet", "fail")
-                    reject = self._act(screening.pregreet_action, "talked too early", reject)
-                    if reject == _DROPPED:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._talked.wait()
+                    if self._transport is None or self._transport.is_closing():
                         return _DROPPED
-                else:
-                    door.stats.add("pregreet", "pass")
-                    passed.append(ScreenTest.PREGREET)
-            if lookup is not None:
-                result = await lookup
-                lookup = None
-                if result.blocked:
-                    door.event("DNSBL", f"DNSBL rank {result.score} for {where}")
-                    door.stats.add("dnsbl", "fail")
-                    zones = ", ".join(zone for zone, _ in result.hits)
-                    reject = self._act(screening.dnsbl_action, f"blocked using {zones}", reject)
-                    if reject == _DROPPED:
-                        return _DROPPED
-                else:
-                    door.stats.add("dnsbl", "allowlisted" if result.allowlisted else "pass")
-                    passed.append(ScreenTest.DNSBL)
-        finally:
-            if lookup is not None:
-                lookup.cancel()
+                    if self._early:
+                        elapsed = time.monotonic() - self._started
+                        door.event(
+                            "PREGREET",
+                            f"PREGREET {len(self._early)} after {elapsed:.2f} from {where}: "
+                            f"{bytes(self._early[:100])!r}",
+                        )
+                        door.verdicts.add("pregreet", "fail")
+                        reject = self._act(screening.pregreet_action, "talked too early", reject)
+                        if reject == _DROPPED:
+                            return _DROPPED
+                    else:
+                        door.verdicts.add("pregreet", "pass")
+                        passed.append(ScreenTest.PREGREET)
+                if lookup is not None:
+                    result = await lookup
+                    lookup = None
+                    if result.blocked:
+                        door.event("DNSBL", f"DNSBL rank {result.score} for {where}")
+                        door.verdicts.add("dnsbl", "fail")
+                        zones = ", ".join(zone for zone, _ in result.hits)
+                        reject = self._act(screening.dnsbl_action, f"blocked using {zones}", reject)
+                        if reject == _DROPPED:
+                            return _DROPPED
+                    else:
+                        door.verdicts.add("dnsbl", "allowlisted" if result.allowlisted else "pass")
+                        passed.append(ScreenTest.DNSBL)
+            finally:
+                if lookup is not None:
+                    lookup.cancel()
         for test in passed:
             ttl = (
                 screening.pregreet_ttl_seconds
@@ -566,7 +568,7 @@ class ScreeningConnection(asyncio.Protocol):
             door.memory.record_pass(self._client, test, now + int(ttl))
         if reject is None and len(passed) == len(tests):
             door.event("PASS NEW", f"PASS NEW {where}")
-            door.stats.add("screening", "pass_new")
+            door.verdicts.add("screening", "pass_new")
         return reject
 
     def _act(self, action: str, why: str, reject: str | None) -> str | None:

@@ -1,0 +1,112 @@
+"""The life cycle every part of a gateway process follows, and the parts that need a shell to
+follow it.
+
+    start ─► run (all parts together, in one TaskGroup) ─► stop … run returns ─► close
+
+A gateway starts its parts one after the other, runs them together, stops them in the order
+that keeps every message (the doors first, then delivery, then what both use) and closes
+every one of them, whether it got to run or not. The delivery side (`Delivery`) has this life
+cycle of its own; the HTTP server (uvicorn) and the Redis sharing (which runs until cancelled)
+get it from the shells below, and the SMTP front door from `process/front_door.py`.
+
+Examples:
+    part: Part = HttpServerPart(app, sock)
+    await part.start()
+    async with asyncio.TaskGroup() as tg:
+        running = tg.create_task(part.run())
+        ...
+        part.stop()                      # run returns once the server has stopped
+        await running
+    await part.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+import uvicorn
+
+from sluice.sharing.build import Sharing
+
+if TYPE_CHECKING:
+    from sluice.ingress.http.app import ASGIApp
+
+
+class Part(Protocol):
+    async def start(self) -> None:
+        """Get ready to run (connect, restore saved state), before any part runs."""
+
+    async def run(self) -> None:
+        """Work until `stop`; return once stopped gracefully."""
+
+    def stop(self) -> None:
+        """Begin the graceful stop: `run` returns when it is done."""
+
+    async def close(self) -> None:
+        """Let go of what the part holds, whether it ran or not."""
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the gateway owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServerPart:
+    """The HTTP server (uvicorn) on a listening socket: it stops taking requests at `stop`
+    and finishes those under way (for up to 5 s) before `run` returns."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket) -> None:
+        self._sock = sock
+        self._server = _EmbeddedServer(
+            uvicorn.Config(
+                app,
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+                http="httptools",
+                timeout_graceful_shutdown=5,
+            )
+        )
+
+    async def start(self) -> None:
+        pass  # uvicorn binds nothing: it serves on the socket it is given
+
+    async def run(self) -> None:
+        await self._server.serve(sockets=[self._sock])
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+
+    async def close(self) -> None:
+        pass  # the socket belongs to the process's listeners
+
+
+class SharingPart:
+    """What the process shares through Redis (`Sharing`), which runs until cancelled: `stop`
+    cancels it; `close` closes the Redis client."""
+
+    def __init__(self, sharing: Sharing) -> None:
+        self._sharing = sharing
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        pass  # the Redis client connects at its first command
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            running = tg.create_task(self._sharing.run())
+            await self._stop.wait()
+            running.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        await self._sharing.close()
