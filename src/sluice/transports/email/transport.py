@@ -1,21 +1,9 @@
-"""Email transport: SMTP to a relay, or straight to each recipient domain's mail servers.
+"""The email transport: SMTP transactions on connections pooled per destination.
 
 One message is one SMTP transaction (MAIL FROM, one RCPT TO, DATA) on a pooled connection.
-With ``relay_host`` every message goes to that smart host, which may ask for AUTH; without
-it the recipient domain's MX records are looked up (dnspython, cached for their TTL) and its
-mail servers tried by preference, falling back to the domain's own address when it has no MX
-(the implicit MX of RFC 5321 §5.1).
-
-What is sent: a message whose metadata has ``"format": "rfc5322"`` carries a whole message
-(headers and body) that goes as it is, UTF-8 encoded; any other is built here as text/plain
-with From, To, Subject (``metadata["subject"]``), Date and a Message-ID made of the sluice id.
-Non-ASCII headers or addresses need the server's SMTPUTF8, a non-ASCII body its 8BITMIME; a
-server without them gets nothing and the message fails for good.
-
-Answers map to outcomes the way RFC 5321 means them: 2xx at the end of DATA → sent, with the
-server's queue id (``250 2.0.0 Ok: queued as ABC123``) as provider id; 4xx at any step →
-transient; 5xx → permanent. The server's reply is the attempt's detail. A server that cannot be
-reached at all (refused, timed out, no address) is transient and not counted as an attempt.
+With ``relay_host`` every message goes to that smart host, which may ask for AUTH; without it
+each recipient domain's mail servers (`mx`) are tried in turn. A server that cannot be reached
+at all (refused, timed out, no address) is transient and not counted as an attempt.
 
 STARTTLS follows ``starttls``: "auto" upgrades whenever the server offers it; "always" also
 refuses to send to a server that does not, as a *transient* failure, since the server (or the
@@ -31,277 +19,30 @@ replaced after ``max_messages_per_connection``. All destinations together hold a
 ``width`` connections: a send that finds them all taken closes the longest idle one, or waits.
 ``connect_timeout_seconds`` bounds each DNS lookup and each connection up to the greeting,
 ``command_timeout_seconds`` every reply after it.
-
-Examples:
-    Through a local sink (``sluice sim smtp --port 2525``)::
-
-        config = EmailConfig(relay_host="127.0.0.1", relay_port=2525, starttls="never")
-        transport = EmailTransport("mail", config, width=8)
-        await transport.start()
-        result = await transport.send(Message(1, "acme", "mail", "bob@example.test", "Hi",
-                                              metadata={"subject": "Hello"}))
-        result.outcome, result.provider_id, result.detail
-        # (Outcome.SENT, 'A3F1000001', '250 2.0.0 Ok: queued as A3F1000001')
-
-Warning:
-    In MX mode each transient failure of one recipient domain (greylisting, a dead MX) also
-    counts against the channel's breaker, which knows only the channel as a whole. Give
-    domains with flaky mail servers a breaker threshold that allows for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import email.errors
-import email.policy
 import ipaddress
-import random
-import re
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime
 from typing import NamedTuple
 
 import aiosmtplib
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.nameserver
-import dns.resolver
 
 from sluice.config import EmailConfig
-from sluice.model import Message, Outcome, format_id
+from sluice.model import Message, Outcome
 from sluice.transports.base import SendResult
+from sluice.transports.email.envelope import Envelope, build_envelope
+from sluice.transports.email.mx import ADDRESSES_PER_HOST, DnsError, MxLookup
+from sluice.transports.email.replies import classify, queue_id, reply_text
 
-#: MX hosts tried per message, and addresses per host (Postfix stops at 5 addresses in all,
-#: smtp_mx_address_limit): a dead domain must not hold a send for many connect timeouts.
-MX_HOST_LIMIT = 5
-ADDRESSES_PER_HOST = 2
-#: DNS answers kept (MX, A and AAAA, each for its TTL); least recently used go first.
-DNS_CACHE_SIZE = 10_000
 #: Longest wait for the reply to QUIT when closing; the message is already sent or given up.
 QUIT_TIMEOUT_SECONDS = 5.0
-#: The right side of generated Message-IDs: ``<ID@sluice>``.
-MESSAGE_ID_DOMAIN = "sluice"
-
-#: How the text of a built message is encoded: 7-bit (quoted-printable or base64 when not
-#: ASCII), so it goes to any server; the UTF-8 variant is for non-ASCII addresses.
-_POLICY_7BIT = email.policy.SMTP.clone(cte_type="7bit")
-_POLICY_UTF8 = email.policy.SMTPUTF8.clone(cte_type="7bit")
-#: Queue ids in final replies: Postfix and most others "queued as ID", Exim "id=ID".
-_QUEUE_ID = re.compile(r"(?:\bqueued as\s+<?|\bid=)([A-Za-z0-9][\w.@-]*)", re.IGNORECASE)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_FORMAT_RFC5322 = "rfc5322"
-_FORMATS_TEXT = (None, "text")
-
-
-def classify(code: int) -> Outcome:
-    """An SMTP reply code as an outcome: 2xx sent, 4xx transient, 5xx permanent."""
-    if 200 <= code < 300:
-        return Outcome.SENT
-    if 500 <= code < 600:
-        return Outcome.PERMANENT
-    return Outcome.TRANSIENT  # 4xx, and anything a server should not have said
-
-
-def reply_text(code: int, message: str) -> str:
-    """A reply on one line as the server sent it: ``451 4.7.1 Greylisted, try later``."""
-    return " ".join([str(code), *message.split()]) if message else str(code)
-
-
-def queue_id(message: str) -> str | None:
-    """The server's queue id in the text of a final reply, if it gives one."""
-    match = _QUEUE_ID.search(message)
-    return match.group(1).rstrip(".") if match else None
-
-
-def parse_nameserver(text: str) -> tuple[str, int]:
-    """``"10.0.0.1"``, ``"10.0.0.1:5353"``, ``"::1"`` or ``"[::1]:5353"`` as (address, port)."""
-    text = text.strip()
-    port = "53"
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            port = rest.removeprefix(":")
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host = text
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
-        raise ValueError(
-            f"email.nameservers: expected an IP address as 'host' or 'host:port', got {text!r}"
-        ) from None
-    if not 1 <= number <= 65535:
-        raise ValueError(f"email.nameservers: port must be 1..65535, got {text!r}")
-    return host, number
-
-
-class Envelope(NamedTuple):
-    """One message ready for an SMTP transaction."""
-
-    sender: str
-    recipient: str
-    #: The recipient's domain, lower-cased, for the MX lookup.
-    domain: str
-    #: The message as it goes after DATA (line ends and dot-stuffing are the client's).
-    data: bytes
-    #: Non-ASCII addresses or headers: needs the server's SMTPUTF8.
-    smtputf8: bool
-    #: Non-ASCII bytes anywhere: needs the server's 8BITMIME.
-    eight_bit: bool
-
-
-def build_envelope(message: Message, default_from: str, now: datetime | None = None) -> Envelope:
-    """The envelope and data for `message`; ValueError says why it cannot be sent at all."""
-    sender = message.sender or default_from
-    recipient = message.recipient.strip()
-    for role, address in (("sender", sender), ("recipient", recipient)):
-        if not address or any(c in address for c in "\r\n\0"):
-            raise ValueError(f"{role} {address!r} is not an email address")
-    local, at, domain = recipient.rpartition("@")
-    if not (at and local and domain):
-        raise ValueError(f"recipient {recipient!r} is not an email address (no @domain)")
-    addresses_utf8 = not (sender.isascii() and recipient.isascii())
-    metadata = message.metadata or {}
-    form = metadata.get("format")
-    if form == _FORMAT_RFC5322:
-        data = message.body.encode("utf-8", "surrogateescape")
-        head = _HEADER_END.split(data, 1)[0]
-        return Envelope(
-            sender, recipient, domain.lower(), data,
-            smtputf8=addresses_utf8 or not head.isascii(), eight_bit=not data.isascii(),
-        )  # fmt: skip
-    if form not in _FORMATS_TEXT:
-        raise ValueError(
-            f"metadata format {form!r} is not supported: use {_FORMAT_RFC5322!r} for a "
-            "complete message, or leave it out for plain text"
-        )
-    mail = EmailMessage(policy=_POLICY_UTF8 if addresses_utf8 else _POLICY_7BIT)
-    try:
-        mail["From"] = sender
-        mail["To"] = recipient
-        mail["Subject"] = metadata.get("subject", "")
-        mail["Date"] = format_datetime(now or datetime.now(UTC))
-        mail["Message-ID"] = f"<{format_id(message.id)}@{MESSAGE_ID_DOMAIN}>"
-        mail.set_content(message.body)
-        data = mail.as_bytes()
-    except (ValueError, IndexError, email.errors.MessageError) as exc:
-        raise ValueError(f"cannot build the message: {exc}") from None
-    return Envelope(
-        sender, recipient, domain.lower(), data,
-        smtputf8=addresses_utf8, eight_bit=not data.isascii(),
-    )  # fmt: skip
-
-
-class DnsError(Exception):
-    """A lookup that may work later (timeout, SERVFAIL)."""
-
-
-class MxLookup:
-    """A domain's mail hosts in the order to try them, from dnspython's asyncio resolver.
-
-    Answers, negative ones included, are cached for their TTL in a bounded LRU cache.
-    """
-
-    def __init__(self, resolver: dns.asyncresolver.Resolver) -> None:
-        self._resolver = resolver
-        self._rng = random.Random()
-
-    @classmethod
-    def create(cls, nameservers: list[str], timeout: float) -> MxLookup:
-        """A lookup through ``nameservers`` ("host" or "host:port"), or the system's when
-        empty (this reads /etc/resolv.conf: call it off the event loop)."""
-        if nameservers:
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(*parse_nameserver(text)) for text in nameservers
-            ]
-        else:
-            try:
-                resolver = dns.asyncresolver.Resolver()
-            except dns.resolver.NoResolverConfiguration:
-                raise ValueError(
-                    "email.nameservers: empty, and this system has no resolver configuration; "
-                    "list DNS servers for MX lookups"
-                ) from None
-        resolver.cache = dns.resolver.LRUCache(DNS_CACHE_SIZE)
-        resolver.timeout = timeout
-        resolver.lifetime = timeout
-        return cls(resolver)
-
-    async def hosts(self, domain: str) -> list[str] | SendResult:
-        """Mail hosts of ``domain`` by preference (ties shuffled), or why there are none."""
-        try:
-            dns.name.from_text(domain)
-        except dns.exception.DNSException as exc:
-            return SendResult(
-                Outcome.PERMANENT, detail=f"recipient domain {domain!r} is not a domain: {exc}"
-            )
-        try:
-            answer = await self._query(domain, "MX")
-        except dns.resolver.NXDOMAIN:
-            return _no_mail_server(domain, "the domain does not exist")
-        except DnsError as exc:
-            return SendResult(
-                Outcome.TRANSIENT, detail=f"MX lookup for {domain}: {exc}", attempted=False
-            )
-        if answer.rrset is None:  # no MX: the domain itself is the mail host
-            try:
-                addresses = await self.addresses(domain)
-            except DnsError as exc:
-                return SendResult(
-                    Outcome.TRANSIENT, detail=f"address lookup for {domain}: {exc}", attempted=False
-                )
-            if not addresses:
-                return _no_mail_server(domain, "no MX, A or AAAA record")
-            return [domain]
-        records = sorted(answer.rrset, key=lambda r: (r.preference, self._rng.random()))
-        hosts = [
-            r.exchange.to_text(omit_final_dot=True).lower()
-            for r in records
-            if r.exchange != dns.name.root
-        ]
-        if not hosts:
-            return _no_mail_server(domain, "it publishes a null MX (RFC 7505)")
-        return hosts[:MX_HOST_LIMIT]
-
-    async def addresses(self, host: str) -> list[str]:
-        """IPv4 then IPv6 addresses of ``host``; empty when it has none."""
-        found: list[str] = []
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self._query(host, rdtype)
-            except dns.resolver.NXDOMAIN:
-                return found
-            if answer.rrset is not None:
-                found.extend(r.address for r in answer.rrset)
-        return found
-
-    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
-        try:
-            return await self._resolver.resolve(
-                name, rdtype, search=False, raise_on_no_answer=False
-            )
-        except dns.resolver.NXDOMAIN:
-            raise
-        except dns.exception.Timeout:
-            raise DnsError(f"DNS timed out after {self._resolver.lifetime:g} s") from None
-        except dns.resolver.NoNameservers:
-            raise DnsError("no DNS server could answer (SERVFAIL or refused)") from None
-        except dns.exception.DNSException as exc:
-            raise DnsError(f"DNS failed: {exc}") from None
-
-
-def _no_mail_server(domain: str, why: str) -> SendResult:
-    return SendResult(Outcome.PERMANENT, detail=f"no mail server for {domain}: {why}")
 
 
 class _Route(NamedTuple):
@@ -347,7 +88,8 @@ class _Closed(Exception):
 
 
 class EmailTransport:
-    """SMTP transport; see the module docstring for routing, outcomes, TLS and pooling."""
+    """SMTP transport; see the module docstring for TLS and pooling, `mx` for routing and
+    `replies` for outcomes."""
 
     paces_itself = False
 
