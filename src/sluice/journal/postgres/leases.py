@@ -10,14 +10,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
 
 from sluice.journal.base import EARLY_RECEIPT_TTL_MS, SweepResult
 from sluice.journal.postgres.callbacks import insert_callbacks
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
 from sluice.journal.postgres.events import insert_events
-from sluice.journal.rows import MESSAGE_COLUMNS, callback_payload, row_to_message
+from sluice.journal.rows import (
+    MESSAGE_COLUMNS,
+    CallbackRow,
+    MessageRow,
+    callback_payload,
+    row_to_message,
+)
 from sluice.model import Message, Priority, State
 
 #: Messages expired per sweep at most.
@@ -50,23 +56,26 @@ async def op_claim(
     lease_ms: int,
 ) -> list[Message]:
     # Lane by lane, urgent first; the lower lanes share `non_urgent_limit`. Rows another
-    # process has locked are skipped, not waited for. (Records, which `row_to_message`
-    # unpacks as it does SQLite's tuples: a Record is no Sequence, it lacks index() and count().)
-    rows: list[Any] = list(await conn.fetch(_URGENT_LANE, channel, now, limit))
-    room = min(limit - len(rows), non_urgent_limit)
+    # process has locked are skipped, not waited for.
+    records = list(await conn.fetch(_URGENT_LANE, channel, now, limit))
+    room = min(limit - len(records), non_urgent_limit)
     for priority in _LOWER_LANES:
         if room <= 0:
             break
         found = await conn.fetch(_LOWER_LANE[priority], channel, now, room)
-        rows += found
+        records += found
         room -= len(found)
-    if not rows:
+    if not records:
         return []
     live: list[Message] = []
     expired: list[int] = []
-    for row in rows:
-        if row[8] is not None and row[8] <= now:
-            expired.append(row[0])
+    # Naming a record's columns costs ~60 ns a row over unpacking it (1,000 records: ~135
+    # against ~75 µs), far inside the noise of a claim of 1,000 (~11 ms).
+    row: MessageRow[bytes]
+    for row in itertools.starmap(MessageRow, records):
+        expires_at = row.expires_at
+        if expires_at is not None and expires_at <= now:
+            expired.append(row.id)
         else:
             live.append(row_to_message(row))
     if live:
@@ -99,18 +108,16 @@ async def expire(conn: PoolConnection, tx: Tx, ids: list[int], now: int) -> int:
     )
     if not rows:
         return 0
+    expired: list[CallbackRow[bytes]] = list(itertools.starmap(CallbackRow, rows))
     await insert_events(
-        conn, now, [(r[0], _EXPIRED, r[2], None, None, None, None, detail) for r in rows]
+        conn, now, [(r.id, _EXPIRED, r.channel, None, None, None, None, detail) for r in expired]
     )
     callbacks = []
-    for mid, tenant, channel, recipient, attempts, url, metadata in rows:
-        tx.deltas[channel] -= 1
-        if url:
-            payload = callback_payload(
-                mid, State.EXPIRED, now, channel, attempts, tenant, recipient, None, detail,
-                metadata,
-            )  # fmt: skip
-            callbacks.append((mid, url, payload))
+    for row in expired:
+        tx.deltas[row.channel] -= 1
+        if row.callback_url:
+            payload = callback_payload(row, State.EXPIRED, now, None, detail)
+            callbacks.append((row.id, row.callback_url, payload))
     await insert_callbacks(conn, now, callbacks)
     return len(rows)
 

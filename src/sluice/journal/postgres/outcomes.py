@@ -8,22 +8,24 @@ or after its lease was swept, changes nothing.
 
 from __future__ import annotations
 
+import itertools
+
 from sluice.journal.base import CancelResult, Completion
 from sluice.journal.postgres.callbacks import insert_callbacks
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
 from sluice.journal.postgres.events import insert_events
-from sluice.journal.postgres.receipts import record_parts
-from sluice.journal.rows import callback_payload, final_callback
+from sluice.journal.postgres.receipts import SentPart, record_parts
+from sluice.journal.rows import CallbackRow, callback_payload, final_callback
 from sluice.model import State, now_ms
 
 _SENDING = int(State.SENDING)
 _CANCELLED = int(State.CANCELLED)
 
 #: What a batch of outcomes queues besides its rows: status callbacks (message id, URL,
-#: payload) and the parts of SENT messages (channel, provider id, message id, index, count).
+#: payload) and the parts of SENT messages.
 _Callbacks = list[tuple[int, str, bytes]]
-_Parts = list[tuple[str, str, int, int, int]]
+_Parts = list[SentPart]
 
 
 async def op_complete(
@@ -105,33 +107,33 @@ async def _settle(
 ) -> None:
     """Out of SENDING for good (SENT, FAILED, EXPIRED…): one statement for the batch; SENT
     messages leave their parts for the receipts to find."""
-    rows = {
-        r[0]: r
-        for r in await conn.fetch(
-            "UPDATE messages m SET state = v.state, provider_id = v.provider_id, "
-            "lease_owner = NULL, lease_until = NULL, updated_at = $1 "
-            "FROM unnest($2::bigint[], $3::smallint[], $4::text[]) AS v(id, state, "
-            "provider_id) WHERE m.id = v.id AND m.state = 2 AND m.lease_owner = $5 "
-            "RETURNING m.id, m.tenant, m.channel, m.recipient, m.attempts, m.callback_url, "
-            "m.metadata",
-            now,
-            [c.message_id for c in settling],
-            [int(c.state) for c in settling],
-            [c.provider_id for c in settling],
-            owner,
-        )
+    records = await conn.fetch(
+        "UPDATE messages m SET state = v.state, provider_id = v.provider_id, "
+        "lease_owner = NULL, lease_until = NULL, updated_at = $1 "
+        "FROM unnest($2::bigint[], $3::smallint[], $4::text[]) AS v(id, state, "
+        "provider_id) WHERE m.id = v.id AND m.state = 2 AND m.lease_owner = $5 "
+        "RETURNING m.id, m.tenant, m.channel, m.recipient, m.attempts, m.callback_url, "
+        "m.metadata",
+        now,
+        [c.message_id for c in settling],
+        [int(c.state) for c in settling],
+        [c.provider_id for c in settling],
+        owner,
+    )
+    rows: dict[int, CallbackRow[bytes]] = {
+        row.id: row for row in itertools.starmap(CallbackRow, records)
     }
     for c in settling:
         row = rows.get(c.message_id)
         if row is None:
             continue
-        tx.deltas[row[2]] -= 1
-        callback = final_callback(c, tuple(row)[1:], now)
+        tx.deltas[row.channel] -= 1
+        callback = final_callback(c, row, now)
         if callback is not None:
             callbacks.append((c.message_id, *callback))
         if c.parts and c.state == State.SENT:
             n = len(c.parts)
-            parts += [(c.channel, pid, c.message_id, i, n) for i, pid in enumerate(c.parts)]
+            parts += [SentPart(c.channel, pid, c.message_id, i, n) for i, pid in enumerate(c.parts)]
         applied.append(c)
 
 
@@ -153,6 +155,8 @@ async def _deliver(
         )
         if found is None:
             continue
+        *columns, state = found
+        row: CallbackRow[bytes] = CallbackRow(c.message_id, *columns)
         await conn.execute(
             "UPDATE messages SET state = $1, lease_owner = NULL, lease_until = NULL, "
             "provider_id = COALESCE(provider_id, $2), updated_at = $3 WHERE id = $4",
@@ -161,24 +165,24 @@ async def _deliver(
             now,
             c.message_id,
         )
-        if found[6] == _SENDING:
-            tx.deltas[found[1]] -= 1
-        callback = final_callback(c, tuple(found), now)
+        if state == _SENDING:
+            tx.deltas[row.channel] -= 1
+        callback = final_callback(c, row, now)
         if callback is not None:
             callbacks.append((c.message_id, *callback))
         applied.append(c)
 
 
 async def op_cancel(conn: PoolConnection, tx: Tx, tenant: str, mid: int, now: int) -> CancelResult:
-    row = await conn.fetchrow(
+    found = await conn.fetchrow(
         "SELECT state, channel, recipient, attempts, callback_url, metadata FROM messages "
         "WHERE id = $1 AND tenant = $2 FOR UPDATE",
         mid,
         tenant,
     )
-    if row is None:
+    if found is None:
         return CancelResult.NOT_FOUND
-    state, channel, recipient, attempts, callback_url, metadata = row
+    state, channel, recipient, attempts, callback_url, metadata = found
     if state not in (State.ACCEPTED, State.QUEUED):
         return CancelResult.TOO_LATE
     detail = "cancelled by the producer"
@@ -188,8 +192,9 @@ async def op_cancel(conn: PoolConnection, tx: Tx, tenant: str, mid: int, now: in
     await insert_events(conn, now, [(mid, _CANCELLED, channel, None, None, None, None, detail)])
     tx.deltas[channel] -= 1
     if callback_url:
-        payload = callback_payload(
-            mid, State.CANCELLED, now, channel, attempts, tenant, recipient, None, detail, metadata
+        row: CallbackRow[bytes] = CallbackRow(
+            mid, tenant, channel, recipient, attempts, callback_url, metadata
         )
+        payload = callback_payload(row, State.CANCELLED, now, None, detail)
         await insert_callbacks(conn, now, [(mid, callback_url, payload)])
     return CancelResult.CANCELLED

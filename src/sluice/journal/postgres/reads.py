@@ -10,7 +10,14 @@ import asyncpg
 from sluice.journal.base import MessageRecord
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
-from sluice.journal.rows import EVENT_COLUMNS, MESSAGE_COLUMNS, message_record, timeline_entry
+from sluice.journal.rows import (
+    EVENT_COLUMNS,
+    MESSAGE_COLUMNS,
+    EventRow,
+    RecordRow,
+    message_record,
+    timeline_entry,
+)
 from sluice.model import Priority
 
 
@@ -38,11 +45,11 @@ async def op_read_records(
     return [_record(row) for row in rows]
 
 
-def _record(row: asyncpg.Record) -> MessageRecord:
-    values = list(row)
-    if values[10] is not None:
-        values[10] = bytes(values[10])
-    return message_record(values[:16], [timeline_entry(e) for e in values[16]])
+def _record(found: asyncpg.Record) -> MessageRecord:
+    """A row of `_RECORD_COLUMNS`: the `RecordRow`, then its events (bytea arrives as bytes)."""
+    *columns, events = found
+    row: RecordRow = RecordRow(*columns)
+    return message_record(row, [timeline_entry(EventRow(*e)) for e in events])
 
 
 async def op_next_due(conn: PoolConnection, tx: Tx, channel: str) -> int | None:

@@ -6,12 +6,14 @@ parts is final once every part has its receipt.
 
 from __future__ import annotations
 
+import msgspec
+
 from sluice.journal.base import Receipt
 from sluice.journal.postgres.callbacks import insert_callbacks
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
 from sluice.journal.postgres.events import insert_events
-from sluice.journal.rows import callback_payload
+from sluice.journal.rows import CallbackRow, callback_payload
 from sluice.model import Outcome, State, now_ms
 
 # A part's SENT and its receipt meet in one row of `provider_parts`, keyed by (channel,
@@ -23,12 +25,21 @@ from sluice.model import Outcome, State, now_ms
 # the other commits.)
 
 
-async def record_parts(
-    conn: PoolConnection, tx: Tx, parts: list[tuple[str, str, int, int, int]], now: int
-) -> None:
+class SentPart(msgspec.Struct, array_like=True, gc=False):
+    """A part of a SENT message, whose receipt will come back under its provider id."""
+
+    channel: str
+    provider_id: str
+    message_id: int
+    #: Its index in the message, and how many parts the message was sent in.
+    part: int
+    parts: int
+
+
+async def record_parts(conn: PoolConnection, tx: Tx, parts: list[SentPart], now: int) -> None:
     """The provider ids of SENT messages' parts; applies receipts that came before."""
-    latest = {(p[0], p[1]): p for p in parts}  # one row per key in one statement
-    channels, pids, mids, indexes, counts = (list(c) for c in zip(*latest.values(), strict=True))
+    # One row per key in one statement.
+    latest = list({(p.channel, p.provider_id): p for p in parts}.values())
     rows = await conn.fetch(
         "INSERT INTO provider_parts (channel, provider_id, message_id, part, parts, at) "
         "SELECT c, p, m, i, n, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], "
@@ -36,14 +47,16 @@ async def record_parts(
         "ON CONFLICT (channel, provider_id) DO UPDATE SET message_id = excluded.message_id, "
         "part = excluded.part, parts = excluded.parts "
         "RETURNING channel, provider_id, message_id, delivered",
-        channels,
-        pids,
-        mids,
-        indexes,
-        counts,
+        [p.channel for p in latest],
+        [p.provider_id for p in latest],
+        [p.message_id for p in latest],
+        [p.part for p in latest],
+        [p.parts for p in latest],
         now,
     )
-    heard = sorted({(r[2], r[0], r[1]) for r in rows if r[3] is not None})
+    heard = sorted(
+        {(mid, channel, pid) for channel, pid, mid, delivered in rows if delivered is not None}
+    )
     for mid, channel, pid in heard:
         await _settle_if_complete(conn, channel, mid, pid, now)
 
@@ -109,11 +122,11 @@ async def _settle_receipts(
         events.append(
             (mid, int(state), channel, attempts, int(outcome), r.provider_id, None, r.detail)
         )
-        if callback_url:
-            payload = callback_payload(
-                mid, state, now, msg_channel, attempts, tenant, recipient, r.provider_id,
-                r.detail, metadata,
-            )  # fmt: skip
+        if callback_url:  # the row is named only for a callback: most messages have none
+            row: CallbackRow[bytes] = CallbackRow(
+                mid, tenant, msg_channel, recipient, attempts, callback_url, metadata
+            )
+            payload = callback_payload(row, state, now, r.provider_id, r.detail)
             callbacks.append((mid, callback_url, payload))
     await insert_events(conn, now, events)
     await insert_callbacks(conn, now, callbacks)
@@ -145,25 +158,26 @@ async def _settle_if_complete(
     if failed:
         detail = "; ".join(f"part {p}: {d or 'not delivered'}" for p, d in failed)
     elif len(parts) == 1:
-        detail = parts[0][2]
+        detail = parts[0]["detail"]
     else:
         detail = f"all {len(parts)} parts delivered"
     await conn.execute("DELETE FROM provider_parts WHERE message_id = $1", message_id)
-    final = await conn.fetchrow(
+    found = await conn.fetchrow(
         "UPDATE messages SET state = $1, updated_at = $2 WHERE id = $3 "
         "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
         int(state),
         now,
         message_id,
     )
-    assert final is not None  # locked FOR UPDATE above: the UPDATE finds its row
+    assert found is not None  # locked FOR UPDATE above: the UPDATE finds its row
+    final: CallbackRow[bytes] = CallbackRow(message_id, *found)
     outcome = Outcome.SENT if state == State.DELIVERED else Outcome.PERMANENT
     await insert_events(
-        conn, now, [(message_id, int(state), channel, final[3], int(outcome), pid, None, detail)]
+        conn,
+        now,
+        [(message_id, int(state), channel, final.attempts, int(outcome), pid, None, detail)],
     )
-    if final[4]:
-        payload = callback_payload(
-            message_id, state, now, final[1], final[3], final[0], final[2], pid, detail, final[5]
-        )
-        await insert_callbacks(conn, now, [(message_id, final[4], payload)])
+    if final.callback_url:
+        payload = callback_payload(final, state, now, pid, detail)
+        await insert_callbacks(conn, now, [(message_id, final.callback_url, payload)])
     return 1

@@ -3,16 +3,17 @@ messages reach a final state, claimed and finished by the callback sender.
 
 Examples:
     add_final_callback(conn, completion, row, now)   # 1 if the message has a callback URL
+    add_callback(conn, row, State.EXPIRED, now, None, "expired before it could be sent")
     jobs = op_claim_callbacks(conn, tx, 100, now, 60_000)
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sluice.journal.base import CallbackJob, Completion
-from sluice.journal.rows import callback_payload, final_callback
+from sluice.journal.rows import Blob, CallbackRow, callback_payload, final_callback
 from sluice.model import State
 
 if TYPE_CHECKING:
@@ -21,38 +22,37 @@ if TYPE_CHECKING:
 
 def add_callback(
     conn: sqlite3.Connection,
-    mid: int,
-    url: str,
+    row: CallbackRow[Blob],
     state: State,
     now: int,
-    channel: str,
-    attempts: int,
-    tenant: str,
-    recipient: str,
     provider_id: str | None,
     detail: str | None,
-    metadata: bytes | None,
-) -> None:
-    payload = callback_payload(
-        mid, state, now, channel, attempts, tenant, recipient, provider_id, detail, metadata
-    )
+) -> int:
+    """Queue the status callback of a message that reached `state`, if it has a URL.
+    Returns 0 or 1."""
+    url = row.callback_url
+    if not url:
+        return 0
+    payload = callback_payload(row, state, now, provider_id, detail)
     conn.execute(
         "INSERT INTO callbacks (message_id, url, payload, due_at) VALUES (?, ?, ?, ?)",
-        (mid, url, payload, now),
+        (row.id, url, payload, now),
     )
+    return 1
 
 
 def add_final_callback(
-    conn: sqlite3.Connection, c: Completion, row: tuple[Any, ...], now: int
+    conn: sqlite3.Connection, c: Completion, row: CallbackRow[Blob], now: int
 ) -> int:
-    """Queue the status callback of a message that reached a final state, if it has a URL;
-    `row` is (tenant, channel, recipient, attempts, callback_url, metadata). Returns 0 or 1."""
-    found = final_callback(c, row, now)
-    if found is None:
+    """Queue the status callback of a message that reached a final state, if it has a URL.
+    Returns 0 or 1."""
+    callback = final_callback(c, row, now)
+    if callback is None:
         return 0
+    url, payload = callback
     conn.execute(
         "INSERT INTO callbacks (message_id, url, payload, due_at) VALUES (?, ?, ?, ?)",
-        (c.message_id, *found, now),
+        (c.message_id, url, payload, now),
     )
     return 1
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from sluice.journal.base import Completion, Receipt
 from sluice.journal.multirow import chunk_sizes, insert_sql
-from sluice.journal.rows import row_to_message
+from sluice.journal.rows import CallbackRow, row_to_message
 from sluice.journal.sqlite.callbacks import add_final_callback
-from sluice.journal.sqlite.json_rows import json_encoder, rows_decoder, unhex
+from sluice.journal.sqlite.json_rows import callback_rows, json_encoder, message_rows
 from sluice.journal.sqlite.receipts import apply_receipt
 from sluice.journal.sqlite.upkeep import expire
 from sluice.model import Message, Priority, State, now_ms
@@ -37,8 +37,8 @@ def _lane(priority: int, limit: str) -> str:
     )
 
 
-#: ?1 channel, ?2 now, ?3 limit, ?4 limit of the lanes below urgent: the due messages, urgent
-#: first, each lane oldest first.
+#: ?1 channel, ?2 now, ?3 limit, ?4 limit of the lanes below urgent: the due messages as
+#: `MessageRow[str]`, urgent first, each lane oldest first.
 _CLAIM_SELECT = (
     "SELECT json_group_array(json_array(id, tenant, channel, recipient, body, sender, priority, "
     "due_at, expires_at, callback_url, hex(metadata), attempts)) FROM ("
@@ -46,8 +46,8 @@ _CLAIM_SELECT = (
     + " UNION ALL ".join(_lane(p, "?4") for p in Priority if p != Priority.URGENT)
     + ") LIMIT ?4) LIMIT ?3)"
 )
-#: ?1 a JSON array of [id, …] arrays, ?2 the lease owner: [id, tenant, channel, recipient,
-#: attempts, callback_url, metadata as hex] of those still leased by the owner.
+#: ?1 a JSON array of [id, …] arrays, ?2 the lease owner: the `CallbackRow[str]` of those
+#: still leased by the owner.
 _LEASED_SELECT = (
     "SELECT json_group_array(json_array(id, tenant, channel, recipient, attempts, callback_url, "
     "hex(metadata))) FROM messages WHERE id IN (SELECT value ->> 0 FROM json_each(?1)) "
@@ -68,12 +68,6 @@ _REQUEUE_UPDATE = (
 )
 
 
-def _jsonrow_to_message(row: list[Any]) -> Message:
-    """A row of `_CLAIM_SELECT` (metadata as hex) as a Message."""
-    row[-2] = unhex(row[-2])
-    return row_to_message(row)
-
-
 def op_claim(
     conn: sqlite3.Connection,
     tx: Transaction,
@@ -88,16 +82,17 @@ def op_claim(
     (found,) = conn.execute(
         _CLAIM_SELECT, (channel, now, limit, min(limit, non_urgent_limit))
     ).fetchone()
-    rows = rows_decoder.decode(found)
+    rows = message_rows.decode(found)
     if not rows:
         return []
     live: list[Message] = []
-    expired: list[list[Any]] = []
+    expired: list[int] = []
     for row in rows:
-        if row[8] is not None and row[8] <= now:
-            expired.append(row)
+        expires_at = row.expires_at
+        if expires_at is not None and expires_at <= now:
+            expired.append(row.id)
         else:
-            live.append(_jsonrow_to_message(row))
+            live.append(row_to_message(row))
     if live:
         ids = json_encoder.encode([m.id for m in live])
         conn.execute(
@@ -115,7 +110,7 @@ def op_claim(
         for m in live:
             m.attempts += 1
     if expired:
-        expire(conn, tx, [r[0] for r in expired], now)
+        expire(conn, tx, expired, now)
     return live
 
 
@@ -200,8 +195,8 @@ def _complete_settled(
         row = leased.get(c.message_id)
         if row is None:
             continue
-        tx.deltas[row[2]] -= 1
-        callbacks += add_final_callback(conn, c, row[1:], now)
+        tx.deltas[row.channel] -= 1
+        callbacks += add_final_callback(conn, c, row, now)
         if c.parts and c.state == State.SENT:
             n = len(c.parts)
             for i, pid in enumerate(c.parts):
@@ -230,14 +225,16 @@ def _complete_delivered(
         ).fetchone()
         if found is None:
             continue
+        *columns, state = found
+        row: CallbackRow[bytes] = CallbackRow(c.message_id, *columns)
         conn.execute(
             "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL, "
             "provider_id = COALESCE(provider_id, ?), updated_at = ? WHERE id = ?",
             (int(c.state), c.provider_id, now, c.message_id),
         )
-        if found[6] == _SENDING:
-            tx.deltas[found[1]] -= 1
-        callbacks += add_final_callback(conn, c, found, now)
+        if state == _SENDING:
+            tx.deltas[row.channel] -= 1
+        callbacks += add_final_callback(conn, c, row, now)
         events.append(c)
     return callbacks
 
@@ -258,15 +255,10 @@ def _apply_early_receipts(
                 apply_receipt(conn, tx, c.channel, Receipt(pid, bool(early[0]), early[1]), now)
 
 
-def _leased(conn: sqlite3.Connection, keys: bytes, owner: int) -> dict[int, tuple[Any, ...]]:
-    """The messages of `keys` (a JSON array of [id, …]) still leased by `owner`, by id:
-    (id, tenant, channel, recipient, attempts, callback_url, metadata)."""
+def _leased(conn: sqlite3.Connection, keys: bytes, owner: int) -> dict[int, CallbackRow[str]]:
+    """The messages of `keys` (a JSON array of [id, …]) still leased by `owner`, by id."""
     (found,) = conn.execute(_LEASED_SELECT, (keys, owner)).fetchone()
-    leased = {}
-    for row in rows_decoder.decode(found):
-        row[6] = unhex(row[6])
-        leased[row[0]] = tuple(row)
-    return leased
+    return {row.id: row for row in callback_rows.decode(found)}
 
 
 #: ?1 now, ?2 a JSON array of Completion (array_like: message_id, state, channel, attempt,
@@ -281,15 +273,17 @@ _PARTS_INSERT = (
 )
 
 
-#: Messages per UPDATE of a claim and per INSERT of its events (journal/multirow.py).
-_MAX_CLAIM_CHUNK = 512
+#: Rows per INSERT of the provider_parts of a batch of outcomes (journal/multirow.py): five
+#: values a row, 2,560 a statement. (A claim's UPDATE and events take their ids as one JSON
+#: parameter, whatever their number.)
+_MAX_PARTS_ROWS = 512
 
 
 def _insert_rows(conn: sqlite3.Connection, head: str, width: int, values: list[Any]) -> None:
     """Insert flattened rows of `width` values with one statement per chunk (multirow.py)."""
     row = "(" + ",".join("?" * width) + ")"
     start = 0
-    for rows in chunk_sizes(len(values) // width, _MAX_CLAIM_CHUNK):
+    for rows in chunk_sizes(len(values) // width, _MAX_PARTS_ROWS):
         end = start + rows * width
         conn.execute(insert_sql(head, row, row, rows), values[start:end])
         start = end

@@ -12,7 +12,14 @@ import sqlite3
 from typing import Any
 
 from sluice.journal.base import MessageRecord, TimelineEntry
-from sluice.journal.rows import EVENT_COLUMNS, MESSAGE_COLUMNS, message_record, timeline_entry
+from sluice.journal.rows import (
+    EVENT_COLUMNS,
+    MESSAGE_COLUMNS,
+    EventRow,
+    RecordRow,
+    message_record,
+    timeline_entry,
+)
 from sluice.model import Priority
 
 _PRIORITIES = tuple(int(p) for p in Priority)
@@ -21,23 +28,25 @@ _PRIORITIES = tuple(int(p) for p in Priority)
 def read_records(
     conn: sqlite3.Connection, where: str, params: tuple[Any, ...]
 ) -> list[MessageRecord]:
-    rows = conn.execute(
-        f"SELECT {MESSAGE_COLUMNS}, state, updated_at, provider_id, not_before FROM messages "
-        f"{where}",
-        params,
-    ).fetchall()
+    rows = [
+        RecordRow(*found)
+        for found in conn.execute(
+            f"SELECT {MESSAGE_COLUMNS}, state, updated_at, provider_id, not_before FROM messages "
+            f"{where}",
+            params,
+        )
+    ]
     if not rows:
         return []
-    ids = [row[0] for row in rows]
-    marks = ",".join("?" * len(ids))
-    timelines: dict[int, list[TimelineEntry]] = {mid: [] for mid in ids}
-    for row in conn.execute(
+    timelines: dict[int, list[TimelineEntry]] = {row.id: [] for row in rows}
+    marks = ",".join("?" * len(timelines))
+    for message_id, *event in conn.execute(
         f"SELECT message_id, {EVENT_COLUMNS} FROM events WHERE message_id IN ({marks}) "
         "ORDER BY rowid",
-        ids,
+        list(timelines),
     ):
-        timelines[row[0]].append(timeline_entry(row[1:]))
-    return [message_record(row, timelines[row[0]]) for row in rows]
+        timelines[message_id].append(timeline_entry(EventRow(*event)))
+    return [message_record(row, timelines[row.id]) for row in rows]
 
 
 def read_next_due(conn: sqlite3.Connection, channel: str) -> int | None:

@@ -13,8 +13,14 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from sluice.journal.base import Receipt
+from sluice.journal.rows import CallbackRow
 from sluice.journal.sqlite.callbacks import add_callback
-from sluice.journal.sqlite.json_rows import json_encoder, rows_decoder, unhex
+from sluice.journal.sqlite.json_rows import (
+    ProviderPartRow,
+    callback_rows,
+    json_encoder,
+    provider_part_rows,
+)
 from sluice.model import Outcome, State, now_ms
 
 if TYPE_CHECKING:
@@ -32,7 +38,7 @@ def op_apply_receipts(
     now = now_ms()
     keys = json_encoder.encode([r.provider_id for r in receipts])
     (found,) = conn.execute(_PARTS_SELECT, (channel, keys)).fetchone()
-    known = {pid: (mid, n) for pid, mid, n in rows_decoder.decode(found)}
+    known: dict[str, ProviderPartRow] = {p.provider_id: p for p in provider_part_rows.decode(found)}
     early: list[Receipt] = []
     single: dict[int, Receipt] = {}
     multi: list[Receipt] = []
@@ -40,12 +46,12 @@ def op_apply_receipts(
         hit = known.get(r.provider_id)
         if hit is None:
             early.append(r)
-        elif hit[1] > 1:
+        elif hit.parts > 1:
             multi.append(r)
-        elif hit[0] in single:  # the same receipt twice: the second finds nothing left
+        elif hit.message_id in single:  # the same receipt twice: the second finds nothing left
             early.append(r)
         else:
-            single[hit[0]] = r
+            single[hit.message_id] = r
     if early:
         conn.execute(
             "INSERT OR REPLACE INTO early_receipts (channel, provider_id, delivered, detail, at) "
@@ -59,7 +65,7 @@ def op_apply_receipts(
     return finals
 
 
-#: ?1 channel, ?2 a JSON array of provider ids: [provider_id, message_id, parts] known.
+#: ?1 channel, ?2 a JSON array of provider ids: the `ProviderPartRow` of those known.
 _PARTS_SELECT = (
     "SELECT json_group_array(json_array(provider_id, message_id, parts)) FROM provider_parts "
     "WHERE channel = ?1 AND provider_id IN (SELECT value FROM json_each(?2))"
@@ -86,7 +92,7 @@ def _settle_receipts(
         "WHERE id IN (SELECT value ->> 0 FROM json_each(?1)) AND state = 3",
         (keys,),
     ).fetchone()
-    sent = rows_decoder.decode(found)
+    sent = callback_rows.decode(found)
     if not sent:
         return 0
     conn.execute(
@@ -95,16 +101,12 @@ def _settle_receipts(
         (keys, now),
     )
     events = []
-    for mid, tenant, msg_channel, recipient, attempts, callback_url, metadata in sent:
-        r = receipts[mid]
+    for row in sent:
+        r = receipts[row.id]
         state = State.DELIVERED if r.delivered else State.FAILED
         outcome = Outcome.SENT if r.delivered else Outcome.PERMANENT
-        events.append((mid, int(state), attempts, int(outcome), r.provider_id, r.detail))
-        if callback_url:
-            add_callback(
-                conn, mid, callback_url, state, now, msg_channel, attempts, tenant, recipient,
-                r.provider_id, r.detail, unhex(metadata),
-            )  # fmt: skip
+        events.append((row.id, int(state), row.attempts, int(outcome), r.provider_id, r.detail))
+        add_callback(conn, row, state, now, r.provider_id, r.detail)
     conn.execute(
         "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
         "detail) SELECT value ->> 0, ?1, value ->> 1, ?2, value ->> 2, value ->> 3, "
@@ -155,22 +157,28 @@ def apply_receipt(
         )
     else:
         conn.execute("DELETE FROM provider_parts WHERE message_id = ?", (message_id,))
-    final = conn.execute(
+    found = conn.execute(
         "UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND state = 3 "
         "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
         (int(state), now, message_id),
     ).fetchone()
-    if final is None:
+    if found is None:
         return 0
+    final: CallbackRow[bytes] = CallbackRow(message_id, *found)
     outcome = Outcome.SENT if state == State.DELIVERED else Outcome.PERMANENT
     conn.execute(
         "INSERT INTO events (message_id, at, state, channel, attempt, outcome, provider_id, "
         "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (message_id, now, int(state), channel, final[3], int(outcome), receipt.provider_id, detail),
+        (
+            message_id,
+            now,
+            int(state),
+            channel,
+            final.attempts,
+            int(outcome),
+            receipt.provider_id,
+            detail,
+        ),
     )
-    if final[4]:
-        add_callback(
-            conn, message_id, final[4], state, now, final[1], final[3], final[0], final[2],
-            receipt.provider_id, detail, final[5],
-        )  # fmt: skip
+    add_callback(conn, final, state, now, receipt.provider_id, detail)
     return 1

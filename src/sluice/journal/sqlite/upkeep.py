@@ -13,6 +13,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from sluice.journal.base import EARLY_RECEIPT_TTL_MS, CancelResult, SweepResult
+from sluice.journal.rows import CallbackRow
 from sluice.journal.sqlite.callbacks import add_callback
 from sluice.model import State, now_ms
 
@@ -102,37 +103,24 @@ def op_sweep(
 
 def expire(conn: sqlite3.Connection, tx: Transaction, ids: list[int], now: int) -> int:
     done = 0
+    detail = "expired before it could be sent"
     for mid in ids:
-        row = conn.execute(
+        found = conn.execute(
             "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL, "
             "updated_at = ? WHERE id = ? AND state IN (0, 1) "
             "RETURNING tenant, channel, recipient, attempts, callback_url, metadata",
             (int(State.EXPIRED), now, mid),
         ).fetchone()
-        if row is None:
+        if found is None:
             continue
         done += 1
-        tenant, channel, recipient, attempts, callback_url, metadata = row
+        row: CallbackRow[bytes] = CallbackRow(mid, *found)
         conn.execute(
             "INSERT INTO events (message_id, at, state, channel, detail) VALUES (?, ?, ?, ?, ?)",
-            (mid, now, int(State.EXPIRED), channel, "expired before it could be sent"),
+            (mid, now, int(State.EXPIRED), row.channel, detail),
         )
-        tx.deltas[channel] -= 1
-        if callback_url:
-            add_callback(
-                conn,
-                mid,
-                callback_url,
-                State.EXPIRED,
-                now,
-                channel,
-                attempts,
-                tenant,
-                recipient,
-                None,
-                "expired before it could be sent",
-                metadata,
-            )
+        tx.deltas[row.channel] -= 1
+        add_callback(conn, row, State.EXPIRED, now, None, detail)
     return done
 
 
@@ -157,14 +145,14 @@ def op_reroute(
 def op_cancel(
     conn: sqlite3.Connection, tx: Transaction, tenant: str, mid: int, now: int
 ) -> CancelResult:
-    row = conn.execute(
+    found = conn.execute(
         "SELECT state, channel, recipient, attempts, callback_url, metadata FROM messages "
         "WHERE id = ? AND tenant = ?",
         (mid, tenant),
     ).fetchone()
-    if row is None:
+    if found is None:
         return CancelResult.NOT_FOUND
-    state, channel, recipient, attempts, callback_url, metadata = row
+    state, channel, recipient, attempts, callback_url, metadata = found
     if state not in (State.ACCEPTED, State.QUEUED):
         return CancelResult.TOO_LATE
     conn.execute(
@@ -176,21 +164,10 @@ def op_cancel(
         (mid, now, int(State.CANCELLED), channel, "cancelled by the producer"),
     )
     tx.deltas[channel] -= 1
-    if callback_url:
-        add_callback(
-            conn,
-            mid,
-            callback_url,
-            State.CANCELLED,
-            now,
-            channel,
-            attempts,
-            tenant,
-            recipient,
-            None,
-            "cancelled by the producer",
-            metadata,
-        )
+    row: CallbackRow[bytes] = CallbackRow(
+        mid, tenant, channel, recipient, attempts, callback_url, metadata
+    )
+    add_callback(conn, row, State.CANCELLED, now, None, "cancelled by the producer")
     return CancelResult.CANCELLED
 
 
