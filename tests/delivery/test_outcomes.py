@@ -40,7 +40,6 @@ def test_sent_is_final_and_keeps_the_provider_id_and_parts(clock: FakeClock) -> 
         12.5,
         CHANNEL,
         retry_policy(),
-        BASE_SECONDS,
         lambda: now_ms_of(clock),
     )
     assert verdict is Verdict.SENT
@@ -67,7 +66,6 @@ def test_permanent_is_refused_at_once_whatever_the_attempts_left(clock: FakeCloc
         3.0,
         CHANNEL,
         retry_policy(max_attempts=10),
-        BASE_SECONDS,
         lambda: now_ms_of(clock),
     )
     assert verdict is Verdict.REFUSED
@@ -87,7 +85,6 @@ def test_throttled_is_queued_after_retry_after_without_counting(clock: FakeClock
         1.0,
         CHANNEL,
         retry_policy(),
-        BASE_SECONDS,
         lambda: now_ms_of(clock),
     )
     assert verdict is Verdict.THROTTLED
@@ -102,7 +99,6 @@ def test_throttled_without_retry_after_is_due_now(clock: FakeClock) -> None:
         1.0,
         CHANNEL,
         retry_policy(),
-        BASE_SECONDS,
         lambda: now_ms_of(clock),
     )
     assert verdict is Verdict.THROTTLED
@@ -116,7 +112,6 @@ def test_unattempted_keeps_the_attempts_and_waits_the_base_delay(clock: FakeCloc
         0.1,
         CHANNEL,
         retry_policy(max_attempts=3),
-        BASE_SECONDS,
         lambda: now_ms_of(clock),
     )
     assert verdict is Verdict.UNATTEMPTED
@@ -133,7 +128,6 @@ def test_transient_retries_with_exponential_backoff(clock: FakeClock) -> None:
             5.0,
             CHANNEL,
             retry_policy(max_attempts=4),
-            BASE_SECONDS,
             lambda: now_ms_of(clock),
         )
         assert verdict is Verdict.RETRY
@@ -149,7 +143,6 @@ def test_retry_after_pushes_the_backoff_back(clock: FakeClock) -> None:
         5.0,
         CHANNEL,
         retry_policy(),
-        BASE_SECONDS,
         lambda: now_ms_of(clock),
     )
     assert c.due_at == now_ms_of(clock) + 30_000
@@ -162,7 +155,6 @@ def test_gives_up_after_the_last_attempt(clock: FakeClock) -> None:
         5.0,
         CHANNEL,
         retry_policy(max_attempts=3),
-        BASE_SECONDS,
         lambda: now_ms_of(clock),
     )
     assert verdict is Verdict.GIVE_UP
@@ -177,7 +169,6 @@ def test_gives_up_when_the_message_expires_before_the_next_attempt(clock: FakeCl
         5.0,
         CHANNEL,
         retry_policy(),
-        BASE_SECONDS,
         lambda: now_ms_of(clock),
     )
     assert verdict is Verdict.GIVE_UP
@@ -186,13 +177,9 @@ def test_gives_up_when_the_message_expires_before_the_next_attempt(clock: FakeCl
 
 def test_the_clock_is_read_when_judging(clock: FakeClock) -> None:
     result = SendResult(Outcome.THROTTLED, retry_after=1)
-    _, first = judge(
-        message(), result, 1.0, CHANNEL, retry_policy(), BASE_SECONDS, lambda: now_ms_of(clock)
-    )
+    _, first = judge(message(), result, 1.0, CHANNEL, retry_policy(), lambda: now_ms_of(clock))
     clock.advance(10)
-    _, later = judge(
-        message(), result, 1.0, CHANNEL, retry_policy(), BASE_SECONDS, lambda: now_ms_of(clock)
-    )
+    _, later = judge(message(), result, 1.0, CHANNEL, retry_policy(), lambda: now_ms_of(clock))
     assert later.due_at - first.due_at == 10_000
 
 

@@ -25,7 +25,7 @@ Examples:
     >>> message = Message(7, "acme", "sms", "+15550100", "hi", attempts=1)
     >>> retry = RetryPolicy(3, base_seconds=2, max_seconds=60, jitter=0)
     >>> answer = SendResult(Outcome.TRANSIENT, detail="HTTP 503")
-    >>> verdict, completion = judge(message, answer, 12.5, "sms", retry, 2.0, lambda: 1_000)
+    >>> verdict, completion = judge(message, answer, 12.5, "sms", retry, lambda: 1_000)
     >>> verdict, completion.state.name, completion.due_at
     (<Verdict.RETRY: 5>, 'QUEUED', 3000)
 """
@@ -75,12 +75,11 @@ def judge(
     latency_ms: float,
     channel: str,
     retry: RetryPolicy,
-    retry_base_seconds: float,
     now_ms: Callable[[], int],
 ) -> tuple[Verdict, Completion]:
     """The verdict on `result`, the answer to `message` on `channel`, and the completion
     that records it. `retry` schedules the next attempt of a transient failure; one that
-    never reached the peer goes again after `retry_base_seconds`."""
+    never reached the peer goes again after the retry policy's `base_seconds`."""
     outcome = result.outcome
     if outcome is _OUTCOME_SENT or outcome is _OUTCOME_PERMANENT:
         sent = outcome is _OUTCOME_SENT
@@ -118,7 +117,7 @@ def judge(
             outcome,
             latency_ms,
             detail=result.detail or "not attempted",
-            due_at=now_ms() + int(retry_base_seconds * 1000),
+            due_at=now_ms() + int(retry.base_seconds * 1000),
             uncount=True,
         )
     now = now_ms()

@@ -529,7 +529,6 @@ class ChannelRunner:
             latency_ms,
             self.name,
             self.retry,
-            self.config.retry.base_seconds,
             now_ms,
         )
         if verdict is SENT or verdict is REFUSED:

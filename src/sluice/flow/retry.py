@@ -87,6 +87,11 @@ class RetryPolicy:
         """Failed tries after which the policy gives up."""
         return self._max_attempts
 
+    @property
+    def base_seconds(self) -> float:
+        """The delay after the first failed try, before jitter."""
+        return self._base
+
     def delay(self, attempt: int) -> float:
         """Seconds to wait after the ``attempt``-th failed try (1-based)."""
         if attempt < 1:

@@ -16,6 +16,14 @@ class Simulator(abc.ABC):
 
     #: How it names itself in errors and on the terminal ("SMTP sink").
     NAME: ClassVar[str]
+    #: The port it listens on, set by `start`.
+    _port: int = 0
+
+    @property
+    def port(self) -> int:
+        """The port it listens on, once started."""
+        self._check_started()
+        return self._port
 
     @property
     @abc.abstractmethod

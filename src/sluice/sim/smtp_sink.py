@@ -436,11 +436,6 @@ class SmtpSink(Simulator):
         return self._server is not None
 
     @property
-    def port(self) -> int:
-        self._check_started()
-        return self._port
-
-    @property
     def host(self) -> str:
         return self._options.host
 

@@ -171,12 +171,6 @@ class SmscSimulator(Simulator):
         return self._server is not None
 
     @property
-    def port(self) -> int:
-        """The SMPP port, once started."""
-        self._check_started()
-        return self._port
-
-    @property
     def address(self) -> tuple[str, int]:
         """(host, port) to connect an ESME to, once started."""
         return self._host, self.port
