@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     parser.add_argument("--show-wrk", action="store_true", help="print wrk's own output too")
     args = parser.parse_args()
+    if not Path(WRK).exists():
+        sys.exit(f"{WRK} not found: install it with `apt-get install -y wrk` (Debian's package)")
     body = msgspec.json.encode(
         {"channel": "web", "to": "+15550000001", "body": "Benchmark message number 1"}
     )
