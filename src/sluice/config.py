@@ -64,6 +64,51 @@ class ServerConfig(_Base, frozen=True):
     #: the listening ports, kept running by a supervisor); more than one needs the postgres
     #: journal. `sluice serve --workers N` overrides it.
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    #: Open HTTP connections one process keeps; one more is answered 503 and closed at once.
+    max_connections: Positive = 10_000
+    #: Connections taken from the kernel's accept queue per turn of the event loop (uvloop's own
+    #: server takes one per turn, so a busy loop left new connections waiting for seconds).
+    accept_batch: Positive = 64
+    #: The kernel's queue of connections not yet accepted (listen backlog).
+    listen_backlog: Positive = 4096
+
+
+class AdmissionConfig(_Base, frozen=True):
+    """Adaptive admission at the HTTP edge (ingress/http/gate.py): an AIMD limit on requests
+    in flight that holds a response-time target and an event-loop lag target; the excess is
+    refused with 503 + Retry-After before its body is read."""
+
+    #: Response time of admitted requests (from their first byte to their answer) to hold, at
+    #: the `latency_quantile` of each interval.
+    latency_target_ms: Annotated[float, msgspec.Meta(gt=0)] = 500.0
+    latency_quantile: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.99
+    #: Event-loop lag to hold: above it the loop is out of CPU and the limit is cut, which is
+    #: what keeps refusals, health probes and delivery prompt under overload.
+    loop_lag_target_ms: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    #: How often the limit is adjusted (and the loop lag sampled five times as often).
+    interval_ms: Annotated[float, msgspec.Meta(ge=5)] = 100.0
+    initial_limit: Positive = 64
+    min_limit: Positive = 4
+    max_limit: Positive = 4096
+    #: Added to the limit after an interval that used it without missing a target.
+    increase: Annotated[float, msgspec.Meta(gt=0)] = 4.0
+    #: The limit is multiplied by this after an interval that missed a target.
+    decrease: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.8
+    #: Requests marked `Sluice-Priority: urgent` are admitted over the limit, up to this many
+    #: times the limit in all (the hard limit).
+    urgent_factor: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    #: Once this share of the limit is in use, a tenant holding more than an equal share of it
+    #: is refused, so one tenant cannot take the whole limit from the others.
+    fair_share_from: Fraction = 0.5
+    #: Seconds suggested in Retry-After when a request is shed.
+    retry_after_seconds: Positive = 1
+    #: A request older than this when its commit would begin is refused (503), not committed:
+    #: its client has likely given up, and a retry would duplicate it. 0 turns it off.
+    request_deadline_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    #: /readyz answers 503 while requests are being shed, so a balancer moves traffic away.
+    unready_while_shedding: bool = False
+    #: Off: admit by backlog and tenant rates only, as without this section.
+    enabled: bool = True
 
 
 class JournalConfig(_Base, frozen=True):
@@ -110,6 +155,8 @@ class LimitsConfig(_Base, frozen=True):
     max_callback_url_length: Positive = 2048
     #: Pending (accepted, queued, sending) messages above which ingress answers 429.
     max_backlog: Positive = 10_000_000
+    #: Room beyond max_backlog that only urgent messages may take.
+    urgent_backlog_reserve: NonNegative = 100_000
     #: Seconds suggested in Retry-After when the backlog is full.
     backlog_retry_after_seconds: Positive = 5
     #: How long an idempotency key is remembered.
@@ -380,6 +427,7 @@ class Config(_Base, frozen=True):
     journal: JournalConfig = JournalConfig()
     redis: RedisConfig = RedisConfig()
     limits: LimitsConfig = LimitsConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     channels: dict[str, ChannelConfig] = {}
     tenants: dict[str, TenantConfig] = {}
@@ -404,6 +452,7 @@ def _check(config: Config) -> None:
     # (the range of node numbers follows from server.workers).
     _check_nodes(config.server)
     _check_redis(config.redis)
+    _check_admission(config.admission)
     if config.smtp is not None:
         _check_smtp(config, config.smtp)
     for name, channel in config.channels.items():
@@ -416,6 +465,14 @@ def _check_server(server: ServerConfig) -> None:
     valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
     if not sep or not host or not valid_port:
         raise ConfigError(f"server.listen: expected host:port, got {server.listen!r}")
+
+
+def _check_admission(admission: AdmissionConfig) -> None:
+    if not admission.min_limit <= admission.initial_limit <= admission.max_limit:
+        raise ConfigError(
+            "admission.initial_limit: must lie from admission.min_limit to admission.max_limit "
+            f"({admission.min_limit} <= {admission.initial_limit} <= {admission.max_limit})"
+        )
 
 
 def _check_journal(journal: JournalConfig, server: ServerConfig) -> None:

@@ -85,9 +85,13 @@ class JournalGateway:
         messages: list[Message],
         idempotency_key: str | None = None,
         digest: bytes | None = None,
+        *,
+        deadline: float | None = None,
     ) -> SubmitResult:
         self.submits += 1
-        result = await self.journal.insert(tenant, messages, idempotency_key, digest)
+        result = await self.journal.insert(
+            tenant, messages, idempotency_key, digest, deadline=deadline
+        )
         if not result.replayed:
             self._accepted.inc(len(messages))
         return result

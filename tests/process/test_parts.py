@@ -55,7 +55,7 @@ async def test_the_http_server_serves_until_stopped() -> None:
 
     sock = bind_tcp("127.0.0.1:0")
     port = sock.getsockname()[1]
-    part = HttpServerPart(app, sock)
+    part = HttpServerPart(app, sock, Config())
     try:
         await part.start()
         async with asyncio.TaskGroup() as tg:

@@ -50,8 +50,11 @@ class Gateway(Protocol):
         messages: list[Message],
         idempotency_key: str | None = None,
         digest: bytes | None = None,
+        *,
+        deadline: float | None = None,
     ) -> SubmitResult:
-        """Store messages durably; returns once committed. Raises IdempotencyConflict."""
+        """Store messages durably; returns once committed. Raises IdempotencyConflict, and
+        DeadlinePassed (nothing stored) when the commit would begin after `deadline`."""
         ...
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None: ...

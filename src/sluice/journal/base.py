@@ -31,6 +31,10 @@ class IdempotencyConflict(Exception):
     """An idempotency key was reused for a different request."""
 
 
+class DeadlinePassed(Exception):
+    """An insert's deadline passed before its commit began: nothing was stored."""
+
+
 class SubmitResult(msgspec.Struct, frozen=True):
     ids: list[int]
     #: True when the idempotency key was seen before: ids are the original ones, nothing stored.
@@ -152,8 +156,12 @@ class Journal(Protocol):
         messages: list[Message],
         idempotency_key: str | None = None,
         digest: bytes | None = None,
+        *,
+        deadline: float | None = None,
     ) -> SubmitResult:
-        """Store messages as queued; with a key, a repeat returns the first call's ids."""
+        """Store messages as queued; with a key, a repeat returns the first call's ids. With a
+        `deadline` (a `time.monotonic()` value), raises DeadlinePassed instead of committing
+        when the commit would begin after it (its producer has likely given up by then)."""
         ...
 
     async def claim(

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from sluice.delivery.latency import LatencyStats
     from sluice.delivery.runner import RunnerStats
     from sluice.flow.stage import StageStats
+    from sluice.ingress.http.gate import GateStats
+    from sluice.ingress.http.server import ServerStats
     from sluice.ingress.smtp.door import FrontDoorStats
     from sluice.journal.base import JournalStats
     from sluice.sharing.build import SharingStats
@@ -70,6 +72,10 @@ class GatewayMetrics:
         #: deliver: the histogram is there, empty).
         self._runners: list[HasStats[RunnerStats]] = []
         self.registry.register(_SendLatencyCollector(self._runners))
+
+    def watch_edge(self, gate: HasStats[GateStats], server: HasStats[ServerStats]) -> None:
+        """The HTTP edge: connections, refusals written by the gate, the adaptive limit."""
+        self.registry.register(_EdgeCollector(gate, server))
 
     def watch_front_door(self, door: HasStats[FrontDoorStats]) -> None:
         self.registry.register(_FrontDoorCollector(door))
@@ -119,6 +125,74 @@ class _SendLatencyCollector:
         for (channel, outcome), latency in observed:
             family.add_metric([channel, outcome], cumulative_buckets(latency), latency.total)
         yield family
+
+
+class _EdgeCollector:
+    """The HTTP server's connections and the gate's admission figures."""
+
+    def __init__(self, gate: HasStats[GateStats], server: HasStats[ServerStats]) -> None:
+        self._gate = gate
+        self._server = server
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server.stats()
+        yield GaugeMetricFamily(
+            "sluice_http_connections", "HTTP connections open.", value=server.connections
+        )
+        yield CounterMetricFamily(
+            "sluice_http_connections_accepted", "HTTP connections accepted.", value=server.accepted
+        )
+        yield CounterMetricFamily(
+            "sluice_http_connections_refused",
+            "HTTP connections refused at once (server.max_connections).",
+            value=server.refused,
+        )
+        gate = self._gate.stats()
+        refusals = CounterMetricFamily(
+            "sluice_http_gate_refusals",
+            "Requests refused from their headers, before their body was read, by code "
+            "(overloaded, rate_limited, backlog_full, unauthorized).",
+            labels=["code"],
+        )
+        for code, count in sorted(gate.refusals.items()):
+            refusals.add_metric([code], count)
+        yield refusals
+        yield CounterMetricFamily(
+            "sluice_http_probes", "Health and readiness probes answered.", value=gate.probes
+        )
+        limit = gate.limit
+        if limit is None:
+            return
+        yield GaugeMetricFamily(
+            "sluice_admission_limit", "Requests the adaptive limit lets in flight.", limit.limit
+        )
+        yield GaugeMetricFamily(
+            "sluice_admission_in_flight", "Requests admitted and not yet answered.", limit.in_flight
+        )
+        yield CounterMetricFamily(
+            "sluice_admission_admitted", "Requests admitted by the limit.", value=limit.admitted
+        )
+        yield CounterMetricFamily(
+            "sluice_admission_shed", "Requests refused by the limit (503).", value=limit.shed
+        )
+        yield GaugeMetricFamily(
+            "sluice_admission_shedding",
+            "1 while requests are being shed (within the last second).",
+            value=int(limit.shedding),
+        )
+        yield GaugeMetricFamily(
+            "sluice_admission_latency_seconds",
+            "Response time of admitted requests at the target's quantile, last interval.",
+            value=limit.latency_ms / 1000,
+        )
+        yield GaugeMetricFamily(
+            "sluice_event_loop_lag_seconds",
+            "Largest lag of the event loop in the last interval.",
+            value=limit.loop_lag_ms / 1000,
+        )
 
 
 class _FrontDoorCollector:

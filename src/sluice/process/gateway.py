@@ -115,13 +115,17 @@ class SluiceGateway:
         messages: list[Message],
         idempotency_key: str | None = None,
         digest: bytes | None = None,
+        *,
+        deadline: float | None = None,
     ) -> SubmitResult:
         cache = self.sharing.idempotency
         if cache is not None and idempotency_key is not None:
             ids = await cache.lookup(tenant, idempotency_key, digest)  # IdempotencyConflict
             if ids is not None:
                 return SubmitResult(ids, True)  # a replay, answered without a transaction
-        result = await self.journal.insert(tenant, messages, idempotency_key, digest)
+        result = await self.journal.insert(
+            tenant, messages, idempotency_key, digest, deadline=deadline
+        )
         if cache is not None and idempotency_key is not None and digest is not None:
             await cache.remember(tenant, idempotency_key, digest, result.ids)
         if not result.replayed:
@@ -166,15 +170,17 @@ class SluiceGateway:
         self._stop.set()
 
     async def run(self) -> None:
-        from sluice.ingress.http.app import build_app
+        from sluice.ingress.http.app import HttpApi
 
         listeners = self._listeners
         if listeners is None:
             listeners = Listeners(bind_tcp(self.config.server.listen))
         sock = listeners.http
         self.port = sock.getsockname()[1]
-        app = build_app(self, message_api=self.role.takes_messages)
-        doors: list[Part] = [HttpServerPart(app, sock)]
+        app = HttpApi(self, message_api=self.role.takes_messages)
+        http = HttpServerPart(app, sock, self.config)
+        self.telemetry.watch_edge(app.gate, http.server)
+        doors: list[Part] = [http]
         if serves_smtp(self.config):
             doors.append(self._front_door(listeners.smtp))
         # In the order they stop: the doors (no new messages), delivery (drains what is in

@@ -6,11 +6,11 @@ follow it.
 A gateway starts its parts one after the other, runs them together, stops them in the order
 that keeps every message (the doors first, then delivery, then what both use) and closes
 every one of them, whether it got to run or not. The delivery side (`Delivery`) has this life
-cycle of its own; the HTTP server (uvicorn) and the Redis sharing (which runs until cancelled)
+cycle of its own; the HTTP server and the Redis sharing (which runs until cancelled)
 get it from the shells below, and the SMTP front door from `process/front_door.py`.
 
 Examples:
-    part: Part = HttpServerPart(app, sock)
+    part: Part = HttpServerPart(app, sock, config)
     await part.start()
     async with asyncio.TaskGroup() as tg:
         running = tg.create_task(part.run())
@@ -23,13 +23,11 @@ Examples:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-import uvicorn
-
+from sluice.config import Config
+from sluice.ingress.http.server import HttpServer
 from sluice.sharing.build import Sharing
 
 if TYPE_CHECKING:
@@ -50,39 +48,21 @@ class Part(Protocol):
         """Let go of what the part holds, whether it ran or not."""
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the gateway owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class HttpServerPart:
-    """The HTTP server (uvicorn) on a listening socket: it stops taking requests at `stop`
-    and finishes those under way (for up to 5 s) before `run` returns."""
+    """The HTTP server (`ingress/http/server.py`) on a listening socket: it stops taking
+    requests at `stop` and finishes those under way (for up to 5 s) before `run` returns."""
 
-    def __init__(self, app: ASGIApp, sock: socket.socket) -> None:
-        self._sock = sock
-        self._server = _EmbeddedServer(
-            uvicorn.Config(
-                app,
-                lifespan="off",
-                log_level="warning",
-                access_log=False,
-                http="httptools",
-                timeout_graceful_shutdown=5,
-            )
-        )
+    def __init__(self, app: ASGIApp, sock: socket.socket, config: Config) -> None:
+        self.server = HttpServer(app, sock, config)
 
     async def start(self) -> None:
-        pass  # uvicorn binds nothing: it serves on the socket it is given
+        pass  # the server binds nothing: it serves on the socket it is given
 
     async def run(self) -> None:
-        await self._server.serve(sockets=[self._sock])
+        await self.server.serve()
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        self.server.stop()
 
     async def close(self) -> None:
         pass  # the socket belongs to the process's listeners

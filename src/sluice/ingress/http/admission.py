@@ -3,7 +3,8 @@
 Two limits, checked in this order so that a refusal for one does not spend the other:
 
 * the backlog: messages accepted and not yet final, plus those being committed right now by
-  this ingress, must stay at or below ``limits.max_backlog``;
+  this ingress, must stay at or below ``limits.max_backlog`` (urgent messages may use
+  ``limits.urgent_backlog_reserve`` more, so an OTP is not refused behind a broadcast);
 * the tenant's rate: a token bucket per tenant (``rate`` messages/s, ``burst`` tokens or
   ``max(1, rate)`` when burst is 0; rate 0 is unlimited), charged one token per message.
 
@@ -50,7 +51,14 @@ class Rejection(msgspec.Struct, frozen=True):
 class Admission:
     """Decides whether a tenant may submit ``n`` messages now; one per ingress process."""
 
-    __slots__ = ("_backlog", "_buckets", "_in_flight", "_max_backlog", "_retry_backlog")
+    __slots__ = (
+        "_backlog",
+        "_buckets",
+        "_in_flight",
+        "_max_backlog",
+        "_retry_backlog",
+        "_urgent_reserve",
+    )
 
     def __init__(
         self,
@@ -61,6 +69,7 @@ class Admission:
         self._backlog = backlog
         self._max_backlog = config.limits.max_backlog
         self._retry_backlog = config.limits.backlog_retry_after_seconds
+        self._urgent_reserve = config.limits.urgent_backlog_reserve
         self._in_flight = 0
         self._buckets: dict[str, TokenBucket] = {
             name: TokenBucket(tenant.rate, tenant.burst or max(1.0, tenant.rate), clock)
@@ -73,9 +82,9 @@ class Admission:
         """Messages admitted and not yet released (being committed)."""
         return self._in_flight
 
-    def precheck(self, tenant: str) -> Rejection | None:
+    def precheck(self, tenant: str, urgent: bool = False) -> Rejection | None:
         """Before reading a body: refuse if not even one more message could be admitted."""
-        rejection = self._check_backlog(1)
+        rejection = self._check_backlog(1, urgent)
         if rejection is not None:
             return rejection
         bucket = self._buckets.get(tenant)
@@ -85,10 +94,10 @@ class Admission:
                 return _rate_limited(wait)
         return None
 
-    def admit(self, tenant: str, n: int) -> Rejection | None:
-        """Admit ``n`` messages, taking their tokens; the caller must `release` them once
-        the journal answered (whatever it answered)."""
-        rejection = self._check_backlog(n)
+    def admit(self, tenant: str, n: int, urgent: bool = False) -> Rejection | None:
+        """Admit ``n`` messages (all urgent, if `urgent`), taking their tokens; the caller must
+        `release` them once the journal answered (whatever it answered)."""
+        rejection = self._check_backlog(n, urgent)
         if rejection is not None:
             return rejection
         bucket = self._buckets.get(tenant)
@@ -107,8 +116,9 @@ class Admission:
     def release(self, n: int) -> None:
         self._in_flight -= n
 
-    def _check_backlog(self, n: int) -> Rejection | None:
-        if self._backlog() + self._in_flight + n > self._max_backlog:
+    def _check_backlog(self, n: int, urgent: bool) -> Rejection | None:
+        limit = self._max_backlog + self._urgent_reserve if urgent else self._max_backlog
+        if self._backlog() + self._in_flight + n > limit:
             return Rejection(
                 429,
                 "backlog_full",

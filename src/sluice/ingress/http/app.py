@@ -5,10 +5,13 @@ returns a `_Response` or raises `ApiError`, and one place (`HttpApi._http`) turn
 ASGI messages. On this machine a bare ASGI app on uvicorn serves about twice the requests of
 the same app on Starlette (DESIGN.md, "What this machine can do").
 
-Order of work for ``POST /v1/messages``, cheapest refusal first: route, API key, content type,
-Content-Length, admission for one message (backlog, tenant bucket), then read the body while
-counting (never more than limits.max_request_bytes), parse and check every message, admit the
-batch (taking its tokens), commit through the gateway, answer.
+Order of work for ``POST /v1/messages``, cheapest refusal first. Behind Sluice's own server
+(`server.py`) the gate (`gate.py`) has already decided from the headers alone: API key,
+backlog, tenant rate, the adaptive limit on requests in flight. Then: route, content type,
+Content-Length, read the body while counting (never more than limits.max_request_bytes),
+parse and check every message, admit the batch (taking its tokens), commit through the gateway
+unless the request has outlived `admission.request_deadline_seconds`, answer. Served by
+another ASGI server, the app makes the gate's checks but the adaptive limit itself.
 
 Examples:
     app = build_app(gateway)
@@ -29,6 +32,7 @@ import msgspec
 from sluice.ingress.contract import Gateway
 from sluice.ingress.http.admission import Admission, Rejection
 from sluice.ingress.http.auth import ApiKeys
+from sluice.ingress.http.gate import ANSWER_KEY, PRIORITY_HEADER, TICKET_KEY, EdgeGate, Ticket
 from sluice.ingress.http.openapi import openapi_document
 from sluice.ingress.http.schema import (
     ApiError,
@@ -41,8 +45,13 @@ from sluice.ingress.http.schema import (
     message_view,
     state_name,
 )
-from sluice.journal.base import CancelResult, IdempotencyConflict, JournalError
-from sluice.model import format_id, now_ms, parse_id
+from sluice.journal.base import (
+    CancelResult,
+    DeadlinePassed,
+    IdempotencyConflict,
+    JournalError,
+)
+from sluice.model import Priority, format_id, now_ms, parse_id
 
 Scope = MutableMapping[str, Any]
 ASGIMessage = MutableMapping[str, Any]
@@ -74,10 +83,12 @@ class _Headers(NamedTuple):
     content_type: bytes | None
     content_length: bytes | None
     idempotency_key: bytes | None
+    urgent: bool
 
 
 def _headers(scope: Scope) -> _Headers:
     authorization = content_type = content_length = idempotency_key = None
+    urgent = False
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value
@@ -87,7 +98,9 @@ def _headers(scope: Scope) -> _Headers:
             content_length = value
         elif name == b"idempotency-key":
             idempotency_key = value
-    return _Headers(authorization, content_type, content_length, idempotency_key)
+        elif name == PRIORITY_HEADER:
+            urgent = value.strip().lower() == b"urgent"
+    return _Headers(authorization, content_type, content_length, idempotency_key, urgent)
 
 
 def _error_body(code: str, message: str, field: str | None = None) -> bytes:
@@ -129,6 +142,9 @@ class HttpApi:
         self._keys = ApiKeys(config.tenants)
         self._parser = MessageParser(config)
         self._admission = Admission(config, gateway.backlog, clock)
+        self._deadline = config.admission.request_deadline_seconds
+        #: What is decided from the headers alone; Sluice's HTTP server asks it first.
+        self.gate = EdgeGate(config, gateway, self._admission, self._keys, message_api=message_api)
         self._openapi = _encode(openapi_document(config))
         self._routes: dict[str, dict[str, Callable[..., Awaitable[_Response]]]] = {
             "/healthz": {"GET": self._healthz},
@@ -161,7 +177,19 @@ class HttpApi:
             await send({"type": "websocket.close", "code": 1008})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ticket: Ticket | None = scope.get(TICKET_KEY)
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            if ticket is not None:
+                self.gate.release(ticket)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        answer = scope.get(ANSWER_KEY)
+        if answer is not None:  # decided by the gate, sent here to keep pipelined answers in order
+            await _send(send, _Response(answer.status, answer.body, headers=answer.extra_headers))
+            return
         try:
             routes = self._routes.get(path)
             args: tuple[str, ...] = ()
@@ -200,18 +228,7 @@ class HttpApi:
             response = _Response(
                 500, _error_body("internal_error", "an unexpected error; it has been logged")
             )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [
-                    (b"content-type", response.content_type),
-                    (b"content-length", str(len(response.body)).encode()),
-                    *response.headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        await _send(send, response)
 
     # -------------------------------------------------------------------------- helpers
 
@@ -263,22 +280,45 @@ class HttpApi:
                 raise _too_large(limit)
         key = _idempotency_key(headers.idempotency_key, self._limits.max_idempotency_key_length)
         admission = self._admission
-        rejection = admission.precheck(tenant)
-        if rejection is not None:
-            raise _rejected(rejection)
+        ticket: Ticket | None = scope.get(TICKET_KEY)
+        if ticket is None:  # no gate in front (another ASGI server): its checks, here
+            started = time.monotonic()
+            rejection = admission.precheck(tenant, urgent=headers.urgent)
+            if rejection is not None:
+                raise _rejected(rejection)
+        else:
+            started = ticket.started
         raw = await self._read_body(receive, limit)
         messages = self._parser.parse(raw, tenant, now_ms(), self._gateway.next_id)
+        if headers.urgent and any(m.priority != Priority.URGENT for m in messages):
+            raise ApiError(
+                422,
+                "not_urgent",
+                "a request sent with `Sluice-Priority: urgent` may hold only urgent messages; "
+                "send the others without the header",
+                "Sluice-Priority",
+            )
         n = len(messages)
-        rejection = admission.admit(tenant, n)
+        rejection = admission.admit(tenant, n, urgent=headers.urgent)
         if rejection is not None:
             raise _rejected(rejection)
+        deadline = started + self._deadline if self._deadline > 0 else None
         try:
             result = await self._gateway.submit(
                 tenant,
                 messages,
                 key,
                 hashlib.sha256(raw).digest() if key is not None else None,
+                deadline=deadline,
             )
+        except DeadlinePassed:
+            raise ApiError(
+                503,
+                "deadline_passed",
+                f"the request waited more than {self._deadline:g} s "
+                "(admission.request_deadline_seconds) and was not stored; send it again",
+                headers=((b"retry-after", b"1"),),
+            ) from None
         except IdempotencyConflict:
             raise ApiError(
                 422,
@@ -369,7 +409,7 @@ class HttpApi:
         return _Response(200, b'{"status":"ok"}')
 
     async def _readyz(self, scope: Scope, receive: Receive) -> _Response:
-        if self._gateway.ready():
+        if self.gate.ready():
             return _Response(200, b'{"status":"ready"}')
         return _Response(503, _error_body("not_ready", "the gateway is starting or shutting down"))
 
@@ -387,6 +427,21 @@ def build_app(
     """The HTTP API over `gateway`; `clock` drives the tenants' token buckets. Without the
     message API: health, readiness and metrics only (a process of role "worker")."""
     return HttpApi(gateway, clock, message_api=message_api)
+
+
+async def _send(send: Send, response: _Response) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [
+                (b"content-type", response.content_type),
+                (b"content-length", str(len(response.body)).encode()),
+                *response.headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class _ClientGone(Exception):

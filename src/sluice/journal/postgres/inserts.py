@@ -7,9 +7,11 @@ success.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
-from sluice.journal.base import IdempotencyConflict, SubmitResult
+from sluice.journal.base import DeadlinePassed, IdempotencyConflict, SubmitResult
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
 from sluice.journal.rows import encode_metadata
@@ -69,7 +71,12 @@ async def op_insert(
     c: Columns,
     key: str | None,
     digest: bytes | None,
+    deadline: float | None = None,
 ) -> SubmitResult:
+    if deadline is not None and time.monotonic() > deadline:
+        # Checked once the transaction has its connection, just before the first statement:
+        # a request that waited out the pool is not committed after its producer gave up.
+        raise DeadlinePassed(f"the insert's deadline passed before its commit ({deadline})")
     if key is not None:
         row = await conn.fetchrow(
             "SELECT digest, ids FROM idempotency WHERE tenant = $1 AND key = $2", tenant, key
@@ -111,8 +118,10 @@ async def op_insert_again(
     c: Columns,
     key: str | None,
     digest: bytes | None,
+    deadline: float | None = None,
 ) -> SubmitResult:
-    """An insert whose first try lost its connection, perhaps after its commit landed."""
+    """An insert whose first try lost its connection, perhaps after its commit landed (so its
+    deadline no longer applies: the producer must hear what became of it)."""
     found = await conn.fetchval(
         "SELECT count(*) FROM messages WHERE id = ANY($1::bigint[]) AND tenant = $2", c.ids, tenant
     )

@@ -260,10 +260,12 @@ class PostgresJournal:
         messages: list[Message],
         idempotency_key: str | None = None,
         digest: bytes | None = None,
+        *,
+        deadline: float | None = None,
     ) -> SubmitResult:
         columns = insert_columns(messages, now_ms())
         return await self._run(
-            op_insert, tenant, messages, columns, idempotency_key, digest,
+            op_insert, tenant, messages, columns, idempotency_key, digest, deadline,
             retried=op_insert_again,
         )  # fmt: skip
 

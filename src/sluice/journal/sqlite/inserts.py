@@ -8,6 +8,7 @@ Examples:
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +52,13 @@ class PreparedInsert(msgspec.Struct):
     ids: list[int]
     pairs: list[tuple[int, int]]
     counts: dict[str, int]
+    #: A `time.monotonic()` value: the writer skips the insert if its group begins later.
+    deadline: float | None = None
 
 
-def prepare_insert(tenant: str, messages: list[Message]) -> PreparedInsert:
+def prepare_insert(
+    tenant: str, messages: list[Message], deadline: float | None = None
+) -> PreparedInsert:
     now = now_ms()
     plain = not any(
         m.sender is not None
@@ -93,7 +98,7 @@ def prepare_insert(tenant: str, messages: list[Message]) -> PreparedInsert:
         start = end
     counts: Counter[str] = Counter(m.channel for m in messages)
     pairs = [(recipient_key(tenant, m.recipient), m.id) for m in messages]
-    return PreparedInsert(statements, [m.id for m in messages], pairs, dict(counts))
+    return PreparedInsert(statements, [m.id for m in messages], pairs, dict(counts), deadline)
 
 
 def op_insert(
@@ -103,7 +108,13 @@ def op_insert(
     prepared: PreparedInsert,
     key: str | None,
     digest: bytes | None,
-) -> SubmitResult:
+) -> SubmitResult | None:
+    """Store the messages, or return None without writing anything when the insert's deadline
+    has passed (its caller raises DeadlinePassed): checked here, on the writer thread, just
+    before the statements run, so a request that waited out a long queue is never committed
+    after its producer gave up."""
+    if prepared.deadline is not None and time.monotonic() > prepared.deadline:
+        return None
     if key is not None:
         row = conn.execute(
             "SELECT digest, ids FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key)

@@ -23,6 +23,7 @@ from sluice.journal.base import (
     CallbackJob,
     CancelResult,
     Completion,
+    DeadlinePassed,
     JournalBusy,
     JournalError,
     JournalStats,
@@ -190,11 +191,15 @@ class SqliteJournal(GroupCommitWriter):
         messages: list[Message],
         idempotency_key: str | None = None,
         digest: bytes | None = None,
+        *,
+        deadline: float | None = None,
     ) -> SubmitResult:
-        prepared = prepare_insert(tenant, messages)
-        result: SubmitResult = await self._write(
+        prepared = prepare_insert(tenant, messages, deadline)
+        result: SubmitResult | None = await self._write(
             op_insert, tenant, prepared, idempotency_key, digest
         )
+        if result is None:
+            raise DeadlinePassed(f"the insert's deadline passed before its commit ({deadline})")
         return result
 
     async def claim(

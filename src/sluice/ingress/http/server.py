@@ -1,0 +1,281 @@
+"""The HTTP server: uvicorn's HTTP/1.1 protocol (httptools) behind Sluice's own accept loop and
+gate.
+
+Why not `uvicorn.Server`: under load it failed the edge in two ways that were measured.
+uvloop's server accepts one connection per turn of the event loop, so with the loop busy new
+connections waited in the kernel's queue for seconds (19 of 500 accepted in the first second
+beside a loop running 50 ms turns; all 500 with this accept loop, which takes up to
+`server.accept_batch` per turn). And every request went through an ASGI task before anything
+could refuse it (~68 µs a refusal), so refusals alone could saturate the loop. Here:
+
+* `_Acceptor` takes connections in batches and refuses those beyond `server.max_connections`
+  with a 503 written straight to the socket;
+* `GatedProtocol` (uvicorn's protocol, one method changed) asks the gate (`gate.py`) about each
+  request once its headers are parsed: health probes and refusals are written at once, without
+  the application, and only admitted requests become ASGI tasks;
+* a probe measures the event loop's lag for the adaptive limit, and the Date header is
+  refreshed once a second.
+
+Examples:
+    server = HttpServer(app, sock, config)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(server.serve())
+        ...
+        server.stop()      # stop accepting; requests under way get up to 5 s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+import httptools
+import msgspec
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from sluice.config import Config
+from sluice.ingress.http.gate import ANSWER_KEY, TICKET_KEY, EdgeGate, too_many_connections
+
+if TYPE_CHECKING:
+    from sluice.ingress.http.app import ASGIApp
+
+log = logging.getLogger("sluice.http")
+
+#: Seconds requests under way get to finish after `stop`, before their tasks are cancelled.
+GRACEFUL_SECONDS = 5.0
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_SECONDS = 5.0
+
+
+class _Clock:
+    """The server's shared view of time: the Date header, refreshed once a second."""
+
+    __slots__ = ("date_header",)
+
+    def __init__(self) -> None:
+        self.date_header = b""
+        self.tick()
+
+    def tick(self) -> None:
+        self.date_header = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+
+
+class GatedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the gate consulted when a request's headers are in.
+
+    A request the gate answers (a refusal, a health probe) is answered from here and its body,
+    if any, is dropped as it arrives; the connection stays open for the next request unless
+    the client asked to close it or announced a body with ``Expect: 100-continue``."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        gate: EdgeGate | None,
+        clock: _Clock,
+    ) -> None:
+        super().__init__(config=config, server_state=server_state, app_state={})
+        self._gate = gate
+        self._clock = clock
+        self._started = 0.0
+        self._answered = False
+
+    def on_message_begin(self) -> None:
+        self._started = time.monotonic()
+        self._answered = False
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        gate = self._gate
+        if gate is None:
+            super().on_headers_complete()
+            return
+        path = httptools.parse_url(self.url).path
+        verdict = gate.at_headers(self.parser.get_method(), path, self.headers, self._started)
+        if verdict is None:
+            super().on_headers_complete()
+        elif isinstance(verdict, tuple):  # a Ticket: the application serves the request
+            self.scope[TICKET_KEY] = verdict  # type: ignore[literal-required]
+            super().on_headers_complete()
+        elif self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            # A request pipelined behind one still being served: answers go out in order, so
+            # the application sends this one when its turn comes.
+            self.scope[ANSWER_KEY] = verdict  # type: ignore[literal-required]
+            super().on_headers_complete()
+        else:
+            self._answered = True
+            keep_alive = self.parser.should_keep_alive() and not self.expect_100_continue
+            self.transport.write(verdict.render(self._clock.date_header, keep_alive=keep_alive))
+            self.server_state.total_requests += 1
+            if not keep_alive:
+                self.transport.close()
+            elif self.timeout_keep_alive_task is None:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._answered:
+            super().on_message_complete()
+
+    def shutdown(self) -> None:
+        if self.cycle is None and self._answered:
+            self.transport.close()
+        else:
+            super().shutdown()
+
+
+class ServerStats(msgspec.Struct, frozen=True):
+    """Connections open now, accepted and refused at the door (server.max_connections)."""
+
+    connections: int
+    accepted: int
+    refused: int
+
+
+class HttpServer:
+    """Serves an ASGI app (with its gate, when it has one) on a listening socket until `stop`."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket, config: Config) -> None:
+        self._sock = sock
+        self._settings = config.server
+        self._lag_interval = config.admission.interval_ms / 1000 / 5
+        gate = getattr(app, "gate", None)
+        self._gate: EdgeGate | None = gate if isinstance(gate, EdgeGate) else None
+        self._uvicorn = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            http="httptools",
+            interface="asgi3",
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
+        )
+        self._uvicorn.load()
+        self._state = ServerState()
+        self._clock = _Clock()
+        self._refusal = too_many_connections(config.server.max_connections)
+        self._stop = asyncio.Event()
+        #: Connections accepted and refused at the door, since the start.
+        self.accepted = 0
+        self.refused = 0
+
+    def stats(self) -> ServerStats:
+        return ServerStats(len(self._state.connections), self.accepted, self.refused)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = self._sock
+        sock.listen(self._settings.listen_backlog)
+        sock.setblocking(False)
+        async with asyncio.TaskGroup() as tg:
+            accepting = _Acceptor(self, loop, tg)
+            loop.add_reader(sock.fileno(), accepting.accept)
+            try:
+                tg.create_task(self._ticks())
+                await self._stop.wait()
+            finally:
+                loop.remove_reader(sock.fileno())
+                accepting.closed = True
+            await self._shutdown()
+
+    def _protocol(self) -> GatedProtocol:
+        return GatedProtocol(self._uvicorn, self._state, self._gate, self._clock)
+
+    async def _ticks(self) -> None:
+        """The Date header once a second; the loop's lag for the adaptive limit each
+        `_lag_interval` (a fifth of the limit's interval)."""
+        loop = asyncio.get_running_loop()
+        limit = self._gate.limit if self._gate is not None else None
+        interval = self._lag_interval
+        next_date = loop.time() + 1.0
+        while not self._stop.is_set():
+            before = loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            now = loop.time()
+            if limit is not None:
+                limit.observe_lag(max(0.0, now - before - interval))
+            if now >= next_date:
+                self._clock.tick()
+                self._state.default_headers = [(b"date", self._clock.date_header[6:-2])]
+                next_date = now + 1.0
+
+    async def _shutdown(self) -> None:
+        state = self._state
+        for connection in list(state.connections):
+            connection.shutdown()
+        deadline = time.monotonic() + GRACEFUL_SECONDS
+        # uvicorn's sets of connections and tasks signal nothing when they empty: poll them.
+        while (state.connections or state.tasks) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for task in list(state.tasks):
+            task.cancel()
+        for connection in list(state.connections):
+            connection.transport.close()
+
+
+class _Acceptor:
+    """Takes up to `server.accept_batch` connections off the listening socket per turn of the
+    loop; beyond `server.max_connections` open, a connection gets a 503 and is closed."""
+
+    def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop, tg: Any) -> None:
+        self._server = server
+        self._loop = loop
+        self._tg: asyncio.TaskGroup = tg
+        self._batch = server._settings.accept_batch
+        self._max = server._settings.max_connections
+        self._opening = 0
+        self.closed = False
+
+    def accept(self) -> None:
+        server = self._server
+        listener = server._sock
+        for _ in range(self._batch):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: leave the rest queued for now
+                log.warning("cannot accept a connection: %s", exc)
+                return
+            if len(server._state.connections) + self._opening >= self._max:
+                self._refuse(conn)
+                continue
+            server.accepted += 1
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._opening += 1
+            self._tg.create_task(self._open(conn))
+
+    async def _open(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._server._protocol, sock=conn)
+        except OSError:
+            conn.close()
+        finally:
+            self._opening -= 1
+
+    def _refuse(self, conn: socket.socket) -> None:
+        server = self._server
+        server.refused += 1
+        with contextlib.suppress(OSError):
+            conn.send(server._refusal.render(server._clock.date_header, keep_alive=False))
+        conn.close()
