@@ -71,6 +71,10 @@ class ServerConfig(_Base, frozen=True):
     accept_batch: Positive = 64
     #: The kernel's queue of connections not yet accepted (listen backlog).
     listen_backlog: Positive = 4096
+    #: Also answer /healthz and /readyz on this address ("host:port"), from a thread of their
+    #: own that the busiest event loop cannot delay (ingress/http/health.py). Unset: on the
+    #: main port only, where the gate answers them ahead of all other work.
+    health_listen: str | None = None
 
 
 class AdmissionConfig(_Base, frozen=True):
@@ -83,8 +87,13 @@ class AdmissionConfig(_Base, frozen=True):
     latency_target_ms: Annotated[float, msgspec.Meta(gt=0)] = 500.0
     latency_quantile: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.99
     #: Event-loop lag to hold: above it the loop is out of CPU and the limit is cut, which is
-    #: what keeps refusals, health probes and delivery prompt under overload.
+    #: what keeps refusals, health probes and delivery prompt under overload, while admitted
+    #: requests are what keeps the loop busy (see `refusal_ratio`).
     loop_lag_target_ms: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    #: What one admitted request costs the loop in refusals (~8 measured here): with more
+    #: refusals than this per admitted request in an interval, its lag is the refusals' and
+    #: does not cut the limit.
+    refusal_ratio: Annotated[float, msgspec.Meta(gt=0)] = 8.0
     #: How often the limit is adjusted (and the loop lag sampled five times as often).
     interval_ms: Annotated[float, msgspec.Meta(ge=5)] = 100.0
     initial_limit: Positive = 64
@@ -461,10 +470,14 @@ def _check(config: Config) -> None:
 
 
 def _check_server(server: ServerConfig) -> None:
-    host, sep, port = server.listen.rpartition(":")
-    valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
-    if not sep or not host or not valid_port:
-        raise ConfigError(f"server.listen: expected host:port, got {server.listen!r}")
+    addresses = {"listen": server.listen}
+    if server.health_listen is not None:
+        addresses["health_listen"] = server.health_listen
+    for key, address in addresses.items():
+        host, sep, port = address.rpartition(":")
+        valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
+        if not sep or not host or not valid_port:
+            raise ConfigError(f"server.{key}: expected host:port, got {address!r}")
 
 
 def _check_admission(admission: AdmissionConfig) -> None:

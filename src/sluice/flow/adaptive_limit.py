@@ -12,7 +12,11 @@ clients give up. Two signals, either of which cuts the limit at the end of an in
   `latency_target`;
 * the event loop's lag (how late a timer fires, `observe_lag`), above `lag_target`: the loop
   being late is what makes refusals, health probes and delivery slow, long before the admitted
-  requests' own response times show it.
+  requests' own response times show it. But only while admitted requests are a large part of
+  the loop's work, that is while fewer than `refusal_ratio` requests were refused per request
+  admitted: a refusal costs a small fraction of an admitted request (`refusal_ratio` is that
+  ratio, ~8 measured here), so a loop late with refusals is not helped by admitting less, and
+  cutting the limit then would only trade goodput for nothing.
 
 An interval that missed neither target and used most of the limit raises it by `increase`.
 
@@ -58,7 +62,7 @@ class LimitStats(msgspec.Struct, frozen=True):
     admitted: int
     shed: int
     shedding: bool
-    #: The latency quantile and the largest loop lag of the last full interval, in ms.
+    #: The latency quantile and the mean loop lag of the last full interval, in ms.
     latency_ms: float
     loop_lag_ms: float
     increases: int
@@ -78,7 +82,10 @@ class AdaptiveLimit:
         "_increase",
         "_increases",
         "_interval",
+        "_interval_admitted",
+        "_interval_shed",
         "_lag",
+        "_lag_samples",
         "_lag_target",
         "_last_lag",
         "_last_latency",
@@ -91,6 +98,7 @@ class AdaptiveLimit:
         "_peak",
         "_per_key",
         "_quantile",
+        "_refusal_ratio",
         "_samples",
         "_shed",
         "_urgent_factor",
@@ -110,6 +118,7 @@ class AdaptiveLimit:
         decrease: float = 0.8,
         urgent_factor: float = 2.0,
         fair_share_from: float = 0.5,
+        refusal_ratio: float = 8.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._latency_target = latency_target
@@ -123,12 +132,16 @@ class AdaptiveLimit:
         self._decrease = decrease
         self._urgent_factor = urgent_factor
         self._fair_from = fair_share_from
+        self._refusal_ratio = refusal_ratio
         self._clock = clock
         self._in_flight = 0
         self._per_key: dict[str, int] = {}
         self._samples: list[float] = []
         self._lag = 0.0
+        self._lag_samples = 0
         self._peak = 0
+        self._interval_admitted = 0
+        self._interval_shed = 0
         self._next_adjust = clock() + interval
         self._last_shed = -math.inf
         self._last_latency = 0.0
@@ -160,6 +173,7 @@ class AdaptiveLimit:
             refused = False
         if refused:
             self._shed += 1
+            self._interval_shed += 1
             self._last_shed = now
             return False
         self._in_flight = in_flight + 1
@@ -167,6 +181,7 @@ class AdaptiveLimit:
         if in_flight >= self._peak:
             self._peak = in_flight + 1
         self._admitted += 1
+        self._interval_admitted += 1
         return True
 
     def release(self, key: str, started: float) -> None:
@@ -184,9 +199,11 @@ class AdaptiveLimit:
             self._adjust(now)
 
     def observe_lag(self, seconds: float) -> None:
-        """How late the event loop ran a timer: its largest value in an interval counts."""
-        if seconds > self._lag:
-            self._lag = seconds
+        """How late the event loop ran a timer. The mean of an interval's samples counts: a
+        loop out of CPU is late at every sample, while one long callback (a large claim, a
+        group commit's replies) makes one sample late and is no reason to admit less."""
+        self._lag += seconds
+        self._lag_samples += 1
         now = self._clock()
         if now >= self._next_adjust:
             self._adjust(now)
@@ -214,8 +231,11 @@ class AdaptiveLimit:
         if samples:
             samples.sort()
             latency = samples[min(len(samples) - 1, int(len(samples) * self._quantile))]
-        lag = self._lag
-        if latency > self._latency_target or lag > self._lag_target:
+        lag = self._lag / self._lag_samples if self._lag_samples else 0.0
+        lagging = lag > self._lag_target and (
+            self._interval_shed < self._interval_admitted * self._refusal_ratio
+        )
+        if latency > self._latency_target or lagging:
             self._limit = max(self._minimum, self._limit * self._decrease)
             self._decreases += 1
         elif self._peak >= self._limit * _USED_SHARE:
@@ -225,6 +245,9 @@ class AdaptiveLimit:
         self._last_lag = lag
         self._samples = []
         self._lag = 0.0
+        self._lag_samples = 0
         self._peak = self._in_flight
+        self._interval_admitted = 0
+        self._interval_shed = 0
         # A clock that jumped (or a long idle spell) starts a fresh interval from now.
         self._next_adjust = max(self._next_adjust + self._interval, now + self._interval / 2)

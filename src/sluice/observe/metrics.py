@@ -190,7 +190,7 @@ class _EdgeCollector:
         )
         yield GaugeMetricFamily(
             "sluice_event_loop_lag_seconds",
-            "Largest lag of the event loop in the last interval.",
+            "Mean lag of the event loop in the last interval.",
             value=limit.loop_lag_ms / 1000,
         )
 

@@ -37,7 +37,7 @@ from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.observe.metrics import GatewayMetrics
 from sluice.process.front_door import FrontDoorPart
 from sluice.process.listeners import Listeners, bind_tcp
-from sluice.process.parts import HttpServerPart, Part, SharingPart
+from sluice.process.parts import HealthPart, HttpServerPart, Part, SharingPart
 from sluice.process.roles import role_of, serves_smtp
 from sluice.sharing.build import Sharing
 from sluice.transports.base import Transport
@@ -88,6 +88,8 @@ class SluiceGateway:
         self._ready = False
         self.started = asyncio.Event()
         self.port: int | None = None
+        #: The port of `server.health_listen`, once bound.
+        self.health_port: int | None = None
         #: The SMTP front door, when this process runs it (created in `run`; its saved state is
         #: restored once the journal is open).
         self.smtp: SmtpFrontDoor | None = None
@@ -175,12 +177,20 @@ class SluiceGateway:
         listeners = self._listeners
         if listeners is None:
             listeners = Listeners(bind_tcp(self.config.server.listen))
+            if self.config.server.health_listen is not None:
+                listeners = listeners._replace(health=bind_tcp(self.config.server.health_listen))
         sock = listeners.http
         self.port = sock.getsockname()[1]
         app = HttpApi(self, message_api=self.role.takes_messages)
         http = HttpServerPart(app, sock, self.config)
         self.telemetry.watch_edge(app.gate, http.server)
         doors: list[Part] = [http]
+        # Probes on a port of their own are answered until the very end (/readyz says 503
+        # while the gateway drains): they stop with what every part uses.
+        shared: list[Part] = [SharingPart(self.sharing)]
+        if listeners.health is not None:
+            self.health_port = listeners.health.getsockname()[1]
+            shared.append(HealthPart(listeners.health, app.gate))
         if serves_smtp(self.config):
             doors.append(self._front_door(listeners.smtp))
         # In the order they stop: the doors (no new messages), delivery (drains what is in
@@ -188,7 +198,7 @@ class SluiceGateway:
         tiers: list[list[Part]] = [
             doors,
             [self.delivery] if self.delivery is not None else [],
-            [SharingPart(self.sharing)],
+            shared,
         ]
         parts = [part for tier in reversed(tiers) for part in tier]
         # The journal is no part: every part uses it, so it opens before the first one starts

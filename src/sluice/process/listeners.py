@@ -44,17 +44,19 @@ def bind_tcp(address: str) -> socket.socket:
 
 class Listeners(NamedTuple):
     """The listening sockets of a gateway process: HTTP always, SMTP when it runs the front
-    door."""
+    door, health probes when `server.health_listen` is set."""
 
     http: socket.socket
     smtp: socket.socket | None = None
+    health: socket.socket | None = None
 
     @classmethod
-    def adopt(cls, http_fd: int, smtp_fd: int | None) -> Listeners:
+    def adopt(cls, http_fd: int, smtp_fd: int | None, health_fd: int | None = None) -> Listeners:
         """The sockets a child inherited from its supervisor, by file descriptor."""
         return cls(
             socket.socket(fileno=http_fd),
             socket.socket(fileno=smtp_fd) if smtp_fd is not None else None,
+            socket.socket(fileno=health_fd) if health_fd is not None else None,
         )
 
     def fds(self) -> tuple[int, ...]:
@@ -68,11 +70,19 @@ class Listeners(NamedTuple):
 
 def bind_listeners(config: Config) -> Listeners:
     """Bind every port a gateway process of this configuration serves on."""
-    http = bind_tcp(config.server.listen)
-    if config.smtp is None or not serves_smtp(config):
-        return Listeners(http)
+    bound: list[socket.socket] = []
     try:
-        return Listeners(http, bind_tcp(config.smtp.listen))
+        http = bind_tcp(config.server.listen)
+        bound.append(http)
+        smtp = None
+        if config.smtp is not None and serves_smtp(config):
+            smtp = bind_tcp(config.smtp.listen)
+            bound.append(smtp)
+        health = None
+        if config.server.health_listen is not None:
+            health = bind_tcp(config.server.health_listen)
     except OSError:
-        http.close()
+        for sock in bound:
+            sock.close()
         raise
+    return Listeners(http, smtp, health)

@@ -27,6 +27,8 @@ import socket
 from typing import TYPE_CHECKING, Protocol
 
 from sluice.config import Config
+from sluice.ingress.http.gate import EdgeGate
+from sluice.ingress.http.health import HealthListener
 from sluice.ingress.http.server import HttpServer
 from sluice.sharing.build import Sharing
 
@@ -66,6 +68,26 @@ class HttpServerPart:
 
     async def close(self) -> None:
         pass  # the socket belongs to the process's listeners
+
+
+class HealthPart:
+    """Health probes on a listener and thread of their own (`server.health_listen`)."""
+
+    def __init__(self, sock: socket.socket, gate: EdgeGate) -> None:
+        self._listener = HealthListener(sock, gate)
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._listener.start)
+
+    async def run(self) -> None:
+        await self._stop.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._listener.stop)
 
 
 class SharingPart:

@@ -79,6 +79,7 @@ class ChildSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: The inherited listening sockets.
     http_fd: int
     smtp_fd: int | None = None
+    health_fd: int | None = None
 
     def encode(self) -> str:
         return msgspec.json.encode(self).decode()
@@ -235,6 +236,7 @@ class Supervisor:
                         os.getpid(),
                         listeners.http.fileno(),
                         listeners.smtp.fileno() if listeners.smtp is not None else None,
+                        listeners.health.fileno() if listeners.health is not None else None,
                     )
                     tg.create_task(self._keep(spec, listeners.fds()))
         finally:

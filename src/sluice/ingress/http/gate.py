@@ -163,6 +163,7 @@ class EdgeGate:
                 decrease=settings.decrease,
                 urgent_factor=settings.urgent_factor,
                 fair_share_from=settings.fair_share_from,
+                refusal_ratio=settings.refusal_ratio,
                 clock=clock,
             )
         self._shed = error_answer(
