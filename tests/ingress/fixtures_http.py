@@ -11,15 +11,16 @@ from typing import Any
 
 import aiohttp
 import prometheus_client
-import uvicorn
 
 from journal_backends import open_journal
 from sluice import config as config_module
 from sluice.config import Config
 from sluice.ingress.contract import ChannelStatus
 from sluice.ingress.http.app import build_app
+from sluice.ingress.http.server import HttpServer
 from sluice.journal.base import CancelResult, Journal, MessageRecord, SubmitResult
 from sluice.model import IdGenerator, Message, now_ms
+from sluice.process.listeners import bind_tcp
 
 KEY_A = "key-for-tenant-a"
 KEY_B = "key-for-tenant-b"
@@ -27,9 +28,13 @@ KEY_SMS = "key-for-tenant-sms-only"
 
 
 def make_config(
-    limits: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None
+    limits: dict[str, Any] | None = None,
+    tenants: dict[str, Any] | None = None,
+    admission: dict[str, Any] | None = None,
 ) -> Config:
-    """Two webhook channels (web, sms) and three tenants: a, b (all channels), smsonly."""
+    """Two webhook channels (web, sms) and three tenants: a, b (all channels), smsonly. The
+    adaptive limit is off unless `admission` turns it on: its cuts follow the machine's load,
+    which tests of the API itself must not depend on."""
     hook = {"type": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook"}}
     raw_tenants: dict[str, Any] = {
         "a": {"api_keys": [config_module.hash_api_key(KEY_A)]},
@@ -43,6 +48,7 @@ def make_config(
             "channels": {"web": hook, "sms": {**hook, "rate": 50, "width": 4}},
             "tenants": raw_tenants,
             "limits": limits or {},
+            "admission": admission or {"enabled": False},
         }
     )
 
@@ -146,25 +152,22 @@ async def open_gateway(
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run `app` on a real uvicorn server on a free port; yields its base URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=0, loop="asyncio", lifespan="on", log_level="warning"
-        )
-    )
-    task = asyncio.create_task(server.serve())
+async def serve(app: Any, config: Config | None = None) -> AsyncIterator[str]:
+    """Run `app` on Sluice's own HTTP server (its gate, when the app has one) on a free port;
+    yields its base URL."""
+    sock = bind_tcp("127.0.0.1:0")
+    server = HttpServer(app, sock, config or Config())
     try:
-        while not server.started:
-            if task.done():
-                task.result()  # raises why the server did not start
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.005)
-        host, port = server.servers[0].sockets[0].getsockname()[:2]
-        yield f"http://{host}:{port}"
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(server.serve())
+            await server.listening.wait()
+            try:
+                yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+            finally:
+                server.stop()
+                await task
     finally:
-        server.should_exit = True
-        await task
+        sock.close()
 
 
 class Api:
@@ -203,5 +206,5 @@ async def running_api(
     config = config or make_config()
     async with open_gateway(tmp_path, config, backend) as gateway:
         app = build_app(gateway) if clock is None else build_app(gateway, clock)
-        async with serve(app) as base, aiohttp.ClientSession() as session:
+        async with serve(app, config) as base, aiohttp.ClientSession() as session:
             yield Api(base, gateway, session)

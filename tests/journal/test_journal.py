@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from sluice.journal.base import (
     CallbackJob,
     CancelResult,
     Completion,
+    DeadlinePassed,
     IdempotencyConflict,
     Journal,
     JournalBusy,
@@ -229,6 +231,45 @@ async def test_a_group_larger_than_one_index_statement(journal: Journal) -> None
     for m in (batch[0], batch[8_191], batch[8_192], batch[-1]):
         [found] = await journal.by_recipient(TENANT, m.recipient, None, 10)
         assert found.message.id == m.id
+
+
+async def test_an_insert_past_its_deadline_stores_nothing(journal: Journal) -> None:
+    late = make()
+    with pytest.raises(DeadlinePassed):
+        await journal.insert(TENANT, [late], "key-1", b"d" * 32, deadline=time.monotonic() - 1)
+    assert await journal.get(TENANT, late.id) is None
+    assert sum(journal.pending().values()) == 0
+    # Nothing of it was kept, not even its idempotency key: the producer's retry is stored.
+    retry = make()
+    result = await journal.insert(
+        TENANT, [retry], "key-1", b"d" * 32, deadline=time.monotonic() + 60
+    )
+    assert result.ids == [retry.id] and not result.replayed
+    assert await journal.get(TENANT, retry.id) is not None
+
+
+async def test_a_deadline_passing_in_the_queue_refuses_only_that_insert(
+    sqlite_journal: SqliteJournal, tmp_path: Path
+) -> None:
+    """Another connection holds the write lock; the deadline passes while the group waits for
+    it. Once the lock is free the late insert is refused, the one without a deadline stored."""
+    blocker = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    deadline = time.monotonic() + 0.05
+    late, patient = make(), make()
+    tasks = [
+        asyncio.create_task(sqlite_journal.insert(TENANT, [late], deadline=deadline)),
+        asyncio.create_task(sqlite_journal.insert(TENANT, [patient])),
+    ]
+    # Past the deadline by the clock it is on (asyncio's timers may fire a little early).
+    await asyncio.sleep(deadline + 0.02 - time.monotonic())
+    assert time.monotonic() > deadline
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], DeadlinePassed)
+    assert await sqlite_journal.get(TENANT, late.id) is None
+    assert await sqlite_journal.get(TENANT, patient.id) is not None
 
 
 async def test_get_unknown_or_other_tenant_is_none(journal: Journal) -> None:

@@ -170,6 +170,8 @@ class HttpServer:
         self._clock = _Clock()
         self._refusal = too_many_connections(config.server.max_connections)
         self._stop = asyncio.Event()
+        #: Set once the socket listens and connections are being accepted.
+        self.listening = asyncio.Event()
         #: Connections accepted and refused at the door, since the start.
         self.accepted = 0
         self.refused = 0
@@ -188,6 +190,7 @@ class HttpServer:
         async with asyncio.TaskGroup() as tg:
             accepting = _Acceptor(self, loop, tg)
             loop.add_reader(sock.fileno(), accepting.accept)
+            self.listening.set()
             try:
                 tg.create_task(self._ticks())
                 await self._stop.wait()
