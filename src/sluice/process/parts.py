@@ -78,7 +78,7 @@ class HealthPart:
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._listener.start)
+        self._listener.start()
 
     async def run(self) -> None:
         await self._stop.wait()

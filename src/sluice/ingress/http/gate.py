@@ -45,6 +45,9 @@ TICKET_KEY = "sluice.ticket"
 ANSWER_KEY = "sluice.answer"
 #: The request header that asks for the urgent lane.
 PRIORITY_HEADER = b"sluice-priority"
+#: Authorization headers remembered with their tenant (or None), so a refusal flood does not
+#: hash every key again; the memory is emptied when it reaches this size.
+MAX_REMEMBERED_KEYS = 4096
 
 _encode = msgspec.json.Encoder().encode
 
@@ -176,6 +179,7 @@ class EdgeGate:
         self._rejections: dict[Rejection, FastAnswer] = {}
         self._counts: dict[str, int] = {}
         self._probes = 0
+        self._tenants: dict[bytes | None, str | None] = {}
         #: Paths under admission: exact ones, and the prefix of those with an id.
         self._paths = frozenset((b"/v1/messages", b"/v1/channels") if message_api else ())
         self._prefix = b"/v1/messages/" if message_api else b"\0"
@@ -225,7 +229,14 @@ class EdgeGate:
                 authorization = value
             elif name == PRIORITY_HEADER:
                 urgent = value.strip().lower() == b"urgent"
-        tenant = self._keys.tenant_for(authorization)
+        tenants = self._tenants
+        if authorization in tenants:
+            tenant = tenants[authorization]
+        else:
+            tenant = self._keys.tenant_for(authorization)
+            if len(tenants) >= MAX_REMEMBERED_KEYS:
+                tenants.clear()
+            tenants[authorization] = tenant
         if tenant is None:
             return self._refuse(UNAUTHORIZED)
         if method == b"POST":

@@ -4,9 +4,9 @@ On the main port, /healthz and /readyz are answered by the gate as soon as their
 in, which is prompt while the adaptive limit holds the loop's lag near its target. But the
 loop can still be late (a refusal flood far above what it can answer, a long callback), and
 a balancer that sees a probe time out ejects the node exactly when it is busy. With
-`server.health_listen` set, probes are also answered here: a thread whose loop does nothing
-else, so an answer waits at most for the GIL (handed over every
-`server.gil_switch_interval_ms`), not for the main loop.
+`server.health_listen` set, probes are also answered here: a thread that does nothing else,
+so an answer waits only for the GIL (handed over every `server.gil_switch_interval_ms`), not
+for the main loop.
 
 The answers are the gate's: /healthz says the process is up; /readyz says it is serving and,
 with `admission.unready_while_shedding`, not shedding load. Anything else is a 404. Every
@@ -22,10 +22,11 @@ Examples:
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import socket
 import threading
+import time
 from email.utils import formatdate
 
 from sluice.ingress.http.gate import EdgeGate, FastAnswer, error_answer
@@ -35,94 +36,76 @@ log = logging.getLogger("sluice.http")
 #: A probe's request line and headers must fit in this (balancers send a few hundred bytes).
 MAX_HEADER_BYTES = 8 * 1024
 #: Seconds a probe connection may take to send its headers.
-HEADER_SECONDS = 5.0
+HEADER_SECONDS = 1.0
+#: How often the thread looks whether it should stop, between probes.
+ACCEPT_POLL_SECONDS = 0.2
 
 _NOT_FOUND = error_answer(404, "not_found", "this port serves only /healthz and /readyz")
 
 
-class _ProbeProtocol(asyncio.Protocol):
-    """One probe connection: read up to the end of the headers, answer, close."""
-
-    def __init__(self, gate: EdgeGate, loop: asyncio.AbstractEventLoop) -> None:
-        self._gate = gate
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
-        self._timer = loop.call_later(HEADER_SECONDS, self._give_up)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if b"\r\n\r\n" not in self._buffer:
-            if len(self._buffer) > MAX_HEADER_BYTES:
-                self._give_up()
-            return
-        line = self._buffer.split(b"\r\n", 1)[0]
-        method, _, rest = line.partition(b" ")
-        target = rest.partition(b" ")[0].partition(b"?")[0]
-        answer = self._gate.at_headers(method, target, [], 0.0) if method == b"GET" else None
-        if not isinstance(answer, FastAnswer) or target not in (b"/healthz", b"/readyz"):
-            answer = _NOT_FOUND
-        date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
-        assert self._transport is not None
-        self._transport.write(answer.render(date, keep_alive=False))
-        self._close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._timer.cancel()
-
-    def _give_up(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        self._timer.cancel()
-        if self._transport is not None:
-            self._transport.close()
+def probe_answer(gate: EdgeGate, head: bytes) -> FastAnswer:
+    """The answer to a probe whose request line and headers are `head`."""
+    line = head.split(b"\r\n", 1)[0]
+    method, _, rest = line.partition(b" ")
+    target = rest.partition(b" ")[0].partition(b"?")[0]
+    if method == b"GET" and target in (b"/healthz", b"/readyz"):
+        answer = gate.at_headers(method, target, [], 0.0)
+        if isinstance(answer, FastAnswer):
+            return answer
+    return _NOT_FOUND
 
 
 class HealthListener:
-    """Serves probes on `sock` from a thread of its own until `stop`."""
+    """Serves probes on `sock` from a thread of its own until `stop`.
+
+    The thread blocks in accept and serves one connection at a time with plain socket calls:
+    a handful of GIL hand-overs per probe, where an event loop in the thread took dozens (its
+    probes' p99 under a refusal flood was 80-90 ms; see docs/benchmarks.md). A probe that
+    dawdles holds the others back by at most `HEADER_SECONDS`: this port is for balancers."""
 
     def __init__(self, sock: socket.socket, gate: EdgeGate) -> None:
         self._sock = sock
         self._gate = gate
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
+        self._stopping = False
 
     def start(self) -> None:
+        self._sock.listen(1024)
+        self._sock.settimeout(ACCEPT_POLL_SECONDS)
         self._thread = threading.Thread(target=self._run, name="health-listener", daemon=True)
         self._thread.start()
-        self._started.wait()
 
     def stop(self) -> None:
-        """Stop serving and wait for the thread to end."""
+        """Stop serving and wait for the thread to end (within `ACCEPT_POLL_SECONDS`)."""
         if self._thread is None:
             return
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(stop.set)
+        self._stopping = True
         self._thread.join()
         self._thread = None
 
     def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except Exception:
-            log.exception("the health listener failed")
-        finally:
-            self._started.set()
+        while not self._stopping:
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self._stopping:
+                    return
+                log.warning("health listener: cannot accept: %s", exc)
+                time.sleep(ACCEPT_POLL_SECONDS)
+                continue
+            # OSError: the prober went away, or took too long; nobody to answer.
+            with conn, contextlib.suppress(OSError):
+                self._serve(conn)
 
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._stop = asyncio.Event()
-        server = await loop.create_server(
-            lambda: _ProbeProtocol(self._gate, loop), sock=self._sock, backlog=1024
-        )
-        self._started.set()
-        async with server:
-            await self._stop.wait()
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(HEADER_SECONDS)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk or len(head) + len(chunk) > MAX_HEADER_BYTES:
+                return
+            head += chunk
+        date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        conn.sendall(probe_answer(self._gate, head).render(date, keep_alive=False))
