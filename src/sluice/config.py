@@ -86,13 +86,13 @@ class AdmissionConfig(_Base, frozen=True):
     #: the `latency_quantile` of each interval.
     latency_target_ms: Annotated[float, msgspec.Meta(gt=0)] = 500.0
     latency_quantile: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.99
-    #: Event-loop lag to hold: above it the loop is out of CPU and the limit is cut, which is
-    #: what keeps refusals, health probes and delivery prompt under overload, while admitted
+    #: Mean event-loop lag to hold: above it the loop is out of CPU and the limit is cut, which
+    #: keeps refusals, health probes and delivery prompt under overload, while admitted
     #: requests are what keeps the loop busy (see `refusal_ratio`).
     loop_lag_target_ms: Annotated[float, msgspec.Meta(gt=0)] = 20.0
     #: What one admitted request costs the loop in refusals (~8 measured here): with more
-    #: refusals than this per admitted request in an interval, its lag is the refusals' and
-    #: does not cut the limit.
+    #: refusals than this per admitted request in an interval, the loop is busy with refusals,
+    #: admitting less would not help, and a missed target does not cut the limit.
     refusal_ratio: Annotated[float, msgspec.Meta(gt=0)] = 8.0
     #: How often the limit is adjusted (and the loop lag sampled five times as often).
     interval_ms: Annotated[float, msgspec.Meta(ge=5)] = 100.0

@@ -6,19 +6,24 @@ when a target is missed, then probes upwards while it is met. Here the quantity 
 concurrency (requests being served at once), so the limit needs no estimate of the cost of a
 request: when the process runs out of CPU, response times and the event loop's lag grow, the
 limit falls multiplicatively, and the excess is refused at once instead of queueing until its
-clients give up. Two signals, either of which cuts the limit at the end of an interval:
+clients give up. Two signals, either of which misses the target of an interval:
 
 * the `quantile` (p99 by default) of the response times of requests released in it, above
   `latency_target`;
-* the event loop's lag (how late a timer fires, `observe_lag`), above `lag_target`: the loop
-  being late is what makes refusals, health probes and delivery slow, long before the admitted
-  requests' own response times show it. But only while admitted requests are a large part of
-  the loop's work, that is while fewer than `refusal_ratio` requests were refused per request
-  admitted: a refusal costs a small fraction of an admitted request (`refusal_ratio` is that
-  ratio, ~8 measured here), so a loop late with refusals is not helped by admitting less, and
-  cutting the limit then would only trade goodput for nothing.
+* the event loop's mean lag (how late a timer fires, `observe_lag`), above `lag_target`: the
+  loop being late is what makes refusals, health probes and delivery slow, long before the
+  admitted requests' own response times show it.
 
-An interval that missed neither target and used most of the limit raises it by `increase`.
+A missed target cuts the limit only while admitted requests are a large part of the loop's
+work, that is while fewer than `refusal_ratio` requests were refused per request admitted. A
+refusal costs a small fraction of an admitted request (`refusal_ratio` is that ratio, ~8
+measured here); in a loop busy with refusals, admitting less saves nothing, and cutting the
+limit there spiralled down to the floor: goodput fell to a few percent while the refusals
+alone kept the loop as late as before. There, each request admitted instead of refused costs
+little more than its refusal would have, so the limit is raised as if the targets were met,
+until admitted requests are that large part of the work again: the limit settles where the
+refusals' share of the loop meets the admitted requests'. An interval that met both targets
+(or was busy with refusals) and used most of the limit raises it by `increase`.
 
 Urgent requests are admitted over the limit up to ``limit * urgent_factor`` (the hard limit).
 Once ``fair_share_from`` of the limit is in use, a key (a tenant) holding more than an equal
@@ -232,10 +237,8 @@ class AdaptiveLimit:
             samples.sort()
             latency = samples[min(len(samples) - 1, int(len(samples) * self._quantile))]
         lag = self._lag / self._lag_samples if self._lag_samples else 0.0
-        lagging = lag > self._lag_target and (
-            self._interval_shed < self._interval_admitted * self._refusal_ratio
-        )
-        if latency > self._latency_target or lagging:
+        missed = latency > self._latency_target or lag > self._lag_target
+        if missed and self._interval_shed < self._interval_admitted * self._refusal_ratio:
             self._limit = max(self._minimum, self._limit * self._decrease)
             self._decreases += 1
         elif self._peak >= self._limit * _USED_SHARE:
