@@ -69,6 +69,13 @@ class ServerConfig(_Base, frozen=True):
     #: Connections taken from the kernel's accept queue per turn of the event loop (uvloop's own
     #: server takes one per turn, so a busy loop left new connections waiting for seconds).
     accept_batch: Positive = 64
+    #: Connections refused for load (503 overloaded, 429) read again per turn of the event
+    #: loop: the refusal stage's width, so a flood of refusals cannot make every turn long
+    #: (ingress/http/server.py). 0: read every connection every turn.
+    refusal_batch: NonNegative = 64
+    #: A connection refused for load is read again after this long at most, whatever the
+    #: batch: the longest a refusal can fall behind (on top of its own turn).
+    refusal_max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 50.0
     #: The kernel's queue of connections not yet accepted (listen backlog).
     listen_backlog: Positive = 4096
     #: Also answer /healthz and /readyz on this address ("host:port"), from a thread of their

@@ -15,6 +15,7 @@ from sluice.ingress.contract import ChannelStatus
 from sluice.ingress.http.admission import Admission
 from sluice.ingress.http.auth import ApiKeys
 from sluice.ingress.http.gate import (
+    MAX_REMEMBERED_KEYS,
     UNAUTHORIZED,
     EdgeGate,
     FastAnswer,
@@ -104,7 +105,9 @@ class Edge:
         self.clock = FakeClock(1000.0)
         self.gateway = FakeGateway(config)
         self.admission = Admission(config, self.gateway.backlog, self.clock)
-        self.gate = EdgeGate(config, self.gateway, self.admission, ApiKeys(config.tenants), self.clock)
+        self.gate = EdgeGate(
+            config, self.gateway, self.admission, ApiKeys(config.tenants), self.clock
+        )
 
     def ask(
         self,
@@ -237,6 +240,18 @@ def test_missing_or_unknown_key_is_401_with_www_authenticate(key: str | None) ->
         parsed = refusal(edge.ask(method, path, key), 401, "unauthorized")
         assert parsed.headers[b"www-authenticate"] == b'Bearer realm="sluice"'
     assert edge.gate.stats().refusals == {"unauthorized": 2}
+
+
+def test_remembered_keys_answer_as_their_first_lookup_and_the_memory_is_bounded() -> None:
+    edge = Edge(make_config())
+    for _ in range(2):
+        assert isinstance(edge.post(KEY_A), Ticket)
+        refusal(edge.post("wrong"), 401, "unauthorized")
+    for n in range(MAX_REMEMBERED_KEYS + 10):  # a flood of distinct keys empties the memory
+        refusal(edge.post(f"guess-{n}"), 401, "unauthorized")
+    assert edge.post(KEY_A) == Ticket("a", 1000.0, False)
+    assert edge.post(KEY_B) == Ticket("b", 1000.0, False)
+    refusal(edge.post("wrong"), 401, "unauthorized")
 
 
 def test_the_key_is_checked_before_the_backlog() -> None:

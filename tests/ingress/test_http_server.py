@@ -28,6 +28,7 @@ from fixtures_http import KEY_A, JournalGateway, make_config, open_gateway
 
 from journal_backends import open_journal
 from sluice.config import Config
+from sluice.ingress.http import server as http_server
 from sluice.ingress.http.app import HttpApi
 from sluice.ingress.http.server import HttpServer
 from sluice.journal.base import Journal, SubmitResult
@@ -233,9 +234,7 @@ class HeldGateway(JournalGateway):
     ) -> SubmitResult:
         self.entered.set()
         await self.go.wait()
-        return await super().submit(
-            tenant, messages, idempotency_key, digest, deadline=deadline
-        )
+        return await super().submit(tenant, messages, idempotency_key, digest, deadline=deadline)
 
 
 class Held(NamedTuple):
@@ -368,12 +367,12 @@ def probe_all(address: tuple[str, int]) -> list[Answer]:
             waiting = len(streams)
             while waiting and time.monotonic() < deadline:
                 for key, _ in selector.select(timeout=0.1):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
-                    stream = streams[sock]
-                    stream.feed(sock.recv(65536))
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    stream = streams[ready]
+                    stream.feed(ready.recv(65536))
                     if stream.answers or stream.closed:
-                        selector.unregister(sock)
+                        selector.unregister(ready)
                         waiting -= 1
         finally:
             for sock in streams:
@@ -416,10 +415,12 @@ def test_connections_over_the_cap_get_503_and_are_closed(tmp_path: Path) -> None
             serving(HttpApi(gateway), config) as running,
             contextlib.AsyncExitStack() as stack,
         ):
-            held = [await stack.enter_async_context(connected(running.address)) for _ in range(3)]
-            for client in held:  # each is served, and open
+            held = []
+            for _ in range(3):  # one after another, each served and kept open
+                client = await stack.enter_async_context(connected(running.address))
                 await client.send(request("GET", "/healthz", None))
                 assert (await client.answer()).status == 200
+                held.append(client)
 
             async with connected(running.address) as fourth:
                 answer = await fourth.answer()
@@ -435,6 +436,35 @@ def test_connections_over_the_cap_get_503_and_are_closed(tmp_path: Path) -> None
                 assert (await newcomer.answer()).status == 200
             stats = running.server.stats()
             assert (stats.accepted, stats.refused) == (4, 1)
+
+    on_uvloop(scenario())
+
+
+#: Rounds of three connections opened at once; the race they probe is hit in most rounds.
+ROUNDS = 10
+
+
+def test_connections_opened_at_once_up_to_the_cap_are_all_served(tmp_path: Path) -> None:
+    """A connection just opened must count once towards server.max_connections, not twice
+    (as one opening and as one open) until the task that opened it resumes."""
+
+    async def scenario() -> None:
+        config = with_server_settings(make_config(), max_connections=3)
+        async with (
+            open_gateway(tmp_path, config) as gateway,
+            serving(HttpApi(gateway), config) as running,
+        ):
+            for _ in range(ROUNDS):
+                async with contextlib.AsyncExitStack() as stack:
+                    clients = [
+                        await stack.enter_async_context(connected(running.address))
+                        for _ in range(3)
+                    ]
+                    for client in clients:
+                        await client.send(request("GET", "/healthz", None))
+                    assert [(await c.answer()).status for c in clients] == [200] * 3
+                await until(lambda: running.server.stats().connections == 0, "all closed")
+            assert running.server.stats().refused == 0
 
     on_uvloop(scenario())
 
@@ -536,6 +566,39 @@ def test_a_refusal_behind_a_request_under_way_is_answered_in_order(
     on_uvloop(scenario())
 
 
+# ------------------------------------------------------------------------- idle connections
+
+
+def test_idle_connections_are_closed_after_the_keep_alive_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle after a refusal, or silent since opening: closed by the once-a-second sweep. A
+    connection whose request is being served is not idle, however long it takes."""
+    monkeypatch.setattr(http_server, "KEEP_ALIVE_SECONDS", 0.2)
+
+    async def scenario() -> None:
+        async with (
+            held_api(tmp_path) as held,
+            connected(held.running.address) as refused,
+            connected(held.running.address) as silent,
+            connected(held.running.address) as served,
+        ):
+            await refused.send(request("GET", "/v1/channels", "wrong-key"))
+            assert (await refused.answer()).status == 401
+            await served.send(request("POST", "/v1/messages", KEY_A, MESSAGE))
+            async with asyncio.timeout(WAIT_SECONDS):
+                await held.gateway.entered.wait()
+            assert await refused.closed_by_server()
+            assert await silent.closed_by_server()
+            await until(
+                lambda: held.running.server.stats().connections == 1, "the idle ones are gone"
+            )
+            held.gateway.go.set()
+            assert (await served.answer()).status == 202
+
+    on_uvloop(scenario())
+
+
 # ---------------------------------------------------------------------------- the Date header
 
 
@@ -581,5 +644,39 @@ def test_stop_lets_a_request_under_way_finish_then_serve_returns(tmp_path: Path)
             done, _ = await asyncio.wait({running.serving}, timeout=WAIT_SECONDS)
             assert done, "serve() did not return once the request was answered"
             assert await client.closed_by_server()
+
+    on_uvloop(scenario())
+
+
+def test_connections_refused_for_load_are_read_again_a_batch_per_turn(tmp_path: Path) -> None:
+    """With a refusal batch of 2, clients refused for their tenant's rate wait their turn to
+    be read again; every request is still answered, in order, on its connection."""
+
+    async def scenario() -> None:
+        config = with_server_settings(
+            make_config(tenants={"a": {"rate": 0.001, "burst": 1}}),
+            refusal_batch=2,
+            refusal_max_wait_ms=10_000,
+        )
+        async with open_gateway(tmp_path, config) as gateway:
+            app = HttpApi(gateway)
+            async with serving(app, config) as running, contextlib.AsyncExitStack() as stack:
+                clients = [
+                    await stack.enter_async_context(connected(running.address)) for _ in range(12)
+                ]
+                # The burst's one token goes to the first request; every other one is refused.
+                statuses: list[list[int]] = [[] for _ in clients]
+                for _ in range(3):
+                    for client in clients:
+                        await client.send(request("POST", "/v1/messages", KEY_A, MESSAGE))
+                    for i, client in enumerate(clients):
+                        statuses[i].append((await client.answer()).status)
+                flat = [status for answers in statuses for status in answers]
+                assert flat.count(202) == 1
+                assert flat.count(429) == len(flat) - 1
+            # Refused at the gate, or (those let in while the token was still there) after
+            # their body was read: all of them, none lost while their connection waited.
+            at_gate = app.gate.stats().refusals["rate_limited"]
+            assert at_gate + gateway.refusals.get("rate_limited", 0) == 35
 
     on_uvloop(scenario())

@@ -169,8 +169,10 @@ class AdaptiveLimit:
         limit = self._limit
         in_flight = self._in_flight
         held = self._per_key.get(key, 0)
-        if in_flight >= limit:
-            refused = not urgent or in_flight >= limit * self._urgent_factor
+        if urgent:  # ahead of bulk and of any share, up to the hard limit
+            refused = in_flight >= limit * self._urgent_factor
+        elif in_flight >= limit:
+            refused = True
         elif in_flight >= limit * self._fair_from:
             keys = len(self._per_key) + (held == 0)
             refused = held + 1 > limit / keys
