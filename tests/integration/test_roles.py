@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from harness import KEY, gateway_config, running_gateway, webhook_channel
+from harness import KEY, eventually, gateway_config, running_gateway, webhook_channel
 
 from services import PgTarget
 from sluice.model import id_node, parse_id
@@ -46,8 +46,12 @@ async def test_an_api_gateway_takes_messages_and_a_worker_gateway_delivers_them(
         assert {id_node(parse_id(i)) for i in ids} == {1}
         await sink.wait_for(20, path="/hook")  # the worker heard of them from the journal
         assert sorted(sink.received("/hook")) == sorted(ids)
-        record = await api.message(ids[0])
-        assert record["state"] == "sent"
+
+        # The sink has answered; the worker commits the outcome just after.
+        async def sent() -> bool:
+            return (await api.message(ids[0]))["state"] == "sent"
+
+        await eventually(sent, what="the first message recorded as sent")
 
         # The api gateway shows the channels without delivering on them.
         web = (await api.channels())["web"]
