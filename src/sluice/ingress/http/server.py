@@ -32,6 +32,7 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -272,12 +273,12 @@ class HttpServer:
         self._stop = asyncio.Event()
         #: Set once the socket listens and connections are being accepted.
         self.listening = asyncio.Event()
-        #: Connections accepted and refused at the door, since the start.
-        self.accepted = 0
-        self.refused = 0
+        self._acceptor: _Acceptor | None = None
 
     def stats(self) -> ServerStats:
-        return ServerStats(len(self._state.connections), self.accepted, self.refused)
+        acceptor = self._acceptor
+        accepted, refused = (acceptor.accepted, acceptor.refused) if acceptor else (0, 0)
+        return ServerStats(len(self._state.connections), accepted, refused)
 
     def stop(self) -> None:
         self._stop.set()
@@ -292,15 +293,23 @@ class HttpServer:
         sock.listen(self._settings.listen_backlog)
         sock.setblocking(False)
         async with asyncio.TaskGroup() as tg:
-            accepting = _Acceptor(self, loop, tg)
-            loop.add_reader(sock.fileno(), accepting.accept)
+            self._acceptor = accepting = _Acceptor(
+                sock,
+                loop,
+                tg,
+                protocol=self._protocol,
+                open_connections=lambda: len(self._state.connections),
+                refusal=lambda: self._refusal.render(self._clock.date_header, keep_alive=False),
+                batch=self._settings.accept_batch,
+                maximum=self._settings.max_connections,
+            )
+            accepting.start()
             self.listening.set()
             try:
                 tg.create_task(self._ticks())
                 await self._stop.wait()
             finally:
-                loop.remove_reader(sock.fileno())
-                accepting.closed = True
+                accepting.stop()
             await self._shutdown()
 
     def _protocol(self) -> GatedProtocol:
@@ -349,37 +358,72 @@ class HttpServer:
 
 
 class _Acceptor:
-    """Takes up to `server.accept_batch` connections off the listening socket per turn of the
-    loop; beyond `server.max_connections` open, a connection gets a 503 and is closed."""
+    """Takes up to `batch` connections off the listening socket per turn of the loop; beyond
+    `maximum` open, a connection gets `refusal()` (a 503) and is closed."""
 
-    def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop, tg: Any) -> None:
-        self._server = server
+    #: Seconds accepting pauses after the process ran out of file descriptors (EMFILE): the
+    #: listening socket stays readable, and retrying at once would spin the loop.
+    PAUSE_SECONDS = 0.1
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        tg: asyncio.TaskGroup,
+        *,
+        protocol: Callable[[], GatedProtocol],
+        open_connections: Callable[[], int],
+        refusal: Callable[[], bytes],
+        batch: int,
+        maximum: int,
+    ) -> None:
+        self._listener = listener
         self._loop = loop
-        self._tg: asyncio.TaskGroup = tg
-        self._batch = server._settings.accept_batch
-        self._max = server._settings.max_connections
+        self._tg = tg
+        self._protocol = protocol
+        self._open_connections = open_connections
+        self._refusal = refusal
+        self._batch = batch
+        self._max = maximum
+        #: Connections accepted whose protocol does not exist yet (not yet counted as open).
         self._opening = 0
-        self.closed = False
+        self._listening = False
+        self.accepted = 0
+        self.refused = 0
+
+    def start(self) -> None:
+        self._loop.add_reader(self._listener.fileno(), self.accept)
+        self._listening = True
+
+    def stop(self) -> None:
+        if self._listening:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listening = False
 
     def accept(self) -> None:
-        server = self._server
-        listener = server._sock
         for _ in range(self._batch):
             try:
-                conn, _ = listener.accept()
+                conn, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and the like: leave the rest queued for now
-                log.warning("cannot accept a connection: %s", exc)
+            except OSError as exc:  # EMFILE and the like: the rest stay queued for a while
+                log.warning("cannot accept a connection (%s); pausing for %.1f s", exc,
+                            self.PAUSE_SECONDS)  # fmt: skip
+                self.stop()
+                self._loop.call_later(self.PAUSE_SECONDS, self._resume)
                 return
-            if len(server._state.connections) + self._opening >= self._max:
+            if self._open_connections() + self._opening >= self._max:
                 self._refuse(conn)
                 continue
-            server.accepted += 1
+            self.accepted += 1
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._opening += 1
             self._tg.create_task(self._open(conn))
+
+    def _resume(self) -> None:
+        if not self._listening and self._listener.fileno() >= 0:
+            self.start()
 
     async def _open(self, conn: socket.socket) -> None:
         opening = True
@@ -389,7 +433,7 @@ class _Acceptor:
             nonlocal opening
             opening = False
             self._opening -= 1
-            return self._server._protocol()
+            return self._protocol()
 
         try:
             await self._loop.connect_accepted_socket(protocol, sock=conn)
@@ -400,11 +444,10 @@ class _Acceptor:
                 self._opening -= 1
 
     def _refuse(self, conn: socket.socket) -> None:
-        server = self._server
-        server.refused += 1
+        self.refused += 1
         conn.setblocking(False)
         with contextlib.suppress(OSError):
-            conn.send(server._refusal.render(server._clock.date_header, keep_alive=False))
+            conn.send(self._refusal())
             # What the client has sent already is read first: closing a socket with unread
             # data resets the connection, and the client might lose the answer to the reset.
             conn.recv(65536)
