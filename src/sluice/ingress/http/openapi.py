@@ -362,6 +362,7 @@ _RESPONSES: dict[str, Any] = {
             "invalid_idempotency_key",
             "idempotency_key_reused",
             "invalid_parameter",
+            "not_urgent",
         ],
     ),
     "TooManyRequests": _error_response(
@@ -371,8 +372,13 @@ _RESPONSES: dict[str, Any] = {
         **{"Retry-After": _RETRY_AFTER},
     ),
     "Unavailable": _error_response(
-        "The message store failed; nothing is known to be stored.",
-        ["unavailable", "not_ready"],
+        "Not served now; nothing was stored (for `unavailable`: nothing is known to be "
+        "stored). `overloaded`: the gateway is taking all the requests it can serve in time "
+        "(refused before the body was read); `deadline_passed`: the request waited longer "
+        "than admission.request_deadline_seconds; `too_many_connections`: the process holds "
+        "server.max_connections; `unavailable`: the message store failed; `not_ready`: "
+        "starting or shutting down.",
+        ["overloaded", "deadline_passed", "too_many_connections", "unavailable", "not_ready"],
         **{"Retry-After": _RETRY_AFTER},
     ),
     "InternalError": _error_response("An unexpected error; it was logged.", ["internal_error"]),
@@ -404,8 +410,17 @@ def _paths(config: Config) -> dict[str, Any]:
                 "operationId": "submitMessages",
                 "summary": "Submit one message or a batch",
                 "description": "Answers once the messages are stored durably. A batch is all "
-                "or nothing. Admission may refuse with 429 before the body is read.",
+                "or nothing. Admission may refuse with 429 or 503 before the body is read.",
                 "parameters": [
+                    {
+                        "name": "Sluice-Priority",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["urgent"]},
+                        "description": "`urgent`: admitted ahead of bulk traffic when the "
+                        "gateway sheds load, and into the backlog's urgent reserve; every "
+                        "message must then be urgent (422 not_urgent).",
+                    },
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
