@@ -433,7 +433,7 @@ def _paths(config: Config) -> dict[str, Any]:
                         "description": "Repeating a request with the same key and body answers "
                         "200 with the first request's ids and stores nothing; the same key with "
                         "a different body is refused (422 idempotency_key_reused).",
-                    }
+                    },
                 ],
                 "requestBody": {
                     "required": True,

@@ -63,8 +63,8 @@ GRACEFUL_SECONDS = 5.0
 KEEP_ALIVE_SECONDS = 5.0
 
 
-class _Clock:
-    """The server's shared view of time: the Date header, refreshed once a second."""
+class DateHeader:
+    """The Date header the server's answers carry, refreshed once a second (`tick`)."""
 
     __slots__ = ("date_header",)
 
@@ -141,7 +141,7 @@ class GatedProtocol(HttpToolsProtocol):
         config: uvicorn.Config,
         server_state: ServerState,
         gate: EdgeGate | None,
-        clock: _Clock,
+        clock: DateHeader,
         pacer: _RefusalPacer | None = None,
     ) -> None:
         super().__init__(config=config, server_state=server_state, app_state={})
@@ -262,11 +262,11 @@ class HttpServer:
             interface="asgi3",
             proxy_headers=False,
             server_header=False,
-            date_header=False,  # the server keeps its own (`_Clock`); idle connections too
+            date_header=False,  # the server keeps its own (`DateHeader`); idle connections too
         )
         self._uvicorn.load()
         self._state = ServerState()
-        self._clock = _Clock()
+        self._clock = DateHeader()
         self._state.default_headers = [(b"date", self._clock.date_header[6:-2])]
         self._refusal = too_many_connections(config.server.max_connections)
         self._pacer: _RefusalPacer | None = None
