@@ -102,7 +102,11 @@ def sender_for(
     settings = msgspec.convert(
         {"secret": SECRET, "timeout_seconds": 5.0, **config}, CallbacksConfig
     )
-    return CallbackSender(journal, settings, random.Random(seed), clock=lambda: int(clock() * 1000))
+    # round, not int: the fake clock holds float seconds near 1.8e9, and advancing it by a
+    # millisecond could truncate to one millisecond less, depending on where it started.
+    return CallbackSender(
+        journal, settings, random.Random(seed), clock=lambda: round(clock() * 1000)
+    )
 
 
 async def queue_callback(journal: SqliteJournal, url: str, message_id: int = 1) -> Message:
