@@ -66,6 +66,7 @@ import sqlite3
 import sys
 import time
 import tomllib
+import urllib.error
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -573,8 +574,17 @@ def stream_specs(
     return specs
 
 
-def channel_pending(base: str) -> int:
-    return int(get_json(f"{base}/v1/channels", auth=True)["channels"][0]["pending"])
+def channel_pending(base: str, within: float = 30.0) -> int:
+    """The channel's queue depth. Right after a flood the gateway may still be shedding the
+    flood's tail: a 503 or 429 is asked again after its Retry-After, for up to `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return int(get_json(f"{base}/v1/channels", auth=True)["channels"][0]["pending"])
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (429, 503) or time.monotonic() > deadline:
+                raise
+            time.sleep(float(exc.headers.get("Retry-After", "1")))
 
 
 async def post_preload(base: str, total: int) -> tuple[int, int]:
@@ -643,8 +653,14 @@ async def urgent_timelines(base: str, accepts: list[RecordedAccept]) -> tuple[li
 
         async def one(message_id: str) -> None:
             nonlocal unsent
-            async with slots, session.get(f"{base}/v1/messages/{message_id}") as resp:
-                view = await resp.json() if resp.status == 200 else {}
+            view: dict[str, Any] = {}
+            async with slots:
+                for _ in range(30):  # a gateway just out of a flood may still shed a few
+                    async with session.get(f"{base}/v1/messages/{message_id}") as resp:
+                        if resp.status not in (429, 503):
+                            view = await resp.json() if resp.status == 200 else {}
+                            break
+                        await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
             times: dict[str, int] = {}
             for entry in view.get("timeline", []):
                 times.setdefault(entry["state"], _rfc3339_ms(entry["at"]))
