@@ -191,22 +191,6 @@ def test_a_missed_latency_target_does_not_cut_when_refusals_outnumber_either() -
     assert limit.limit > 2
 
 
-def test_refusals_falling_behind_cut_the_limit_however_busy_with_refusals() -> None:
-    """The same refusal-dominated interval, but the refusal stage says its clients waited too
-    long: their CPU must come from admitted work, and the limit is cut."""
-    clock = FakeClock()
-    limit = make_limit(clock, initial=10, refusal_ratio=8.0, decrease=0.5)
-    assert all(acquire(limit, 10))
-    assert not any(acquire(limit, 100))
-    limit.refusals_late()
-    end_interval(limit, clock)
-    stats = limit.stats()
-    assert (stats.decreases, stats.increases, stats.limit) == (1, 0, 5)
-    # The signal holds for one interval only.
-    end_interval(limit, clock)
-    assert limit.stats().decreases == 1
-
-
 # ---------------------------------------------------------------------------------- fair share
 
 

@@ -25,10 +25,6 @@ until admitted requests are that large part of the work again: the limit settles
 refusals' share of the loop meets the admitted requests'. An interval that met both targets
 (or was busy with refusals) and used most of the limit raises it by `increase`.
 
-One signal overrides the balance: refusals falling behind (`refusals_late`, from the server's
-refusal stage). Then the refusals cannot be served in time at all, clients would soon time
-out, and the only CPU to be had is the admitted requests': the limit is cut.
-
 Urgent requests are admitted over the limit up to ``limit * urgent_factor`` (the hard limit).
 Once ``fair_share_from`` of the limit is in use, a key (a tenant) holding more than an equal
 share of the limit among the keys in flight is refused, so a flooding tenant leaves room for
@@ -108,7 +104,6 @@ class AdaptiveLimit:
         "_per_key",
         "_quantile",
         "_refusal_ratio",
-        "_refusals_late",
         "_samples",
         "_shed",
         "_urgent_factor",
@@ -152,7 +147,6 @@ class AdaptiveLimit:
         self._peak = 0
         self._interval_admitted = 0
         self._interval_shed = 0
-        self._refusals_late = False
         self._next_adjust = clock() + interval
         self._last_shed = -math.inf
         self._last_latency = 0.0
@@ -211,12 +205,6 @@ class AdaptiveLimit:
         if now >= self._next_adjust:
             self._adjust(now)
 
-    def refusals_late(self) -> None:
-        """Refused clients waited longer than they may to be read again (the server's refusal
-        stage is behind): the CPU the refusals need must come from admitted work, so the
-        interval cuts the limit however busy with refusals the loop is."""
-        self._refusals_late = True
-
     def observe_lag(self, seconds: float) -> None:
         """How late the event loop ran a timer. The mean of an interval's samples counts: a
         loop out of CPU is late at every sample, while one long callback (a large claim, a
@@ -252,8 +240,7 @@ class AdaptiveLimit:
             latency = samples[min(len(samples) - 1, int(len(samples) * self._quantile))]
         lag = self._lag / self._lag_samples if self._lag_samples else 0.0
         missed = latency > self._latency_target or lag > self._lag_target
-        admitted_work = self._interval_shed < self._interval_admitted * self._refusal_ratio
-        if (missed and admitted_work) or self._refusals_late:
+        if missed and self._interval_shed < self._interval_admitted * self._refusal_ratio:
             self._limit = max(self._minimum, self._limit * self._decrease)
             self._decreases += 1
         elif self._peak >= self._limit * _USED_SHARE:
@@ -267,6 +254,5 @@ class AdaptiveLimit:
         self._peak = self._in_flight
         self._interval_admitted = 0
         self._interval_shed = 0
-        self._refusals_late = False
         # A clock that jumped (or a long idle spell) starts a fresh interval from now.
         self._next_adjust = max(self._next_adjust + self._interval, now + self._interval / 2)

@@ -88,20 +88,12 @@ class _RefusalPacer:
     seconds is read whatever the batch, so that refusals never fall behind a flood by more
     than that (with no bound they did, by seconds, until clients timed out)."""
 
-    __slots__ = ("_batch", "_late", "_loop", "_max_wait", "_scheduled", "_waiting")
+    __slots__ = ("_batch", "_loop", "_max_wait", "_scheduled", "_waiting")
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        batch: int,
-        max_wait: float,
-        late: Callable[[], None],
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, batch: int, max_wait: float) -> None:
         self._loop = loop
         self._batch = batch
         self._max_wait = max_wait
-        #: Told when connections had to be read again for having waited `max_wait`.
-        self._late = late
         self._waiting: deque[tuple[float, asyncio.Transport]] = deque()
         self._scheduled = False
 
@@ -121,8 +113,6 @@ class _RefusalPacer:
             if not transport.is_closing():
                 transport.resume_reading()
             resumed += 1
-        if resumed > self._batch:
-            self._late()
         if waiting:
             self._loop.call_soon(self._resume)  # the next turn
         else:
@@ -297,12 +287,8 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         sock = self._sock
         if self._settings.refusal_batch > 0:
-            limit = self._gate.limit if self._gate is not None else None
             self._pacer = _RefusalPacer(
-                loop,
-                self._settings.refusal_batch,
-                self._settings.refusal_max_wait_ms / 1000,
-                limit.refusals_late if limit is not None else lambda: None,
+                loop, self._settings.refusal_batch, self._settings.refusal_max_wait_ms / 1000
             )
         sock.listen(self._settings.listen_backlog)
         sock.setblocking(False)
