@@ -174,6 +174,7 @@ def test_loop_lag_does_not_cut_when_refusals_outnumber_admitted_times_the_ratio(
     limit = make_limit(clock, initial=2, lag_target=0.02, refusal_ratio=8.0, increase=4.0)
     assert all(acquire(limit, 2))
     assert not any(acquire(limit, 17))  # 17 > 2 admitted * 8
+    release(limit, 2, started=clock.now)
     clock.advance(INTERVAL)
     limit.observe_lag(0.05)
     stats = limit.stats()
@@ -189,6 +190,17 @@ def test_a_missed_latency_target_does_not_cut_when_refusals_outnumber_either() -
     end_interval(limit, clock)
     assert limit.stats().decreases == 0
     assert limit.limit > 2
+
+
+def test_an_interval_that_answered_nothing_does_not_raise_the_limit() -> None:
+    """A stalled journal: the limit is full and nothing comes back. No response time says
+    the target is met, so no more is admitted into the stall."""
+    clock = FakeClock()
+    limit = make_limit(clock, initial=4)
+    assert all(acquire(limit, 4))
+    end_interval(limit, clock)
+    end_interval(limit, clock)
+    assert (limit.stats().increases, limit.limit) == (0, 4)
 
 
 # ---------------------------------------------------------------------------------- fair share

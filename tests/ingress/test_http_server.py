@@ -244,9 +244,9 @@ class Held(NamedTuple):
 
 
 @contextlib.asynccontextmanager
-async def held_api(tmp_path: Path) -> AsyncIterator[Held]:
+async def held_api(tmp_path: Path, config: Config | None = None) -> AsyncIterator[Held]:
     """The real API over a gateway that holds submits, served."""
-    config = make_config()
+    config = config or make_config()
     async with open_journal("sqlite", tmp_path) as journal:
         gateway = HeldGateway(config, journal)
         app = HttpApi(gateway)
@@ -552,16 +552,36 @@ def test_a_refusal_behind_a_request_under_way_is_answered_in_order(
                 await gateway.entered.wait()
             if not together:
                 await client.send(refused)
-            await until(  # the refusal is decided at once ...
-                lambda: gate.stats().refusals == {"unauthorized": 1},
-                "the gate refused the second request",
-            )
-            assert client.nothing_arrived()  # ... but not written before the first answer
+            assert client.nothing_arrived()  # no answer before the first one's
             gateway.go.set()
             first, second = await client.answer(), await client.answer()
             assert (first.status, second.status) == (202, 401)
+            # Decided when its turn came, by the gate: written by the application, in order.
+            assert gate.stats().refusals == {"unauthorized": 1}
             assert json.loads(second.body)["error"]["code"] == "unauthorized"
             assert second.headers[b"www-authenticate"] == b'Bearer realm="sluice"'
+
+    on_uvloop(scenario())
+
+
+def test_requests_pipelined_by_a_client_that_leaves_hold_no_admission_slot(
+    tmp_path: Path,
+) -> None:
+    """Three POSTs pipelined behind one being served, then the client goes: the queued ones
+    never reach the application, and they took no slot of the adaptive limit with them."""
+
+    async def scenario() -> None:
+        config = make_config(admission={"initial_limit": 8, "min_limit": 4})
+        async with held_api(tmp_path, config) as held:
+            limit = held.app.gate.limit
+            assert limit is not None
+            async with connected(held.running.address) as client:
+                await client.send(request("POST", "/v1/messages", KEY_A, MESSAGE) * 4)
+                async with asyncio.timeout(WAIT_SECONDS):
+                    await held.gateway.entered.wait()
+                assert limit.stats().in_flight == 1  # the one being served, only
+            held.gateway.go.set()
+            await until(lambda: limit.stats().in_flight == 0, "every slot is free again")
 
     on_uvloop(scenario())
 

@@ -243,7 +243,9 @@ class AdaptiveLimit:
         if missed and self._interval_shed < self._interval_admitted * self._refusal_ratio:
             self._limit = max(self._minimum, self._limit * self._decrease)
             self._decreases += 1
-        elif self._peak >= self._limit * _USED_SHARE:
+        elif samples and self._peak >= self._limit * _USED_SHARE:
+            # Only on answers: an interval that answered nothing (a stalled journal) has no
+            # response time to go by, and must not admit more into the stall.
             self._limit = min(self._maximum, self._limit + self._increase)
             self._increases += 1
         self._last_latency = latency

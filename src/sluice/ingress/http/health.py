@@ -100,9 +100,13 @@ class HealthListener:
                 self._serve(conn)
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(HEADER_SECONDS)
+        deadline = time.monotonic() + HEADER_SECONDS
         head = b""
         while b"\r\n\r\n" not in head:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return  # a whole-request deadline, not one per read: no byte-a-second holds
+            conn.settimeout(remaining)
             chunk = conn.recv(4096)
             if not chunk or len(head) + len(chunk) > MAX_HEADER_BYTES:
                 return

@@ -119,6 +119,8 @@ class _RefusalPacer:
             self._scheduled = False
 
 
+#: Where a pipelined request keeps what the gate needs until its turn comes.
+_PENDING_KEY = "sluice.pending"
 #: Refusals for load: their connection's next request waits for the pacer.
 DEFERRED_CODES = frozenset(("overloaded", "rate_limited", "backlog_full"))
 
@@ -167,30 +169,37 @@ class GatedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         gate = self._gate
+        path = httptools.parse_url(self.url).path
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            # Pipelined behind a request still being served: the gate is asked when this one's
+            # turn comes (`_start_asgi_task`), so that a request waiting in the queue holds no
+            # admission slot (a client that leaves would take the slot with it), and its answer
+            # goes out in order.
+            self._serve(pending=(self.parser.get_method(), path, self._started))
+            return
         verdict = None
         if gate is not None:
-            path = httptools.parse_url(self.url).path
             verdict = gate.at_headers(self.parser.get_method(), path, self.headers, self._started)
         if verdict is None or isinstance(verdict, tuple):
             self._serve(verdict)
-        elif self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
-            # A request pipelined behind one still being served: answers go out in order, so
-            # the application sends this one when its turn comes.
-            self._serve(None, verdict)
-        else:
-            self._answered = True
-            keep_alive = self.parser.should_keep_alive() and not self.expect_100_continue
-            self.transport.write(verdict.render(self._clock.date_header, keep_alive=keep_alive))
-            self.server_state.total_requests += 1
-            if not keep_alive:
-                self.transport.close()
-                return
-            self.idle_since = self.loop.time()
-            if self._pacer is not None and verdict.code in DEFERRED_CODES:
-                self._pacer.defer(self.transport)
+            return
+        self._answered = True
+        keep_alive = self.parser.should_keep_alive() and not self.expect_100_continue
+        self.transport.write(verdict.render(self._clock.date_header, keep_alive=keep_alive))
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self.transport.close()
+        elif self._pacer is not None and verdict.code in DEFERRED_CODES:
+            self._pacer.defer(self.transport)
 
-    def _serve(self, ticket: Ticket | None, answer: FastAnswer | None = None) -> None:
+    def _serve(
+        self,
+        ticket: Ticket | None = None,
+        *,
+        pending: tuple[bytes, bytes, float] | None = None,
+    ) -> None:
         """Hand the request to the application, through uvicorn's own path."""
+        self.idle_since = None
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
@@ -204,17 +213,31 @@ class GatedProtocol(HttpToolsProtocol):
         }
         if ticket is not None:
             scope[TICKET_KEY] = ticket
-        if answer is not None:
-            scope[ANSWER_KEY] = answer
+        if pending is not None:
+            scope[_PENDING_KEY] = pending
         self.scope = scope  # type: ignore[assignment]
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        pending = cycle.scope.pop(_PENDING_KEY, None)
+        if pending is not None and self._gate is not None:
+            method, path, started = pending
+            verdict = self._gate.at_headers(method, path, cycle.scope["headers"], started)
+            if isinstance(verdict, FastAnswer):
+                cycle.scope[ANSWER_KEY] = verdict
+            elif verdict is not None:
+                cycle.scope[TICKET_KEY] = verdict
+        super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
         if not self._answered:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._answered:
+        if self._answered:
+            # The answered request is in whole (its body, if any, dropped): nothing is owed.
+            self.idle_since = self.loop.time()
+        else:
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -388,6 +411,7 @@ class _Acceptor:
         #: Connections accepted whose protocol does not exist yet (not yet counted as open).
         self._opening = 0
         self._listening = False
+        self._closed = False
         self.accepted = 0
         self.refused = 0
 
@@ -396,6 +420,7 @@ class _Acceptor:
         self._listening = True
 
     def stop(self) -> None:
+        self._closed = True
         if self._listening:
             self._loop.remove_reader(self._listener.fileno())
             self._listening = False
@@ -416,13 +441,17 @@ class _Acceptor:
                 self._refuse(conn)
                 continue
             self.accepted += 1
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # the client is gone already
+                conn.close()
+                continue
             self._opening += 1
             self._tg.create_task(self._open(conn))
 
     def _resume(self) -> None:
-        if not self._listening and self._listener.fileno() >= 0:
+        if not self._closed and not self._listening:
             self.start()
 
     async def _open(self, conn: socket.socket) -> None:

@@ -97,8 +97,8 @@ async def op_insert(
             c.ids,
             now_ms(),
         )
-        if inserted is None:
-            return await op_insert(conn, tx, tenant, messages, c, key, digest)
+        if inserted is None:  # waited for the other request's commit: the deadline still holds
+            return await op_insert(conn, tx, tenant, messages, c, key, digest, deadline)
     await conn.execute(
         _INSERT, tenant, c.now, c.ids, c.channels, c.recipients, c.senders, c.bodies,
         c.priorities, c.due, c.not_before, c.expires, c.callbacks, c.metadata,
@@ -120,14 +120,14 @@ async def op_insert_again(
     digest: bytes | None,
     deadline: float | None = None,
 ) -> SubmitResult:
-    """An insert whose first try lost its connection, perhaps after its commit landed (so its
-    deadline no longer applies: the producer must hear what became of it)."""
+    """An insert whose first try lost its connection, perhaps after its commit landed: if it
+    did, the producer hears so whatever the time; if not, the deadline applies as before."""
     found = await conn.fetchval(
         "SELECT count(*) FROM messages WHERE id = ANY($1::bigint[]) AND tenant = $2", c.ids, tenant
     )
     if found == len(c.ids):
         return SubmitResult(c.ids, False)  # it did: nothing more to do
-    return await op_insert(conn, tx, tenant, messages, c, key, digest)
+    return await op_insert(conn, tx, tenant, messages, c, key, digest, deadline)
 
 
 async def op_save_state(conn: PoolConnection, tx: Tx, name: str, data: bytes, now: int) -> None:
