@@ -276,6 +276,22 @@ def test_listen_with_exotic_digits_is_a_config_error(port: str) -> None:
         from_dict({"server": {"listen": "host:" + port}})
 
 
+def test_the_health_port_and_the_smtp_port_must_differ_from_the_http_port() -> None:
+    message = config_error('[server]\nlisten = "127.0.0.1:8080"\nhealth_listen = "127.0.0.1:8080"')
+    assert message.startswith("server.health_listen: '127.0.0.1:8080' is server.listen too")
+    # Port 0 asks the system for a free port: the same text is two different ports.
+    config = loads('[server]\nlisten = "127.0.0.1:0"\nhealth_listen = "127.0.0.1:0"', {})
+    assert config.server.health_listen == "127.0.0.1:0"
+    with pytest.raises(ConfigError, match=r"smtp\.listen: '127\.0\.0\.1:2525' is already"):
+        from_dict(
+            {
+                "server": {"listen": "127.0.0.1:2525"},
+                "tenants": {"acme": {"api_keys": [hash_api_key("k")]}},
+                "smtp": {"listen": "127.0.0.1:2525", "tenant": "acme"},
+            }
+        )
+
+
 def test_invalid_toml() -> None:
     message = config_error("[server\nlisten = 1")
     assert message.startswith("not valid TOML:")

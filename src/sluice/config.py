@@ -480,6 +480,11 @@ def _check_server(server: ServerConfig) -> None:
     addresses = {"listen": server.listen}
     if server.health_listen is not None:
         addresses["health_listen"] = server.health_listen
+    if server.health_listen == server.listen and not server.listen.endswith(":0"):
+        raise ConfigError(
+            f"server.health_listen: {server.health_listen!r} is server.listen too; "
+            "give the health probes a port of their own, or leave it unset"
+        )
     for key, address in addresses.items():
         host, sep, port = address.rpartition(":")
         valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
@@ -538,6 +543,11 @@ def _check_smtp(config: Config, smtp: SmtpConfig) -> None:
         raise ConfigError(f"smtp.listen: expected host:port, got {smtp.listen!r}")
     if smtp.tenant not in config.tenants:
         raise ConfigError(f"smtp.tenant: {smtp.tenant!r} is not a configured tenant")
+    if not smtp.listen.endswith(":0") and smtp.listen in (
+        config.server.listen,
+        config.server.health_listen,
+    ):
+        raise ConfigError(f"smtp.listen: {smtp.listen!r} is already the HTTP server's address")
     for field in ("sms_channel", "email_channel"):
         channel = getattr(smtp, field)
         if channel is not None and channel not in config.channels:
