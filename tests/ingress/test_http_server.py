@@ -700,3 +700,43 @@ def test_connections_refused_for_load_are_read_again_a_batch_per_turn(tmp_path: 
             assert at_gate + gateway.refusals.get("rate_limited", 0) == 35
 
     on_uvloop(scenario())
+
+
+class OutOfDescriptorsOnce(socket.socket):
+    """A listening socket whose first accept fails as a process out of descriptors does."""
+
+    failed = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if not self.failed:
+            self.failed = True
+            raise OSError(24, "Too many open files")  # EMFILE
+        return super().accept()
+
+
+def test_accepting_resumes_after_the_process_ran_out_of_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_server._Acceptor, "PAUSE_SECONDS", 0.01)
+
+    async def scenario() -> None:
+        config = make_config()
+        bound = bind_tcp("127.0.0.1:0")
+        sock = OutOfDescriptorsOnce(fileno=bound.detach())
+        try:
+            async with open_gateway(tmp_path, config) as gateway, asyncio.TaskGroup() as tg:
+                server = HttpServer(HttpApi(gateway), sock, config)
+                tg.create_task(server.serve())
+                await until(
+                    lambda: bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)),
+                    "the server listens",
+                )
+                async with connected(sock.getsockname()[:2]) as client:
+                    await client.send(request("GET", "/healthz", None))
+                    assert (await client.answer()).status == 200
+                assert sock.failed
+                server.stop()
+        finally:
+            sock.close()
+
+    on_uvloop(scenario())

@@ -47,6 +47,12 @@ class Rejection(msgspec.Struct, frozen=True):
     message: str
     retry_after: int | None = None
 
+    def headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The response headers the refusal carries: Retry-After when it names a wait."""
+        if self.retry_after is None:
+            return ()
+        return ((b"retry-after", str(self.retry_after).encode()),)
+
 
 class Admission:
     """Decides whether a tenant may submit ``n`` messages now; one per ingress process."""

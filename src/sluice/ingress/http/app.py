@@ -32,7 +32,16 @@ import msgspec
 from sluice.ingress.contract import Gateway
 from sluice.ingress.http.admission import Admission, Rejection
 from sluice.ingress.http.auth import ApiKeys
-from sluice.ingress.http.gate import ANSWER_KEY, PRIORITY_HEADER, TICKET_KEY, EdgeGate, Ticket
+from sluice.ingress.http.gate import (
+    ANSWER_KEY,
+    PRIORITY_HEADER,
+    TICKET_KEY,
+    UNAUTHORIZED_HEADERS,
+    UNAUTHORIZED_MESSAGE,
+    EdgeGate,
+    Ticket,
+    is_urgent,
+)
 from sluice.ingress.http.openapi import openapi_document
 from sluice.ingress.http.schema import (
     ApiError,
@@ -99,7 +108,7 @@ def _headers(scope: Scope) -> _Headers:
         elif name == b"idempotency-key":
             idempotency_key = value
         elif name == PRIORITY_HEADER:
-            urgent = value.strip().lower() == b"urgent"
+            urgent = is_urgent(value)
     return _Headers(authorization, content_type, content_length, idempotency_key, urgent)
 
 
@@ -111,12 +120,7 @@ def _json(status: int, value: Any) -> _Response:
     return _Response(status, _encode(value))
 
 
-_UNAUTHORIZED = ApiError(
-    401,
-    "unauthorized",
-    "send an API key as `Authorization: Bearer <key>`; this one is missing or not known",
-    headers=((b"www-authenticate", b'Bearer realm="sluice"'),),
-)
+_UNAUTHORIZED = ApiError(401, "unauthorized", UNAUTHORIZED_MESSAGE, headers=UNAUTHORIZED_HEADERS)
 _NOT_FOUND_MESSAGE = "no message with this id"
 _NOT_FOUND = "no endpoint at {path}; see /openapi.json"
 _NOT_FOUND_WORKER = (
@@ -147,8 +151,8 @@ class HttpApi:
         self.gate = EdgeGate(config, gateway, self._admission, self._keys, message_api=message_api)
         self._openapi = _encode(openapi_document(config))
         self._routes: dict[str, dict[str, Callable[..., Awaitable[_Response]]]] = {
-            "/healthz": {"GET": self._healthz},
-            "/readyz": {"GET": self._readyz},
+            "/healthz": {"GET": self._probe},
+            "/readyz": {"GET": self._probe},
             "/metrics": {"GET": self._metrics},
         }
         self._message_routes: dict[str, Callable[..., Awaitable[_Response]]] = {}
@@ -405,13 +409,10 @@ class HttpApi:
         self._tenant(_headers(scope))
         return _json(200, {"channels": self._gateway.channels()})
 
-    async def _healthz(self, scope: Scope, receive: Receive) -> _Response:
-        return _Response(200, b'{"status":"ok"}')
-
-    async def _readyz(self, scope: Scope, receive: Receive) -> _Response:
-        if self.gate.ready():
-            return _Response(200, b'{"status":"ready"}')
-        return _Response(503, _error_body("not_ready", "the gateway is starting or shutting down"))
+    async def _probe(self, scope: Scope, receive: Receive) -> _Response:
+        answer = self.gate.probe(scope["path"].encode())
+        assert answer is not None, "routed only for the probes' paths"
+        return _Response(answer.status, answer.body, headers=answer.extra_headers)
 
     async def _metrics(self, scope: Scope, receive: Receive) -> _Response:
         body, content_type = self._gateway.metrics()
@@ -469,10 +470,9 @@ def _too_large(limit: int) -> ApiError:
 
 
 def _rejected(rejection: Rejection) -> ApiError:
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    if rejection.retry_after is not None:
-        headers = ((b"retry-after", str(rejection.retry_after).encode()),)
-    return ApiError(rejection.status, rejection.code, rejection.message, headers=headers)
+    return ApiError(
+        rejection.status, rejection.code, rejection.message, headers=rejection.headers()
+    )
 
 
 def _idempotency_key(raw: bytes | None, max_length: int) -> str | None:

@@ -49,7 +49,18 @@ PRIORITY_HEADER = b"sluice-priority"
 #: hash every key again; the memory is emptied when it reaches this size.
 MAX_REMEMBERED_KEYS = 4096
 
+#: A refused API key: the sentence and the challenge, in the gate's and the application's 401.
+UNAUTHORIZED_MESSAGE = (
+    "send an API key as `Authorization: Bearer <key>`; this one is missing or not known"
+)
+UNAUTHORIZED_HEADERS = ((b"www-authenticate", b'Bearer realm="sluice"'),)
+
 _encode = msgspec.json.Encoder().encode
+
+
+def is_urgent(priority: bytes) -> bool:
+    """Whether a `PRIORITY_HEADER` value asks for the urgent lane."""
+    return priority.strip().lower() == b"urgent"
 
 
 class Ticket(NamedTuple):
@@ -103,12 +114,7 @@ def error_answer(
     return FastAnswer(status, body, headers, code)
 
 
-UNAUTHORIZED = error_answer(
-    401,
-    "unauthorized",
-    "send an API key as `Authorization: Bearer <key>`; this one is missing or not known",
-    ((b"www-authenticate", b'Bearer realm="sluice"'),),
-)
+UNAUTHORIZED = error_answer(401, "unauthorized", UNAUTHORIZED_MESSAGE, UNAUTHORIZED_HEADERS)
 _HEALTHY = FastAnswer(200, b'{"status":"ok"}')
 _READY = FastAnswer(200, b'{"status":"ready"}')
 _NOT_READY = error_answer(503, "not_ready", "the gateway is starting or shutting down")
@@ -196,12 +202,18 @@ class EdgeGate:
         if path in self._paths or path.startswith(self._prefix):
             return self._admit(method, path, headers, started)
         if method == b"GET":
-            if path == b"/healthz":
-                self._probes += 1
-                return _HEALTHY
-            if path == b"/readyz":
-                self._probes += 1
-                return _READY if self.ready() else _NOT_READY
+            return self.probe(path)
+        return None
+
+    def probe(self, path: bytes) -> FastAnswer | None:
+        """The answer to a health probe (``GET /healthz`` or ``/readyz``); None for any other
+        path."""
+        if path == b"/healthz":
+            self._probes += 1
+            return _HEALTHY
+        if path == b"/readyz":
+            self._probes += 1
+            return _READY if self.ready() else _NOT_READY
         return None
 
     def ready(self) -> bool:
@@ -228,7 +240,7 @@ class EdgeGate:
             if name == b"authorization":
                 authorization = value
             elif name == PRIORITY_HEADER:
-                urgent = value.strip().lower() == b"urgent"
+                urgent = is_urgent(value)
         tenants = self._tenants
         if authorization in tenants:
             tenant = tenants[authorization]
@@ -255,9 +267,8 @@ class EdgeGate:
     def _rejection(self, rejection: Rejection) -> FastAnswer:
         answer = self._rejections.get(rejection)
         if answer is None:
-            headers: tuple[tuple[bytes, bytes], ...] = ()
-            if rejection.retry_after is not None:
-                headers = ((b"retry-after", str(rejection.retry_after).encode()),)
-            answer = error_answer(rejection.status, rejection.code, rejection.message, headers)
+            answer = error_answer(
+                rejection.status, rejection.code, rejection.message, rejection.headers()
+            )
             self._rejections[rejection] = answer
         return answer

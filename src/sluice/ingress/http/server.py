@@ -64,16 +64,19 @@ KEEP_ALIVE_SECONDS = 5.0
 
 
 class DateHeader:
-    """The Date header the server's answers carry, refreshed once a second (`tick`)."""
+    """The Date header the server's answers carry, refreshed once a second (`tick`): `value`
+    for uvicorn's default headers, `date_header` as the line the gate's answers write."""
 
-    __slots__ = ("date_header",)
+    __slots__ = ("date_header", "value")
 
     def __init__(self) -> None:
+        self.value = b""
         self.date_header = b""
         self.tick()
 
     def tick(self) -> None:
-        self.date_header = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        self.value = formatdate(usegmt=True).encode()
+        self.date_header = b"date: " + self.value + b"\r\n"
 
 
 class _RefusalPacer:
@@ -252,12 +255,6 @@ class GatedProtocol(HttpToolsProtocol):
         else:
             self.idle_since = self.loop.time()
 
-    def shutdown(self) -> None:
-        if self.cycle is None and self._answered:
-            self.transport.close()
-        else:
-            super().shutdown()
-
 
 class ServerStats(msgspec.Struct, frozen=True):
     """Connections open now, accepted and refused at the door (server.max_connections)."""
@@ -290,7 +287,7 @@ class HttpServer:
         self._uvicorn.load()
         self._state = ServerState()
         self._clock = DateHeader()
-        self._state.default_headers = [(b"date", self._clock.date_header[6:-2])]
+        self._tick_date()
         self._refusal = too_many_connections(config.server.max_connections)
         self._pacer: _RefusalPacer | None = None
         self._stop = asyncio.Event()
@@ -353,10 +350,13 @@ class HttpServer:
             if limit is not None:
                 limit.observe_lag(max(0.0, now - before - interval))
             if now >= next_date:
-                self._clock.tick()
-                self._state.default_headers = [(b"date", self._clock.date_header[6:-2])]
+                self._tick_date()
                 self._close_idle(now)
                 next_date = now + 1.0
+
+    def _tick_date(self) -> None:
+        self._clock.tick()
+        self._state.default_headers = [(b"date", self._clock.value)]
 
     def _close_idle(self, now: float) -> None:
         """Close the connections idle for longer than the keep-alive timeout."""
@@ -421,6 +421,9 @@ class _Acceptor:
 
     def stop(self) -> None:
         self._closed = True
+        self._pause()
+
+    def _pause(self) -> None:
         if self._listening:
             self._loop.remove_reader(self._listener.fileno())
             self._listening = False
@@ -434,7 +437,7 @@ class _Acceptor:
             except OSError as exc:  # EMFILE and the like: the rest stay queued for a while
                 log.warning("cannot accept a connection (%s); pausing for %.1f s", exc,
                             self.PAUSE_SECONDS)  # fmt: skip
-                self.stop()
+                self._pause()
                 self._loop.call_later(self.PAUSE_SECONDS, self._resume)
                 return
             if self._open_connections() + self._opening >= self._max:
