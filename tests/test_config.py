@@ -62,6 +62,7 @@ def test_a_full_file_keeps_its_values() -> None:
 [server]
 listen = "0.0.0.0:9000"
 node = 12
+metrics_token = "scrape-secret"
 
 [journal]
 path = "/var/lib/sluice/j.db"
@@ -267,7 +268,24 @@ def test_bad_listen_address(listen: str) -> None:
     "listen", ["0.0.0.0:1", "127.0.0.1:0", "localhost:65535", "[::1]:8080", "h:08080"]
 )
 def test_good_listen_address(listen: str) -> None:
-    assert loads(f'[server]\nlisten = "{listen}"', {}).server.listen == listen
+    text = f'[server]\nlisten = "{listen}"\npublic_metrics = true'
+    assert loads(text, {}).server.listen == listen
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8080", "[::]:8080", "192.0.2.7:8080", "gw:8080"])
+def test_metrics_on_a_reachable_address_need_a_decision(listen: str) -> None:
+    """/metrics names every tenant: on an address other hosts reach, the operator chooses
+    an admin port, a token, or says it may be public."""
+    with pytest.raises(ConfigError, match=r"server\.admin_listen.*server\.metrics_token"):
+        loads(f'[server]\nlisten = "{listen}"', {})
+    for choice in (
+        'admin_listen = "127.0.0.1:9100"',
+        'metrics_token = "t"',
+        "public_metrics = true",
+    ):
+        assert loads(f'[server]\nlisten = "{listen}"\n{choice}', {}).server.listen == listen
+    for loopback in ("127.0.0.1:8080", "[::1]:8080", "localhost:8080"):
+        assert loads(f'[server]\nlisten = "{loopback}"', {}).server.public_metrics is False
 
 
 @pytest.mark.parametrize("port", ["²", "①", "1" * 5000])
@@ -343,6 +361,7 @@ def test_env_float_becomes_a_float() -> None:
 def test_env_strings_stay_strings() -> None:
     environ = {
         "SLUICE__SERVER__LISTEN": "0.0.0.0:9000",
+        "SLUICE__SERVER__ADMIN_LISTEN": "127.0.0.1:9100",
         "SLUICE__JOURNAL__SYNCHRONOUS": "normal",
         "SLUICE__JOURNAL__PATH": "/data/sluice.db",
     }
@@ -361,9 +380,9 @@ def test_env_arrays_parse() -> None:
 def test_env_overrides_win_over_the_file_and_create_tables() -> None:
     config = loads(
         '[server]\nlisten = "127.0.0.1:1"',
-        {"SLUICE__SERVER__LISTEN": "h:2", "SLUICE__LIMITS__MAX_BATCH": "5"},
+        {"SLUICE__SERVER__LISTEN": "localhost:2", "SLUICE__LIMITS__MAX_BATCH": "5"},
     )
-    assert config.server.listen == "h:2"
+    assert config.server.listen == "localhost:2"
     assert config.limits.max_batch == 5
 
 

@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -82,6 +83,28 @@ class ServerConfig(_Base, frozen=True):
     #: own that the busiest event loop cannot delay (ingress/http/health.py). Unset: on the
     #: main port only, where the gate answers them ahead of all other work.
     health_listen: str | None = None
+    #: Longest request line (method, target, version) read; a longer one is answered 414.
+    max_request_line_bytes: Annotated[int, msgspec.Meta(ge=64)] = 8 * 1024
+    #: Largest header section read (names and values); a larger one is answered 431.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=256)] = 32 * 1024
+    #: Most header fields in one request; more are answered 431.
+    max_headers: Annotated[int, msgspec.Meta(ge=8)] = 100
+    #: Seconds from a request's first byte until its headers are in; then 408 and close.
+    header_timeout_seconds: Seconds = 10.0
+    #: Seconds from the end of a request's headers until its whole body is in; then the
+    #: connection is closed (the request was not stored).
+    body_timeout_seconds: Seconds = 30.0
+    #: Seconds a connection may stay open with nothing asked and nothing owed: between
+    #: requests, and before the first one.
+    keep_alive_seconds: Seconds = 5.0
+    #: Serve /metrics (with /healthz and /readyz) on this address ("host:port") instead of
+    #: the main port, whose /metrics then answers 404.
+    admin_listen: str | None = None
+    #: /metrics asks for `Authorization: Bearer <this>` (on whichever port serves it).
+    metrics_token: str | None = None
+    #: Serve /metrics on the main port without a token even when server.listen is not a
+    #: loopback address. /metrics names every tenant with its volumes.
+    public_metrics: bool = False
 
 
 class AdmissionConfig(_Base, frozen=True):
@@ -142,6 +165,16 @@ class JournalConfig(_Base, frozen=True):
     #: How long an operation keeps trying to reach PostgreSQL (a restart, a failover) before
     #: its caller hears of it: HTTP answers 503, runners wait and try again.
     reconnect_seconds: Seconds = 30.0
+    #: The same for the calls of the edges (a POST, a status read, a cancel): they give up
+    #: sooner, so that clients hear 503 before their own timeouts; delivery keeps retrying.
+    ingress_wait_seconds: Seconds = 3.0
+    #: SQLite: check every page at start (PRAGMA quick_check) and refuse a damaged file.
+    check_at_start: bool = True
+    #: SQLite: free bytes kept on the journal's disk; below them new messages get 503 and
+    #: /readyz is false, before the disk is full (0: only a full disk stops them).
+    free_space_reserve_bytes: NonNegative = 64 * 1024 * 1024
+    #: SQLite: WAL size past which the writer copies the WAL back and truncates it.
+    wal_limit_bytes: Annotated[int, msgspec.Meta(ge=64 * 1024)] = 16 * 1024 * 1024
     #: FULL: a commit survives power loss. NORMAL: survives a process crash, faster.
     synchronous: Literal["full", "normal"] = "full"
     #: With FULL, also fsync commits that hold only claims, send outcomes and leases. Off by
@@ -179,6 +212,9 @@ class LimitsConfig(_Base, frozen=True):
     idempotency_ttl_seconds: Seconds = 86_400.0
     #: Most messages returned by one history page.
     max_page_size: Positive = 1000
+    #: How deep arrays and objects may nest in a request body (a message is four levels
+    #: deep at most); deeper is answered 422, long before Python's recursion limit.
+    max_json_depth: Annotated[int, msgspec.Meta(ge=4, le=256)] = 32
 
 
 class RetryConfig(_Base, frozen=True):
@@ -227,8 +263,17 @@ class SmppConfig(_Base, frozen=True):
     response_timeout_seconds: Seconds = 10.0
     enquire_link_seconds: Seconds = 30.0
     connect_timeout_seconds: Seconds = 5.0
+    #: Pause before rebinding after a bind that was up (the backoff resets on every successful
+    #: bind): the floor against bind storms from an SMSC that drops each bind at once.
     reconnect_min_seconds: Seconds = 0.5
+    #: Ceiling of the backoff (doubling, with jitter) while binds keep failing.
     reconnect_max_seconds: Seconds = 30.0
+    #: After the SMSC's unbind, seconds to wait for the responses still in flight before
+    #: answering it (the window drains instead of being sent again).
+    unbind_drain_seconds: Seconds = 2.0
+    #: Each kind of SMSC fault (unknown sequence numbers, generic_nack, unknown statuses,
+    #: timeouts, PDUs that cannot be understood) is logged once per bind per this many seconds.
+    fault_log_interval_seconds: Seconds = 10.0
     #: Source address when a message has no sender.
     source_addr: Annotated[str, msgspec.Meta(max_length=20)] = ""
     source_ton: Annotated[int, msgspec.Meta(ge=0, le=6)] = 5
@@ -240,6 +285,11 @@ class SmppConfig(_Base, frozen=True):
     max_segments: Annotated[int, msgspec.Meta(ge=1, le=255)] = 10
     #: Ask the SMSC for delivery receipts (registered_delivery = 1).
     receipts: bool = True
+    #: A message whose receipts have not all come this long after it was sent is expired
+    #: (48 h: the longest validity period SMSCs commonly keep a message for).
+    receipt_deadline_seconds: Seconds = 172_800.0
+    #: How often the messages past that deadline are looked for.
+    receipt_sweep_seconds: Seconds = 60.0
     #: Where mobile-originated messages are POSTed as JSON; unset refuses them.
     mo_webhook: str | None = None
     #: Largest PDU accepted from the SMSC, in octets.
@@ -421,6 +471,14 @@ class SmtpConfig(_Base, frozen=True):
     max_session_seconds: Seconds = 600.0
     #: Most commands of one kind in one session (aiosmtpd's command_call_limit).
     max_commands: Positive = 100
+    #: The kernel's queue of connections not yet accepted (listen backlog); with Python's
+    #: default of 100, 40 % of 500 clients connecting at once were never greeted.
+    listen_backlog: Positive = 4096
+    #: Error replies (4xx, 5xx) a session may get without delivering mail; at this many it is
+    #: answered 421 4.7.0 and closed (Postfix's smtpd_hard_error_limit, 20).
+    max_errors: Positive = 20
+    #: Failed AUTH attempts in one session; at this many it is answered 421 4.7.0 and closed.
+    max_auth_failures: Positive = 3
     screening: ScreeningConfig = ScreeningConfig()
     greylist: GreylistConfig = GreylistConfig()
 
@@ -478,18 +536,41 @@ def _check(config: Config) -> None:
 
 def _check_server(server: ServerConfig) -> None:
     addresses = {"listen": server.listen}
-    if server.health_listen is not None:
-        addresses["health_listen"] = server.health_listen
-    if server.health_listen == server.listen and not server.listen.endswith(":0"):
-        raise ConfigError(
-            f"server.health_listen: {server.health_listen!r} is server.listen too; "
-            "give the health probes a port of their own, or leave it unset"
-        )
+    for key in ("health_listen", "admin_listen"):
+        address = getattr(server, key)
+        if address is None:
+            continue
+        addresses[key] = address
+        if address == server.listen and not server.listen.endswith(":0"):
+            raise ConfigError(
+                f"server.{key}: {address!r} is server.listen too; "
+                "give it a port of its own, or leave it unset"
+            )
     for key, address in addresses.items():
         host, sep, port = address.rpartition(":")
         valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
         if not sep or not host or not valid_port:
             raise ConfigError(f"server.{key}: expected host:port, got {address!r}")
+    if server.metrics_token is not None and not server.metrics_token.strip():
+        raise ConfigError("server.metrics_token: empty; set a secret, or leave it unset")
+    if not (
+        server.admin_listen or server.metrics_token or server.public_metrics
+    ) and not _is_loopback(server.listen):
+        raise ConfigError(
+            f"server.listen: {server.listen!r} is reachable from other hosts, and /metrics "
+            "names every tenant with its volumes; set server.admin_listen (a port of its "
+            "own) or server.metrics_token, or server.public_metrics = true to serve it openly"
+        )
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_admission(admission: AdmissionConfig) -> None:

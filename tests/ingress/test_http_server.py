@@ -589,16 +589,14 @@ def test_requests_pipelined_by_a_client_that_leaves_hold_no_admission_slot(
 # ------------------------------------------------------------------------- idle connections
 
 
-def test_idle_connections_are_closed_after_the_keep_alive_timeout(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_idle_connections_are_closed_after_the_keep_alive_timeout(tmp_path: Path) -> None:
     """Idle after a refusal, or silent since opening: closed by the once-a-second sweep. A
     connection whose request is being served is not idle, however long it takes."""
-    monkeypatch.setattr(http_server, "KEEP_ALIVE_SECONDS", 0.2)
+    config = with_server_settings(make_config(), keep_alive_seconds=0.2)
 
     async def scenario() -> None:
         async with (
-            held_api(tmp_path) as held,
+            held_api(tmp_path, config) as held,
             connected(held.running.address) as refused,
             connected(held.running.address) as silent,
             connected(held.running.address) as served,

@@ -18,7 +18,9 @@ from sluice.ingress.http.schema import (
     ApiError,
     MessageParser,
     field_of,
+    fingerprint,
     format_time,
+    json_depth,
     message_view,
 )
 from sluice.journal.base import MessageRecord, TimelineEntry
@@ -236,6 +238,81 @@ def test_malformed_json_names_the_position() -> None:
     assert "byte 25" in error.message
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"channel": ' + b"[" * 5000 + b"]" * 5000 + b"}",  # a mistyped field
+        b'{"channel": "web", "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}",  # an unknown one
+        b"[" * 100_000,  # broken as well as deep
+        b'{"to": "+1", "body": "[[[[", "channel": ' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}",
+    ],
+)
+def test_deep_nesting_is_refused_naming_the_limit(raw: bytes) -> None:
+    """Python's recursion limit is about 1,000: far below it, the limit answers 422."""
+    error = refused(raw)
+    assert (error.status, error.code) == (422, "too_deep")
+    assert "limits.max_json_depth" in error.message
+
+
+def test_nesting_within_the_limit_is_judged_on_its_fields() -> None:
+    error = refused(b'{"channel": ' + b"[" * 30 + b"]" * 30 + b', "to": "+1", "body": "x"}')
+    assert (error.code, error.field) == ("invalid_message", "channel")
+
+
+def test_json_depth_ignores_brackets_in_strings() -> None:
+    assert json_depth(b'{"a": ["[[{\\"]", {"b": "}}"}]}') == 3
+    assert json_depth(b'"[[["') == 0
+
+
+@pytest.mark.parametrize("field", ["body", "to", "from"])
+def test_a_nul_character_is_refused_naming_its_field(field: str) -> None:
+    """Both journals must treat it alike: PostgreSQL text cannot hold U+0000, so neither
+    journal is given one."""
+    message = msg(**{field: "ab\0c"})
+    error = refused(message)
+    assert (error.status, error.field) == (422, field)
+    assert "NUL" in error.message
+    error = refused({"messages": [msg(), message]})
+    assert error.field == f"messages[1].{field}"
+
+
+def test_a_nul_character_in_metadata_is_refused() -> None:
+    error = refused(msg(metadata={"order": "4\x002"}))
+    assert (error.status, error.field) == (422, "metadata")
+
+
+def test_the_fingerprint_is_of_the_request_not_its_bytes() -> None:
+    one = PARSER.decode(b'{"channel":"web","to":"+1","body":"hi","metadata":{"a":"1","b":"2"}}')
+    same = PARSER.decode(
+        b'{ "metadata": {"b": "2", "a": "1"}, "body": "h\\u0069",\n "to": "+1", "channel": "web" }'
+    )
+    other = PARSER.decode(b'{"channel":"web","to":"+1","body":"hi!"}')
+    assert fingerprint(one) == fingerprint(same) != fingerprint(other)
+
+
+def test_a_body_an_smpp_channel_can_never_send_is_refused() -> None:
+    """Over the channel's smpp.max_segments: refused now, not failed after the 202."""
+    smpp = {"type": "smpp", "smpp": {"host": "smsc", "system_id": "acme", "max_segments": 3}}
+    config = from_dict(
+        {"channels": {"sms": smpp}, "tenants": {"acme": {"api_keys": [hash_api_key("k")]}}}
+    )
+    parser = MessageParser(config)
+
+    def parse_body(body: str) -> list[Message]:
+        raw = msgspec.json.encode({"channel": "sms", "to": "+447900000001", "body": body})
+        return parser.parse(raw, "acme", NOW, Ids())
+
+    assert len(parse_body("a" * 456)) == 1  # three parts of 152 septets
+    with pytest.raises(ApiError) as info:
+        parse_body("a" * 457)
+    assert (info.value.status, info.value.field) == (422, "body")
+    assert "4 segments" in info.value.message
+    assert "channels.sms.smpp.max_segments is 3" in info.value.message
+    assert len(parse_body("é" * 201)) == 1  # GSM 7-bit has é: two parts
+    with pytest.raises(ApiError):
+        parse_body("ж" * 202)  # UCS-2: 67 a part, four parts
+
+
 class _Inner(msgspec.Struct, forbid_unknown_fields=True):
     x: int
 
@@ -333,7 +410,9 @@ def test_message_view_omits_nulls_and_names_enums() -> None:
 
 # ------------------------------------------------------------------------ properties
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+#: Any text a producer may send: every character but surrogates and NUL (refused, below).
+_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
+_text = st.text(_chars, max_size=12)
 _offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(
     lambda minutes: datetime.timezone(datetime.timedelta(minutes=minutes))
 )
@@ -362,8 +441,8 @@ def _time(draw: st.DrawFn, low: int = 0) -> tuple[Any, int]:
 def valid_messages(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
     """A message as a producer writes it, and the Message fields it must become."""
     channel = draw(st.sampled_from(["web", "sms", "mail"]))
-    to = draw(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))
-    body = draw(st.text(st.characters(blacklist_categories=("Cs",)), max_size=50))
+    to = draw(st.text(_chars, min_size=1, max_size=30))
+    body = draw(st.text(_chars, max_size=50))
     doc: dict[str, Any] = {"channel": channel, "to": to, "body": body}
     want: dict[str, Any] = {
         "channel": channel,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -73,6 +74,11 @@ async def test_sms_is_submitted_then_delivered_with_callbacks(
                 assert {p.data_coding for p in smsc.received() if p.destination.endswith("1")} == {
                     0
                 }  # the euro sign and brackets fit GSM 7-bit
+                async with run.client.get("/metrics") as response:
+                    metrics = await response.text()
+                assert 'sluice_smpp_binds{channel="sms"} 2.0' in metrics
+                receipts = re.search(r'sluice_smpp_receipts_total\{channel="sms"\} (\S+)', metrics)
+                assert receipts is not None and float(receipts[1]) >= 3  # one a part
     finally:
         await smsc.close()
 
@@ -239,5 +245,31 @@ async def test_a_refused_bind_keeps_messages_queued_until_it_succeeds(
             record = await run.message(mid)
             assert record["state"] in ("sent", "delivered")
             assert record["attempts"] == 1  # waiting for a bind never used up its attempts
+    finally:
+        await smsc.close()
+
+
+async def test_a_message_whose_receipt_never_comes_is_expired_saying_so(
+    journal_section: dict[str, Any],
+) -> None:
+    """smpp.receipt_deadline_seconds, wired into the running gateway: the SMSC accepts the
+    message and never sends its receipt; the message does not stay `sent` for ever."""
+    smsc = SmscSimulator(SmscOptions(receipt_delay_ms=3_600_000))
+    await smsc.start()
+    try:
+        channel = smpp_channel(smsc.port, receipt_deadline_seconds=0.5, receipt_sweep_seconds=0.1)
+        config = gateway_config(journal_section, {"sms": channel})
+        async with running_gateway(config) as run:
+            [mid] = await run.post([{"channel": "sms", "to": "+447000000001", "body": "hi"}])
+
+            async def expired() -> bool:
+                return bool((await run.message(mid))["state"] == "expired")
+
+            await eventually(lambda: smsc.messages() == ["hi"], what="the SMSC has it")
+            await eventually(expired, what="the message expired")
+            record = await run.message(mid)
+            states = [e["state"] for e in record["timeline"]]
+            assert states[-2:] == ["sent", "expired"]
+            assert "receipt" in record["timeline"][-1].get("detail", "")
     finally:
         await smsc.close()

@@ -4,10 +4,16 @@ screening listener of a running gateway; mail becomes messages and is delivered.
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
+import select
 import shutil
 import smtplib
+import socket
+import ssl
 import subprocess
 import sys
+import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -15,9 +21,12 @@ from typing import Any
 import pytest
 from harness import KEY, eventually, gateway_config, running_gateway, webhook_channel
 
+from sluice.config import from_dict
 from sluice.model import State
 from sluice.process.gateway import SluiceGateway
+from sluice.process.listeners import Listeners, bind_tcp
 from sluice.screening.greylist import Greylist
+from sluice.sim.smsc import SmscOptions, SmscSimulator
 from sluice.sim.smtp_sink import SmtpSink, SmtpSinkOptions
 from sluice.sim.webhook_sink import WebhookSink
 
@@ -143,6 +152,26 @@ async def test_the_250_names_the_stored_message(tmp_path: Path) -> None:
         record = await run.message(message_id)  # committed: the API finds it
         assert record["to"] == "+15550001111"
         assert record["body"] == "hello there"
+        client.close()
+
+
+async def test_a_nul_character_is_refused_alike_on_both_journals(
+    journal_section: dict[str, Any],
+) -> None:
+    """PostgreSQL text cannot hold U+0000: mail holding one is refused for good (554), on
+    either journal, rather than retried for ever (451); the session goes on."""
+    async with WebhookSink() as sink, running_gateway(config_for(journal_section, sink.url)) as run:
+        client = await RawClient.connect(door_port(run.gateway))
+        await client.reply()
+        assert (await client.command("EHLO c.example.test")).startswith("250")
+        for body, expected in (("bad\x00byte", "554 5.6.0"), ("fine", "250 2.0.0")):
+            assert (await client.command("MAIL FROM:<a@b.test>")).startswith("250")
+            assert (await client.command(f"RCPT TO:<+15550001111@{SMS_DOMAIN}>")).startswith("250")
+            assert (await client.command("DATA")).startswith("354")
+            answer = await client.command(f"Subject: hi\r\n\r\n{body}\r\n.")
+            assert answer.startswith(expected), answer
+        [record] = await delivered(run, sink)
+        assert record["body"] == "fine"
         client.close()
 
 
@@ -542,3 +571,215 @@ async def test_a_client_that_only_quits_is_answered_without_a_session(tmp_path: 
         assert (await split.command("LO c.example.test")).startswith("250")
         split.close()
         assert counted(run.gateway, "screening", "pass_old") == 3
+
+
+# ------------------------------------------------------------------ the limits of the front door
+
+
+def connect_burst(port: int, count: int, within: float) -> tuple[list[socket.socket], int]:
+    """`count` connections opened at once, while the caller holds the event loop (as a busy
+    server's loop is held), so that the door accepts none of them before all have arrived;
+    returns the sockets and how many the kernel completed within `within` seconds: those
+    that found room in the listener's accept queue."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        sockets.append(sock)
+    pending = {sock.fileno(): sock for sock in sockets}
+    poller = select.poll()
+    for fd in pending:
+        poller.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + within
+    while pending and (left := deadline - time.monotonic()) > 0:
+        for fd, _ in poller.poll(left * 1000):
+            poller.unregister(fd)
+            del pending[fd]
+    connected = sum(
+        1
+        for sock in sockets
+        if sock.fileno() not in pending and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    )
+    return sockets, connected
+
+
+async def first_reply(sock: socket.socket) -> str:
+    """The last line of the first complete reply on `sock` (a greeting's "220 …" line)."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        return (await RawClient(reader, writer).reply()).rsplit("\n", 1)[-1]
+    finally:
+        writer.close()
+
+
+async def test_a_burst_of_600_clients_is_queued_then_greeted_or_refused(tmp_path: Path) -> None:
+    count = 600
+    with open("/proc/sys/net/core/somaxconn") as somaxconn:  # noqa: ASYNC230 (procfs)
+        queue_cap = int(somaxconn.read())
+    if queue_cap < count:
+        pytest.skip("net.core.somaxconn caps every listen backlog below the burst")
+    async with WebhookSink() as sink:
+        config = config_for(
+            tmp_path, sink.url, screening={"max_connections_per_client": 0, "max_screening": 500}
+        )
+        async with running_gateway(config) as run:
+            # With asyncio's backlog of 100 the kernel held ~100; the others' SYNs were
+            # dropped and retried for minutes, the clients waiting for a greeting unanswered.
+            sockets, connected = connect_burst(door_port(run.gateway), count, within=10)
+            assert connected == count, f"{count - connected} of {count} left out of the queue"
+            replies = await asyncio.gather(*(first_reply(sock) for sock in sockets))
+    greeted = sum(1 for r in replies if r == "220 mx.example.test ESMTP Sluice")
+    refused = sum(1 for r in replies if r == "421 4.3.2 All server ports are busy")
+    assert greeted + refused == count, sorted(set(replies))
+    assert greeted >= 500
+
+
+async def test_listen_backlog_is_the_configured_one(tmp_path: Path) -> None:
+    async with WebhookSink() as sink:
+        config = config_for(tmp_path, sink.url, listen_backlog=16)
+        async with running_gateway(config) as run:
+            sockets, connected = connect_burst(door_port(run.gateway), 40, within=1)
+            for sock in sockets:
+                sock.close()
+    # Linux queues one more than the backlog (a few more may complete while the first ACKs
+    # are in flight); the rest wait for SYN retransmissions. asyncio's 100 would take all 40.
+    assert 17 <= connected < 40, connected
+
+
+async def test_a_socket_inherited_from_the_supervisor_gets_the_backlog_too(
+    tmp_path: Path,
+) -> None:
+    async with WebhookSink() as sink:
+        config = from_dict(config_for(tmp_path, sink.url, listen_backlog=16))
+        # Bound, not listening: how a child of `sluice serve --workers N` receives them.
+        listeners = Listeners(bind_tcp("127.0.0.1:0"), bind_tcp("127.0.0.1:0"))
+        gateway = SluiceGateway(config, listeners=listeners)
+        task = asyncio.create_task(gateway.run())
+        try:
+            await eventually(lambda: gateway.started.is_set() or task.done(), what="started")
+            assert not task.done()
+            sockets, connected = connect_burst(door_port(gateway), 40, within=1)
+            for sock in sockets:
+                sock.close()
+        finally:
+            gateway.request_stop()
+            await task
+            listeners.close()
+    assert 17 <= connected < 40, connected
+
+
+async def test_garbage_ends_in_421_after_max_errors_and_nothing_pipelined_runs(
+    tmp_path: Path,
+) -> None:
+    async with WebhookSink() as sink, running_gateway(config_for(tmp_path, sink.url)) as run:
+        client = await RawClient.connect(door_port(run.gateway))
+        await client.reply()
+        garbage = b"\x00\xff\xfe GARBAGE\r\n" * 150
+        mail = (
+            f"EHLO c.example.test\r\nMAIL FROM:<a@b.test>\r\n"
+            f"RCPT TO:<+15550001111@{SMS_DOMAIN}>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
+        )
+        client.writer.write(garbage + mail.encode())
+        replies = [await client.reply() for _ in range(21)]
+        assert replies[:20] == ["500 Error: bad syntax"] * 20
+        assert replies[20] == "421 4.7.0 mx.example.test Error: too many errors"
+        assert await client.closed()
+        assert await run.gateway.journal.count_by_state() == {}
+        assert counted(run.gateway, "log", "ERROR-LIMIT") == 1
+
+
+async def test_delivered_mail_forgives_the_errors_before_it(tmp_path: Path) -> None:
+    async with WebhookSink() as sink:
+        config = config_for(tmp_path, sink.url, max_errors=3)
+        async with running_gateway(config) as run:
+            client = await RawClient.connect(door_port(run.gateway))
+            await client.reply()
+            await client.command("EHLO c.example.test")
+            for _ in range(2):
+                assert (await client.command("RCPT TO:<x@y.test>")).startswith("503")
+                assert (await client.command("MAIL FROM:<a@b.test>")).startswith("250")
+                assert (await client.command("RCPT TO:<no@sms.example.test>")).startswith("550")
+                await client.command(f"RCPT TO:<+15550001111@{SMS_DOMAIN}>")
+                await client.command("DATA")
+                answer = await client.command("Subject: x\r\n\r\nhi\r\n.")
+                assert answer.startswith("250 2.0.0 Ok: queued as"), answer
+            # Two errors and a delivery, twice: still served; three errors in a row end it.
+            for _ in range(3):
+                assert (await client.command("VRFY")).startswith("501")
+            assert (await client.reply()).startswith("421 4.7.0")
+            assert await client.closed()
+
+
+async def test_failed_auth_attempts_end_the_session_before_the_error_limit(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path)
+    async with WebhookSink() as sink:
+        config = config_for(tmp_path, sink.url, tls_cert=cert, tls_key=key)
+        async with running_gateway(config) as run:
+            client = await RawClient.connect(door_port(run.gateway))
+            await client.reply()
+            await client.command("EHLO c.example.test")
+            assert (await client.command("STARTTLS")).startswith("220")
+            trust = ssl.create_default_context(cafile=cert)
+            await client.writer.start_tls(trust, server_hostname="mx.example.test")
+            assert "AUTH" in await client.command("EHLO c.example.test")
+            wrong = base64.b64encode(b"\0acme\0not-the-key").decode()
+            for _ in range(3):
+                answer = await client.command(f"AUTH PLAIN {wrong}")
+                assert answer == "535 5.7.8 Authentication credentials invalid"
+            assert await client.reply() == (
+                "421 4.7.0 mx.example.test Error: too many failed AUTH attempts"
+            )
+            assert await client.closed()
+            assert counted(run.gateway, "log", "AUTH-FAIL") == 3
+
+
+async def test_mail_too_long_for_an_sms_is_refused_at_the_end_of_data(tmp_path: Path) -> None:
+    smsc = SmscSimulator(SmscOptions())
+    await smsc.start()
+    try:
+        smpp = {"host": "127.0.0.1", "port": smsc.port, "system_id": "sluice", "password": "secret"}
+        channels = {"sms": {"type": "smpp", "smpp": smpp}}
+        config = gateway_config(tmp_path, channels, smtp=smtp_section())
+        async with running_gateway(config) as run:
+            port = door_port(run.gateway)
+            to = f"+447700900123@{SMS_DOMAIN}"
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                await asyncio.to_thread(send_with_smtplib, port, to, "x" * 3118)
+            assert refused.value.smtp_code == 552
+            assert refused.value.smtp_error.decode() == (
+                "5.3.4 SMS text too long: 3118 characters need 21 segments; "
+                "channels.sms.smpp.max_segments is 10"
+            )
+            assert await run.gateway.journal.count_by_state() == {}
+            # The longest text that fits: 10 parts of 152 GSM septets.
+            assert await asyncio.to_thread(send_with_smtplib, port, to, "y" * 1520) == {}
+            await smsc.wait_for(submits=10)
+            assert smsc.messages() == ["y" * 1520]
+    finally:
+        await smsc.close()
+
+
+async def test_a_failed_tls_handshake_is_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = self_signed(tmp_path)
+    caplog.set_level(logging.INFO)
+    async with WebhookSink() as sink:
+        config = config_for(tmp_path, sink.url, tls_cert=cert, tls_key=key)
+        async with running_gateway(config) as run:
+            client = await RawClient.connect(door_port(run.gateway))
+            await client.reply()
+            await client.command("EHLO c.example.test")
+            assert (await client.command("STARTTLS")).startswith("220")
+            client.writer.write(b"this is not a TLS client hello\r\n" * 10)
+            assert await client.closed()
+            # The door goes on serving.
+            to = f"+15550009@{SMS_DOMAIN}"
+            assert await asyncio.to_thread(send_with_smtplib, door_port(run.gateway), to) == {}
+    [failed] = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert failed.startswith("TLS handshake failed from [127.0.0.1]:"), failed
+    assert "[SSL" in failed and "\n" not in failed, failed
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []

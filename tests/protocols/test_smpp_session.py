@@ -325,6 +325,44 @@ def test_fatal_when_the_bad_header_arrives_in_pieces() -> None:
     assert decode(fatal.reply) == GenericNack(0, S.ESME_RINVCMDLEN)
 
 
+def test_requests_read_with_a_fatal_header_may_still_be_answered_in_order() -> None:
+    bad_header = (8).to_bytes(4, "big") + bytes(12)
+    smsc = SmppSession(Role.SMSC)
+    bind, fatal = smsc.receive_data(encode(BindTransmitter(sequence_number=1)) + bad_header)
+    assert isinstance(bind, PduReceived) and isinstance(fatal, Fatal)
+    assert smsc.state is ST.CLOSED
+    # The bind came in before the broken header: its answer may go out, once, before the nack.
+    assert decode(smsc.send(response_for(bind.pdu))) == BindTransmitterResp(1)
+    with pytest.raises(LocalProtocolError):
+        smsc.send(response_for(bind.pdu))
+    with pytest.raises(LocalProtocolError):
+        smsc.send(EnquireLink())
+
+
+def test_two_binds_in_one_read_are_both_answered() -> None:
+    smsc = SmppSession(Role.SMSC)
+    first, second = smsc.receive_data(
+        encode(BindTransmitter(sequence_number=1)) + encode(BindReceiver(sequence_number=2))
+    )
+    assert isinstance(first, PduReceived)
+    assert isinstance(second, Rejected)
+    assert second.reply == encode(BindReceiverResp(2, S.ESME_RBINDFAIL))
+    assert "unanswered" in second.reason
+    smsc.send(response_for(first.pdu))  # the first bind is answered: no LocalProtocolError
+    assert smsc.state is ST.BOUND_TX
+    [again] = smsc.receive_data(encode(BindTransmitter(sequence_number=3)))
+    assert isinstance(again, Rejected) and again.status == S.ESME_RALYBND
+
+
+def test_a_bind_after_a_refused_one_is_judged_afresh() -> None:
+    smsc = SmppSession(Role.SMSC)
+    [first] = smsc.receive_data(encode(BindTransmitter(sequence_number=1)))
+    assert isinstance(first, PduReceived)
+    smsc.send(response_for(first.pdu, S.ESME_RINVPASWD))
+    [second] = smsc.receive_data(encode(BindTransmitter(sequence_number=2)))
+    assert isinstance(second, PduReceived)
+
+
 # --- sequence numbers -------------------------------------------------------------------------
 
 

@@ -10,6 +10,9 @@ checks what reaches the SMSC before them: TCP keeps the order of what the bind w
 from __future__ import annotations
 
 import asyncio
+import logging
+import struct
+import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
@@ -18,9 +21,12 @@ import pytest
 
 from sluice.config import SmppConfig
 from sluice.protocols.smpp import (
+    AlertNotification,
     BindTransceiver,
     BindTransmitter,
     CommandStatus,
+    DataSm,
+    DataSmResp,
     DeliverSm,
     DeliverSmResp,
     EnquireLink,
@@ -28,8 +34,11 @@ from sluice.protocols.smpp import (
     GenericNack,
     Pdu,
     PduParser,
+    SmppProtocolError,
     SubmitSm,
     SubmitSmResp,
+    Tag,
+    Tlv,
     Unbind,
     UnbindResp,
     encode,
@@ -184,6 +193,14 @@ async def settled(awaitable: Coroutine[Any, Any, Any]) -> Any:
         return await awaitable
     except Exception as exc:
         return exc
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` while the loop runs I/O, for at most 10 s of real time."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached within 10 s"
+        await asyncio.sleep(0)
 
 
 def submit(n: int) -> SubmitSm:
@@ -420,14 +437,51 @@ def test_unbind_from_the_smsc_is_answered_and_closes() -> None:
     async def scenario(loop: ClockLoop) -> None:
         async with Smsc() as smsc, asyncio.TaskGroup() as tg:
             bind = await bound(smsc, tg, loop)
+            smsc.send(Unbind(sequence_number=77))
+            assert await smsc.next() == UnbindResp(sequence_number=77)
+            await bind.closed
+            assert (bind.bound, bind.free) == (False, 0)
+
+    run(scenario)
+
+
+def test_unbind_from_the_smsc_waits_for_the_responses_in_flight() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = await bound(smsc, tg, loop)
+            answers = [loop.create_future() for _ in range(3)]
+            for n, answer in enumerate(answers):
+                bind.submit_soon(submit(n), answer.set_result)
+            requests = [await smsc.next_submit_sm() for _ in answers]
+            smsc.send(Unbind(sequence_number=77))
+            await until(lambda: not bind.bound)  # the unbind is read: no more submits
+            assert (bind.bound, bind.free, bind.outstanding) == (False, 0, 3)
+            with pytest.raises(LinkLost):
+                bind.submit_soon(submit(9), answers[0].set_result)
+            for n, request in enumerate(requests):
+                smsc.send(response_for(request, message_id=f"m{n}"))
+            # The unbind is answered only after the last response, which reaches its sender.
+            assert await smsc.next() == UnbindResp(sequence_number=77)
+            await bind.closed
+            assert [(await a).message_id for a in answers] == ["m0", "m1", "m2"]
+
+    run(scenario)
+
+
+def test_unbind_from_the_smsc_is_answered_at_the_drain_deadline() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = await bound(smsc, tg, loop, unbind_drain_seconds=2.0)
             answer = loop.create_future()
             bind.submit_soon(submit(1), answer.set_result)
             await smsc.next()
             smsc.send(Unbind(sequence_number=77))
+            await until(lambda: not bind.bound)
+            assert not answer.done()
+            loop.advance(2)  # the response never comes: the unbind is answered all the same
             assert await smsc.next() == UnbindResp(sequence_number=77)
             await bind.closed
             assert isinstance(await answer, LinkLost)
-            assert (bind.bound, bind.free) == (False, 0)
 
     run(scenario)
 
@@ -601,3 +655,151 @@ def test_deliver_sm_whose_handler_fails_is_answered_temporarily() -> None:
             assert await smsc.next() == DeliverSmResp(9, S.ESME_RX_T_APPN)
 
     run(scenario)
+
+
+def test_data_sm_from_the_smsc_is_handed_to_the_owner_like_deliver_sm() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        seen: list[Pdu] = []
+
+        async def on_deliver(pdu: DeliverSm | DataSm) -> int:
+            seen.append(pdu)
+            return S.ESME_RX_T_APPN
+
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = make_bind(smsc, tg, loop, on_deliver=on_deliver)
+            await bind.open()
+            await smsc.next()
+            receipt = DataSm(
+                sequence_number=8, esm_class=0x04, tlvs=(Tlv(Tag.message_payload, b"x"),)
+            )
+            smsc.send(receipt)
+            assert await smsc.next() == DataSmResp(8, S.ESME_RX_T_APPN)
+            assert seen == [receipt]
+
+    run(scenario)
+
+
+def test_alert_notification_is_not_answered() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = await bound(smsc, tg, loop)
+            smsc.send(AlertNotification(sequence_number=4, source_addr="491510000001"))
+            await smsc.round_trip()  # the enquire_link_resp is the first thing the SMSC hears
+            assert bind.bound
+
+    run(scenario)
+
+
+# --- hostile SMSCs -----------------------------------------------------------------------------
+
+
+def test_a_pdu_over_max_pdu_bytes_is_refused_before_it_is_decoded() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        seen: list[Pdu] = []
+
+        async def on_deliver(pdu: DeliverSm | DataSm) -> int:
+            seen.append(pdu)
+            return S.ESME_ROK
+
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = make_bind(smsc, tg, loop, on_deliver=on_deliver, max_pdu_bytes=4096)
+            await bind.open()
+            await smsc.next()
+            big = DeliverSm(sequence_number=5, tlvs=(Tlv(Tag.message_payload, bytes(10_000)),))
+            smsc.send(big)
+            assert await smsc.next() == GenericNack(5, S.ESME_RINVCMDLEN)
+            await bind.closed
+            assert seen == []
+            assert bind.faults.counts()["fatal"] == 1
+
+    run(scenario)
+
+
+def test_a_request_that_cannot_be_understood_is_answered_and_the_session_goes_on() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+
+            def on_deliver_now(pdu: DeliverSm | DataSm, reply: Callable[[int], None]) -> bool:
+                if pdu.short_message == b"bad":
+                    raise SmppProtocolError(S.ESME_RINVPARLEN, "message_state: 2 octets")
+                reply(S.ESME_ROK)
+                return True
+
+            bind = SmppBind(
+                "sms#0",
+                smpp_config(smsc),
+                accept_all,
+                tg.create_task,
+                on_deliver_now,
+                clock=loop.time,
+            )
+            await bind.open()
+            await smsc.next()
+            smsc.send(DeliverSm(sequence_number=5, short_message=b"bad"))
+            assert await smsc.next() == DeliverSmResp(5, S.ESME_RINVPARLEN)
+            smsc.send(DeliverSm(sequence_number=6, short_message=b"good"))
+            assert await smsc.next() == DeliverSmResp(6)
+            assert bind.bound
+            assert bind.faults.counts()["bad_request"] == 1
+
+    run(scenario)
+
+
+def test_accepted_submit_without_a_usable_message_id_is_accepted() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = await bound(smsc, tg, loop)
+            answers = [loop.create_future() for _ in range(2)]
+            for n, answer in enumerate(answers):
+                bind.submit_soon(submit(n), answer.set_result)
+            first, second = [await smsc.next_submit_sm() for _ in answers]
+            assert smsc._writer is not None
+            # No body at all, then a message_id with no NUL within its 65 octets.
+            smsc._writer.write(struct.pack(">IIII", 16, 0x80000004, 0, first.sequence_number))
+            smsc._writer.write(
+                struct.pack(">IIII", 16 + 80, 0x80000004, 0, second.sequence_number) + b"9" * 80
+            )
+            assert await answers[0] == SubmitSmResp(first.sequence_number, 0, "")
+            assert await answers[1] == SubmitSmResp(second.sequence_number, 0, "")
+            assert bind.faults.counts()["no_message_id"] == 2
+
+    run(scenario)
+
+
+def test_smsc_faults_are_counted_and_warned_about_at_most_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = await bound(smsc, tg, loop, fault_log_interval_seconds=10.0)
+            for sequence in (900, 901, 902):  # responses to nothing we sent
+                smsc.send(SubmitSmResp(sequence_number=sequence, message_id="x"))
+            await smsc.round_trip()
+            loop.advance(10)
+            smsc.send(SubmitSmResp(sequence_number=903, message_id="x"))
+            answers = [loop.create_future() for _ in range(3)]
+            for n, answer in enumerate(answers):
+                bind.submit_soon(submit(n), answer.set_result)
+            nacked, odd, _unanswered = [await smsc.next_submit_sm() for _ in answers]
+            smsc.send(GenericNack(nacked.sequence_number, S.ESME_RINVCMDID))
+            smsc.send(SubmitSmResp(odd.sequence_number, 0x4FF))
+            await answers[0]
+            await answers[1]
+            loop.advance(10)  # the third one's response deadline
+            assert isinstance(await answers[2], ResponseTimeout)
+            counts = bind.faults.counts()
+            assert (
+                counts["unknown_response"],
+                counts["generic_nack"],
+                counts["unknown_status"],
+                counts["response_timeout"],
+            ) == (4, 1, 1, 1)
+
+    with caplog.at_level(logging.WARNING, logger="sluice.smpp"):
+        run(scenario)
+    unknown = [r.getMessage() for r in caplog.records if "answers no request" in r.getMessage()]
+    assert len(unknown) == 2
+    assert "900" in unknown[0] and "903" in unknown[1]
+    assert "2 more unknown_response not logged" in unknown[1]
+    for words in ("generic_nack to request", "unknown status 0x4FF", "no response within 10 s"):
+        assert any(words in r.getMessage() for r in caplog.records), words

@@ -56,7 +56,7 @@ async def _serve(args: argparse.Namespace) -> int:
             return 1
         server = msgspec.structs.replace(config.server, node=child.node)
         config = msgspec.structs.replace(config, server=server)
-        listeners = Listeners.adopt(child.http_fd, child.smtp_fd, child.health_fd)
+        listeners = Listeners.adopt(child.http_fd, child.smtp_fd, child.health_fd, child.admin_fd)
     sys.setswitchinterval(config.server.gil_switch_interval_ms / 1000)
     gateway = SluiceGateway(config, listeners=listeners)
     loop = asyncio.get_running_loop()

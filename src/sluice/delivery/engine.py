@@ -45,14 +45,19 @@ COMPLETION_BATCH = 5_000
 NOT_DELIVERED_HERE = "none"
 
 
-def build_transport(name: str, config: ChannelConfig, on_receipts: OnReceipts) -> Transport:
+def build_transport(
+    name: str, config: ChannelConfig, on_receipts: OnReceipts, journal: Journal | None = None
+) -> Transport:
+    """The transport of channel `name`; an SMPP channel expires, through `journal`, the sent
+    messages whose receipts never came (smpp.receipt_deadline_seconds)."""
     # Both sub-tables are checked against the type when the config is loaded.
     if config.type == "webhook" and config.webhook is not None:
         return WebhookTransport(name, config.webhook, config.width)
     if config.type == "smpp" and config.smpp is not None:
         from sluice.transports.smpp.channel import SmppTransport
 
-        return SmppTransport(name, config.smpp, on_receipts)
+        expire = journal.expire_receipts if journal is not None else None
+        return SmppTransport(name, config.smpp, on_receipts, expire)
     if config.type == "email" and config.email is not None:
         from sluice.transports.email import EmailTransport
 
@@ -83,7 +88,7 @@ class Delivery:
             runner = self.runners[name] = ChannelRunner(
                 name,
                 channel,
-                transports.get(name) or build_transport(name, channel, self._receipts),
+                transports.get(name) or build_transport(name, channel, self._receipts, journal),
                 journal,
                 self.completions,
                 owner=self.owner,

@@ -17,6 +17,7 @@ def build_journal(config: JournalConfig) -> Journal:
             statement_timeout_seconds=config.statement_timeout_seconds,
             fsync_outcomes=config.fsync_outcomes,
             reconnect_seconds=config.reconnect_seconds,
+            ingress_wait_seconds=config.ingress_wait_seconds,
         )
     from sluice.journal.sqlite import SqliteJournal
 
@@ -25,4 +26,7 @@ def build_journal(config: JournalConfig) -> Journal:
         synchronous=config.synchronous,
         max_ops_per_commit=config.max_ops_per_commit,
         fsync_outcomes=config.fsync_outcomes,
+        check_at_start=config.check_at_start,
+        free_space_reserve_bytes=config.free_space_reserve_bytes,
+        wal_limit_bytes=config.wal_limit_bytes,
     )

@@ -27,6 +27,11 @@ class JournalBusy(JournalError):
     """Another process holds this journal."""
 
 
+class JournalDamaged(JournalError):
+    """The journal's file is damaged (pages that do not read back as written): the calls that
+    touch them fail until it is recovered; nothing else does."""
+
+
 class IdempotencyConflict(Exception):
     """An idempotency key was reused for a different request."""
 
@@ -139,6 +144,12 @@ class Journal(Protocol):
 
     def stats(self) -> JournalStats: ...
 
+    def fault(self) -> str | None:
+        """What keeps the journal from serving now (a damaged file, a disk below its free-space
+        reserve, a server out of reach), or None: a process whose journal has a fault is not
+        ready. It clears by itself when the cause goes away (a damaged file excepted)."""
+        ...
+
     async def count_by_state(self) -> dict[State, int]: ...
 
     def watch_due(self, wake: Callable[[str, bool], None]) -> None:
@@ -218,6 +229,14 @@ class Journal(Protocol):
         """Record delivery receipts; a message is delivered once every part is, failed once
         any part failed. A receipt that overtakes its own SENT commit is kept until the
         commit arrives. Returns the number of messages that reached a final state."""
+        ...
+
+    async def expire_receipts(
+        self, channel: str, sent_before: int, now: int, detail: str, limit: int = 10_000
+    ) -> int:
+        """SENT messages of `channel`, sent before `sent_before`, whose receipts never all
+        came: EXPIRED with `detail` (and their status callbacks), at most `limit` of them.
+        Returns how many."""
         ...
 
     async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]: ...

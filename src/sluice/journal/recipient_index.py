@@ -157,7 +157,8 @@ class RecipientIndex:
                 merged = [new]
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite rolls back by itself after some faults
+                conn.execute("ROLLBACK")
             raise
         if len(merged) == 1:
             self._next_run += 1

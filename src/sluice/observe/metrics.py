@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from sluice.ingress.smtp.door import FrontDoorStats
     from sluice.journal.base import JournalStats
     from sluice.sharing.build import SharingStats
+    from sluice.transports.smpp.channel import SmppStats
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -99,6 +100,42 @@ class GatewayMetrics:
         runners = list(runners)
         self._runners.extend(runners)
         self.registry.register(_DeliveryCollector(runners, list(stages), callbacks))
+
+    def watch_smpp(self, channels: dict[str, HasStats[SmppStats]]) -> None:
+        """The SMPP channels' binds, receipts, MO messages and the SMSCs' faults."""
+        if channels:
+            self.registry.register(_SmppCollector(channels))
+
+
+class _SmppCollector:
+    def __init__(self, channels: dict[str, HasStats[SmppStats]]) -> None:
+        self._channels = channels
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        binds = GaugeMetricFamily("sluice_smpp_binds", "SMPP binds up.", labels=["channel"])
+        receipts = CounterMetricFamily(
+            "sluice_smpp_receipts", "Delivery receipts taken from the SMSC.", labels=["channel"]
+        )
+        inbound = CounterMetricFamily(
+            "sluice_smpp_inbound", "Mobile-originated messages taken.", labels=["channel"]
+        )
+        faults = CounterMetricFamily(
+            "sluice_smpp_faults",
+            "The SMSC's faults by kind (unknown sequence numbers, generic_nack, unknown "
+            "statuses, response timeouts, PDUs that cannot be understood …).",
+            labels=["channel", "kind"],
+        )
+        for name, transport in self._channels.items():
+            stats = transport.stats()
+            binds.add_metric([name], stats.binds)
+            receipts.add_metric([name], stats.receipts)
+            inbound.add_metric([name], stats.inbound)
+            for kind, count in stats.faults.items():
+                faults.add_metric([name, kind], count)
+        yield from (binds, receipts, inbound, faults)
 
 
 class _SendLatencyCollector:

@@ -80,6 +80,15 @@ class SluiceGateway:
                 [self.delivery.completions],
                 self.delivery.callbacks,
             )
+            from sluice.transports.smpp.channel import SmppTransport
+
+            self.telemetry.watch_smpp(
+                {
+                    name: runner.transport
+                    for name, runner in self.delivery.runners.items()
+                    if isinstance(runner.transport, SmppTransport)
+                }
+            )
         #: The channel runners of this process, by channel (none in a process of role "api").
         self.runners: dict[str, ChannelRunner] = self.delivery.runners if self.delivery else {}
         #: Sockets handed over by a supervisor; None: bind server.listen (and smtp.listen).
@@ -88,8 +97,9 @@ class SluiceGateway:
         self._ready = False
         self.started = asyncio.Event()
         self.port: int | None = None
-        #: The port of `server.health_listen`, once bound.
+        #: The ports of `server.health_listen` and `server.admin_listen`, once bound.
         self.health_port: int | None = None
+        self.admin_port: int | None = None
         #: The SMTP front door, when this process runs it (created in `run`; its saved state is
         #: restored once the journal is open).
         self.smtp: SmtpFrontDoor | None = None
@@ -160,7 +170,9 @@ class SluiceGateway:
         self.telemetry.refused.labels(code).inc()
 
     def ready(self) -> bool:
-        return self._ready
+        """Serving, and the journal can take messages (no damaged file, no disk below its
+        reserve, no server out of reach: `Journal.fault`)."""
+        return self._ready and self.journal.fault() is None
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.telemetry.registry), CONTENT_TYPE_LATEST
@@ -179,12 +191,18 @@ class SluiceGateway:
             listeners = Listeners(bind_tcp(self.config.server.listen))
             if self.config.server.health_listen is not None:
                 listeners = listeners._replace(health=bind_tcp(self.config.server.health_listen))
+            if self.config.server.admin_listen is not None:
+                listeners = listeners._replace(admin=bind_tcp(self.config.server.admin_listen))
         sock = listeners.http
         self.port = sock.getsockname()[1]
-        app = HttpApi(self, message_api=self.role.takes_messages)
+        app = HttpApi(self, message_api=self.role.takes_messages, metrics=listeners.admin is None)
         http = HttpServerPart(app, sock, self.config)
         self.telemetry.watch_edge(app.gate, http.server)
         doors: list[Part] = [http]
+        if listeners.admin is not None:  # /metrics (and probes) on a port of its own
+            self.admin_port = listeners.admin.getsockname()[1]
+            admin = HttpApi(self, message_api=False)
+            doors.append(HttpServerPart(admin, listeners.admin, self.config))
         # Probes on a port of their own are answered until the very end (/readyz says 503
         # while the gateway drains): they stop with what every part uses.
         shared: list[Part] = [SharingPart(self.sharing)]

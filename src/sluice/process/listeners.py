@@ -44,19 +44,28 @@ def bind_tcp(address: str) -> socket.socket:
 
 class Listeners(NamedTuple):
     """The listening sockets of a gateway process: HTTP always, SMTP when it runs the front
-    door, health probes when `server.health_listen` is set."""
+    door, health probes when `server.health_listen` is set, /metrics when
+    `server.admin_listen` is."""
 
     http: socket.socket
     smtp: socket.socket | None = None
     health: socket.socket | None = None
+    admin: socket.socket | None = None
 
     @classmethod
-    def adopt(cls, http_fd: int, smtp_fd: int | None, health_fd: int | None = None) -> Listeners:
+    def adopt(
+        cls,
+        http_fd: int,
+        smtp_fd: int | None,
+        health_fd: int | None = None,
+        admin_fd: int | None = None,
+    ) -> Listeners:
         """The sockets a child inherited from its supervisor, by file descriptor."""
         return cls(
             socket.socket(fileno=http_fd),
             socket.socket(fileno=smtp_fd) if smtp_fd is not None else None,
             socket.socket(fileno=health_fd) if health_fd is not None else None,
+            socket.socket(fileno=admin_fd) if admin_fd is not None else None,
         )
 
     def fds(self) -> tuple[int, ...]:
@@ -78,11 +87,14 @@ def bind_listeners(config: Config) -> Listeners:
         if config.smtp is not None and serves_smtp(config):
             smtp = bind_tcp(config.smtp.listen)
             bound.append(smtp)
-        health = None
+        health = admin = None
         if config.server.health_listen is not None:
             health = bind_tcp(config.server.health_listen)
+            bound.append(health)
+        if config.server.admin_listen is not None:
+            admin = bind_tcp(config.server.admin_listen)
     except OSError:
         for sock in bound:
             sock.close()
         raise
-    return Listeners(http, smtp, health)
+    return Listeners(http, smtp, health, admin)

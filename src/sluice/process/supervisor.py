@@ -80,6 +80,7 @@ class ChildSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http_fd: int
     smtp_fd: int | None = None
     health_fd: int | None = None
+    admin_fd: int | None = None
 
     def encode(self) -> str:
         return msgspec.json.encode(self).decode()
@@ -237,6 +238,7 @@ class Supervisor:
                         listeners.http.fileno(),
                         listeners.smtp.fileno() if listeners.smtp is not None else None,
                         listeners.health.fileno() if listeners.health is not None else None,
+                        listeners.admin.fileno() if listeners.admin is not None else None,
                     )
                     tg.create_task(self._keep(spec, listeners.fds()))
         finally:

@@ -20,7 +20,7 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -43,6 +43,7 @@ from sluice.ingress.http.gate import (
     is_urgent,
 )
 from sluice.ingress.http.openapi import openapi_document
+from sluice.ingress.http.request_id import RESPONSE_HEADER, RequestIds
 from sluice.ingress.http.schema import (
     ApiError,
     CancelResponse,
@@ -51,6 +52,7 @@ from sluice.ingress.http.schema import (
     MessagePage,
     MessageParser,
     SubmitResponse,
+    fingerprint,
     message_view,
     state_name,
 )
@@ -60,7 +62,7 @@ from sluice.journal.base import (
     IdempotencyConflict,
     JournalError,
 )
-from sluice.model import Priority, format_id, now_ms, parse_id
+from sluice.model import Priority, State, format_id, now_ms, parse_id
 
 Scope = MutableMapping[str, Any]
 ASGIMessage = MutableMapping[str, Any]
@@ -120,6 +122,8 @@ def _json(status: int, value: Any) -> _Response:
     return _Response(status, _encode(value))
 
 
+#: The header that marks an answer replayed for a repeated Idempotency-Key.
+_REPLAYED = ((b"idempotent-replayed", b"true"),)
 _UNAUTHORIZED = ApiError(401, "unauthorized", UNAUTHORIZED_MESSAGE, headers=UNAUTHORIZED_HEADERS)
 _NOT_FOUND_MESSAGE = "no message with this id"
 _NOT_FOUND = "no endpoint at {path}; see /openapi.json"
@@ -139,6 +143,7 @@ class HttpApi:
         clock: Callable[[], float] = time.monotonic,
         *,
         message_api: bool = True,
+        metrics: bool = True,
     ) -> None:
         config = gateway.config
         self._gateway = gateway
@@ -150,11 +155,13 @@ class HttpApi:
         #: What is decided from the headers alone; Sluice's HTTP server asks it first.
         self.gate = EdgeGate(config, gateway, self._admission, self._keys, message_api=message_api)
         self._openapi = _encode(openapi_document(config))
+        self._request_ids = RequestIds()
+        self._metrics_token = config.server.metrics_token
         self._routes: dict[str, dict[str, Callable[..., Awaitable[_Response]]]] = {
             "/healthz": {"GET": self._probe},
             "/readyz": {"GET": self._probe},
-            "/metrics": {"GET": self._metrics},
         }
+        self._routes["/metrics"] = {"GET": self._metrics if metrics else self._metrics_elsewhere}
         self._message_routes: dict[str, Callable[..., Awaitable[_Response]]] = {}
         self._not_found = _NOT_FOUND_WORKER
         if message_api:
@@ -190,9 +197,11 @@ class HttpApi:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        request_id = self._request_ids.in_scope(scope)
         answer = scope.get(ANSWER_KEY)
         if answer is not None:  # decided by the gate, sent here to keep pipelined answers in order
-            await _send(send, _Response(answer.status, answer.body, headers=answer.extra_headers))
+            response = _Response(answer.status, answer.body, headers=answer.extra_headers)
+            await _send(send, response, request_id)
             return
         try:
             routes = self._routes.get(path)
@@ -221,18 +230,22 @@ class HttpApi:
         except _ClientGone:
             return
         except JournalError:
-            log.exception("journal failure on %s %s", scope["method"], path)
+            log.exception(
+                "journal failure on %s %s (request %s)", scope["method"], path, request_id.decode()
+            )
             response = _Response(
                 503,
                 _error_body("unavailable", "the message store failed; try again shortly"),
                 headers=((b"retry-after", b"1"),),
             )
         except Exception:
-            log.exception("unexpected error on %s %s", scope["method"], path)
+            log.exception(
+                "unexpected error on %s %s (request %s)", scope["method"], path, request_id.decode()
+            )
             response = _Response(
                 500, _error_body("internal_error", "an unexpected error; it has been logged")
             )
-        await _send(send, response)
+        await _send(send, response, request_id)
 
     # -------------------------------------------------------------------------- helpers
 
@@ -293,7 +306,8 @@ class HttpApi:
         else:
             started = ticket.started
         raw = await self._read_body(receive, limit)
-        messages = self._parser.parse(raw, tenant, now_ms(), self._gateway.next_id)
+        request = self._parser.decode(raw)
+        messages = self._parser.build(request, tenant, now_ms(), self._gateway.next_id)
         if headers.urgent and any(m.priority != Priority.URGENT for m in messages):
             raise ApiError(
                 422,
@@ -312,7 +326,7 @@ class HttpApi:
                 tenant,
                 messages,
                 key,
-                hashlib.sha256(raw).digest() if key is not None else None,
+                fingerprint(request) if key is not None else None,
                 deadline=deadline,
             )
         except DeadlinePassed:
@@ -327,16 +341,15 @@ class HttpApi:
             raise ApiError(
                 422,
                 "idempotency_key_reused",
-                "this Idempotency-Key was used before with a different request body; "
+                "this Idempotency-Key was used before with a different request; "
                 "use a new key for a new request",
                 "Idempotency-Key",
             ) from None
         finally:
             admission.release(n)
-        return _json(
-            200 if result.replayed else 202,
-            SubmitResponse([format_id(i) for i in result.ids], result.replayed),
-        )
+        body = _encode(SubmitResponse([format_id(i) for i in result.ids], result.replayed))
+        # A replay answers as the first request was answered, marked by a header.
+        return _Response(202, body, headers=_REPLAYED if result.replayed else ())
 
     async def _get(self, scope: Scope, receive: Receive, text_id: str) -> _Response:
         tenant = self._tenant(_headers(scope))
@@ -395,6 +408,8 @@ class HttpApi:
         record = await self._gateway.get(tenant, message_id)
         if result is CancelResult.NOT_FOUND or record is None:
             raise ApiError(404, "not_found", _NOT_FOUND_MESSAGE)
+        if record.state == State.CANCELLED:  # cancelled before: DELETE is idempotent
+            return _json(200, CancelResponse(format_id(message_id), "cancelled"))
         state = state_name(record.state)
         body = ErrorBody(
             error=ErrorDetail(
@@ -414,7 +429,21 @@ class HttpApi:
         assert answer is not None, "routed only for the probes' paths"
         return _Response(answer.status, answer.body, headers=answer.extra_headers)
 
+    async def _metrics_elsewhere(self, scope: Scope, receive: Receive) -> _Response:
+        raise ApiError(404, "not_found", "/metrics is served on its own port (server.admin_listen)")
+
     async def _metrics(self, scope: Scope, receive: Receive) -> _Response:
+        token = self._metrics_token
+        if token is not None:
+            authorization = _headers(scope).authorization or b""
+            scheme, _, given = authorization.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "/metrics asks for `Authorization: Bearer <server.metrics_token>`",
+                    headers=((b"www-authenticate", b'Bearer realm="sluice-metrics"'),),
+                )
         body, content_type = self._gateway.metrics()
         return _Response(200, body, content_type.encode("latin-1"))
 
@@ -430,7 +459,7 @@ def build_app(
     return HttpApi(gateway, clock, message_api=message_api)
 
 
-async def _send(send: Send, response: _Response) -> None:
+async def _send(send: Send, response: _Response, request_id: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -438,6 +467,7 @@ async def _send(send: Send, response: _Response) -> None:
             "headers": [
                 (b"content-type", response.content_type),
                 (b"content-length", str(len(response.body)).encode()),
+                (RESPONSE_HEADER, request_id),
                 *response.headers,
             ],
         }

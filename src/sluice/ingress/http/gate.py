@@ -97,10 +97,12 @@ class FastAnswer:
         self._head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
         self._tail = b"".join(name + b": " + value + b"\r\n" for name, value in self.headers)
 
-    def render(self, date_header: bytes, *, keep_alive: bool) -> bytes:
-        """The bytes to write; `date_header` is ``b"date: ...\\r\\n"`` (or empty)."""
+    def render(self, date_header: bytes, *, keep_alive: bool, request_id: bytes = b"") -> bytes:
+        """The bytes to write; `date_header` is ``b"date: ...\\r\\n"`` (or empty), and a
+        `request_id` becomes the Request-Id header."""
         close = b"" if keep_alive else b"connection: close\r\n"
-        return b"".join((self._head, date_header, self._tail, close, b"\r\n", self.body))
+        rid = b"request-id: " + request_id + b"\r\n" if request_id else b""
+        return b"".join((self._head, date_header, rid, self._tail, close, b"\r\n", self.body))
 
 
 def error_answer(

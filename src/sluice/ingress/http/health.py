@@ -30,6 +30,7 @@ import time
 from email.utils import formatdate
 
 from sluice.ingress.http.gate import EdgeGate, FastAnswer, error_answer
+from sluice.ingress.http.request_id import RequestIds
 
 log = logging.getLogger("sluice.http")
 
@@ -63,6 +64,7 @@ class HealthListener:
     def __init__(self, sock: socket.socket, gate: EdgeGate) -> None:
         self._sock = sock
         self._gate = gate
+        self._request_ids = RequestIds()
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -109,4 +111,6 @@ class HealthListener:
                 return
             head += chunk
         date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
-        conn.sendall(probe_answer(self._gate, head).render(date, keep_alive=False))
+        answer = probe_answer(self._gate, head)
+        request_id = self._request_ids.draw()
+        conn.sendall(answer.render(date, keep_alive=False, request_id=request_id))

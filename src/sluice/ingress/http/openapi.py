@@ -328,8 +328,23 @@ _RETRY_AFTER = {
 
 _RESPONSES: dict[str, Any] = {
     "BadRequest": _error_response(
-        "The body is not JSON (the message gives the position) or a header is malformed.",
+        "The body is not JSON (the message gives the position), a header is malformed, or "
+        "the request is not valid HTTP/1.1 (the connection is then closed).",
         ["malformed_json", "bad_request"],
+    ),
+    "RequestTimeout": _error_response(
+        "The request's headers did not arrive within server.header_timeout_seconds; the "
+        "connection is closed.",
+        ["request_timeout"],
+    ),
+    "RequestLineTooLong": _error_response(
+        "The request line is longer than server.max_request_line_bytes; the connection is closed.",
+        ["request_line_too_long"],
+    ),
+    "HeadersTooLarge": _error_response(
+        "The headers are larger than server.max_header_bytes or more than server.max_headers "
+        "fields; the connection is closed.",
+        ["headers_too_large"],
     ),
     "Unauthorized": _error_response(
         "The API key is missing, malformed or unknown.",
@@ -357,6 +372,7 @@ _RESPONSES: dict[str, Any] = {
         "batch with one such message stores nothing.",
         [
             "invalid_message",
+            "too_deep",
             "unknown_channel",
             "channel_not_allowed",
             "invalid_idempotency_key",
@@ -386,7 +402,12 @@ _RESPONSES: dict[str, Any] = {
 
 
 def _common(*extra: tuple[str, str]) -> dict[str, Any]:
-    responses = {"500": _response_ref("InternalError")}
+    responses = {
+        "408": _response_ref("RequestTimeout"),
+        "414": _response_ref("RequestLineTooLong"),
+        "431": _response_ref("HeadersTooLarge"),
+        "500": _response_ref("InternalError"),
+    }
     for status, name in extra:
         responses[status] = _response_ref(name)
     return responses
@@ -430,9 +451,11 @@ def _paths(config: Config) -> dict[str, Any]:
                             "minLength": 1,
                             "maxLength": limits.max_idempotency_key_length,
                         },
-                        "description": "Repeating a request with the same key and body answers "
-                        "200 with the first request's ids and stores nothing; the same key with "
-                        "a different body is refused (422 idempotency_key_reused).",
+                        "description": "Repeating a request with the same key answers as the "
+                        "first request was answered (202, its ids, `Idempotent-Replayed: "
+                        "true`) and stores nothing. Requests are compared as parsed, so "
+                        "whitespace, key order and escapes do not matter; the same key with a "
+                        "different request is refused (422 idempotency_key_reused).",
                     },
                 ],
                 "requestBody": {
@@ -441,13 +464,16 @@ def _paths(config: Config) -> dict[str, Any]:
                 },
                 "responses": {
                     "202": {
-                        "description": "Stored.",
+                        "description": "Stored (or, marked by Idempotent-Replayed, stored "
+                        "before under the same Idempotency-Key: its ids, nothing new stored).",
                         "content": _json_content(_ref("SubmitResponse")),
-                    },
-                    "200": {
-                        "description": "A replay of an earlier request with the same "
-                        "Idempotency-Key: its ids, nothing new stored.",
-                        "content": _json_content(_ref("SubmitResponse")),
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "schema": {"type": "string", "enum": ["true"]},
+                                "description": "Present on the answer to a repeated "
+                                "Idempotency-Key.",
+                            }
+                        },
                     },
                     **_common(
                         ("400", "BadRequest"),
@@ -517,12 +543,13 @@ def _paths(config: Config) -> dict[str, Any]:
                 "summary": "Cancel a message that has not been handed to a channel yet",
                 "responses": {
                     "200": {
-                        "description": "Cancelled.",
+                        "description": "Cancelled, now or by an earlier DELETE (DELETE is "
+                        "idempotent).",
                         "content": _json_content(_ref("CancelResponse")),
                     },
                     "409": {
-                        "description": "Too late: the message is already being sent or final. "
-                        "Error code: too_late.",
+                        "description": "Too late: the message is already being sent, sent, "
+                        "delivered, failed or expired. Error code: too_late.",
                         "content": _json_content(_ref("TooLate")),
                     },
                     **_common(*_AUTH, ("404", "NotFound"), ("503", "Unavailable")),
@@ -569,13 +596,18 @@ def _paths(config: Config) -> dict[str, Any]:
             "get": {
                 "operationId": "metrics",
                 "summary": "Prometheus metrics",
-                "security": public,
+                "description": "Names every tenant with its volumes: served on "
+                "server.admin_listen when it is set (404 here), and asking for "
+                "`Authorization: Bearer <server.metrics_token>` when that is set.",
+                "security": public
+                if config.server.metrics_token is None
+                else [{"metricsToken": []}],
                 "responses": {
                     "200": {
                         "description": "Prometheus text exposition format.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    **_common(),
+                    **_common(*_AUTH, ("404", "NotFound")),
                 },
             }
         },
@@ -605,7 +637,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "version": API_VERSION,
             "description": "Submit messages for durable, rate-limited delivery and follow "
             'their state. Every error answers {"error": {"code", "message", "field"?}}; '
-            "fields without a value are omitted from message views.",
+            "fields without a value are omitted from message views. Every answer carries a "
+            "`Request-Id` header, also written in the gateway's logs: the client's own "
+            "`X-Request-Id` (1 to 128 of A-Z a-z 0-9 . _ : / + = -) when it sends one, else one "
+            "drawn by the gateway.",
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "security": [{"bearerAuth": []}],
@@ -616,7 +651,12 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key configured (as its sha256) for a tenant.",
-                }
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "server.metrics_token, for /metrics.",
+                },
             },
             "schemas": _schemas(config),
             "responses": _RESPONSES,

@@ -23,6 +23,8 @@ Examples:
 from __future__ import annotations
 
 import datetime
+import hashlib
+import itertools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +35,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from sluice.config import Config
+from sluice.ingress.sms_length import ALWAYS_ONE_PART, SmsLength
 from sluice.journal.base import MessageRecord, TimelineEntry
 from sluice.model import (
     PRIORITY_NAMES,
@@ -123,6 +126,7 @@ _MESSAGE_FIELDS = tuple(
 _submit_decoder = msgspec.json.Decoder(SubmitRequest)
 _any_decoder = msgspec.json.Decoder()
 _json_encoder = msgspec.json.Encoder()
+_sorted_encoder = msgspec.json.Encoder(order="sorted")
 
 # msgspec ends its errors with " - at `$.messages[3].to`"; the API names fields without "$.".
 _PATH_RE = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -159,10 +163,12 @@ class MessageParser:
         "_max_body",
         "_max_body_chars",
         "_max_callback",
+        "_max_depth",
         "_max_meta_bytes",
         "_max_meta_entries",
         "_max_recipient",
         "_max_sender",
+        "_sms_lengths",
     )
 
     def __init__(self, config: Config) -> None:
@@ -174,9 +180,16 @@ class MessageParser:
         self._max_recipient = limits.max_recipient_length
         self._max_sender = limits.max_sender_length
         self._max_callback = limits.max_callback_url_length
+        self._max_depth = limits.max_json_depth
         self._max_meta_entries = limits.max_metadata_entries
         self._max_meta_bytes = limits.max_metadata_bytes
         self._all_channels = frozenset(config.channels)
+        #: The segment limits of the SMPP channels: a text they can never send is refused.
+        self._sms_lengths = {
+            name: SmsLength(name, channel.smpp)
+            for name, channel in config.channels.items()
+            if channel.type == "smpp" and channel.smpp is not None
+        }
         self._allowed = {
             name: frozenset(tenant.channels) if tenant.channels else self._all_channels
             for name, tenant in config.tenants.items()
@@ -186,7 +199,17 @@ class MessageParser:
         self, raw: bytes, tenant: str, now_ms: int, next_id: Callable[[], int]
     ) -> list[Message]:
         """Decode and check a request body; all its messages or an ApiError (400/413/422)."""
-        request = _decode(raw)
+        return self.build(self.decode(raw), tenant, now_ms, next_id)
+
+    def decode(self, raw: bytes) -> SubmitRequest:
+        """The request a body holds, or an ApiError (400 malformed, 422 mistyped or nested
+        deeper than limits.max_json_depth)."""
+        return _decode(raw, self._max_depth)
+
+    def build(
+        self, request: SubmitRequest, tenant: str, now_ms: int, next_id: Callable[[], int]
+    ) -> list[Message]:
+        """Check a decoded request; all its messages or an ApiError (413/422)."""
         allowed = self._allowed.get(tenant, self._all_channels)
         batch = request.messages
         if batch is UNSET:
@@ -264,6 +287,15 @@ class MessageParser:
         metadata = m.metadata
         if metadata:
             self._check_metadata(metadata, _where(index))
+        if "\0" in body or "\0" in to or (sender and "\0" in sender):  # channel: known names
+            raise _nul(_where(index), m)
+        if len(body) > ALWAYS_ONE_PART and channel in self._sms_lengths:
+            problem = self._sms_lengths[channel].problem(body)
+            if problem is not None:
+                raise ApiError(
+                    422, "invalid_message", f"body can never be sent as an SMS: {problem}",
+                    _where(index) + "body",
+                )  # fmt: skip
         return Message(
             next_id(),
             tenant,
@@ -344,6 +376,13 @@ class MessageParser:
                 "(limits.max_metadata_entries)",
                 where + "metadata",
             )
+        if any("\0" in k or "\0" in v for k, v in metadata.items()):
+            raise ApiError(
+                422,
+                "invalid_message",
+                "metadata holds a NUL character (U+0000)",
+                where + "metadata",
+            )
         size = len(_json_encoder.encode(metadata))
         if size > self._max_meta_bytes:
             raise ApiError(
@@ -360,20 +399,69 @@ def _where(index: int) -> str:
     return "" if index < 0 else f"messages[{index}]."
 
 
-def _decode(raw: bytes) -> SubmitRequest:
+def fingerprint(request: SubmitRequest) -> bytes:
+    """A digest of what a request asks, not of its bytes: the same messages sent again with
+    other whitespace, key order or escapes have the same fingerprint (Idempotency-Key)."""
+    return hashlib.sha256(_sorted_encoder.encode(request)).digest()
+
+
+def _nul(where: str, m: MessageIn) -> ApiError:
+    for name, value in (("body", m.body), ("to", m.to), ("from", m.sender)):
+        if isinstance(value, str) and "\0" in value:
+            return ApiError(
+                422, "invalid_message", f"{name} holds a NUL character (U+0000)", where + name
+            )
+    raise AssertionError("no field holds a NUL")
+
+
+#: Brackets kept by `json_depth`, with strings (which may hold brackets) taken out first.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in `raw` (0 for a scalar), at C speed but for one
+    step per bracket; meant for bodies that failed to decode, whose depth is unknown."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _decode(raw: bytes, max_depth: int) -> SubmitRequest:
     try:
         return _submit_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         # msgspec validates while it parses, so a body that is both broken and mistyped can
-        # fail on the type first; report the syntax, which the producer must fix first.
+        # fail on the type first; report the syntax, which the producer must fix first. A
+        # body that decodes at all is at most four levels deep (messages, one, metadata), so
+        # only a refused one can nest deeper: it is measured before it is parsed untyped.
+        _check_depth(raw, max_depth)
         try:
             _any_decoder.decode(raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as syntax:
             raise _malformed(syntax) from None
+        except RecursionError:
+            raise _too_deep(json_depth(raw), max_depth) from None
         reason, field = field_of(exc)
         raise ApiError(422, "invalid_message", reason, field) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _malformed(exc) from None
+    except RecursionError:  # an unknown field's value, skipped by recursion
+        raise _too_deep(json_depth(raw), max_depth) from None
+
+
+def _check_depth(raw: bytes, max_depth: int) -> None:
+    depth = json_depth(raw)
+    if depth > max_depth:
+        raise _too_deep(depth, max_depth)
+
+
+def _too_deep(depth: int, max_depth: int) -> ApiError:
+    return ApiError(
+        422,
+        "too_deep",
+        f"the JSON nests {depth} levels deep, more than {max_depth} (limits.max_json_depth)",
+    )
 
 
 def _malformed(exc: Exception) -> ApiError:

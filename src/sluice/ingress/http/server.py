@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httptools
 import msgspec
@@ -42,15 +42,17 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from sluice.config import Config
+from sluice.config import Config, ServerConfig
 from sluice.ingress.http.gate import (
     ANSWER_KEY,
     TICKET_KEY,
     EdgeGate,
     FastAnswer,
     Ticket,
+    error_answer,
     too_many_connections,
 )
+from sluice.ingress.http.request_id import REQUEST_ID_KEY, RequestIds
 
 if TYPE_CHECKING:
     from sluice.ingress.http.app import ASGIApp
@@ -59,8 +61,6 @@ log = logging.getLogger("sluice.http")
 
 #: Seconds requests under way get to finish after `stop`, before their tasks are cancelled.
 GRACEFUL_SECONDS = 5.0
-#: Seconds an idle keep-alive connection stays open.
-KEEP_ALIVE_SECONDS = 5.0
 
 
 class DateHeader:
@@ -128,6 +128,76 @@ _PENDING_KEY = "sluice.pending"
 DEFERRED_CODES = frozenset(("overloaded", "rate_limited", "backlog_full"))
 
 
+class HeadLimits(NamedTuple):
+    """The bounds on a request's head and the deadlines of a connection (`server.*`)."""
+
+    max_line: int
+    max_headers_bytes: int
+    max_headers: int
+    header_timeout: float
+    body_timeout: float
+    keep_alive: float
+
+    @classmethod
+    def of(cls, server: ServerConfig) -> HeadLimits:
+        return cls(
+            server.max_request_line_bytes,
+            server.max_header_bytes,
+            server.max_headers,
+            server.header_timeout_seconds,
+            server.body_timeout_seconds,
+            server.keep_alive_seconds,
+        )
+
+    @property
+    def head_bytes(self) -> int:
+        """The most bytes a head within both limits can take on the wire (CRLFs, ": ")."""
+        return self.max_line + self.max_headers_bytes + 4 * self.max_headers + 4
+
+
+def _line_too_long(limit: int) -> FastAnswer:
+    return error_answer(
+        414,
+        "request_line_too_long",
+        f"the request line is longer than {limit} bytes (server.max_request_line_bytes)",
+    )
+
+
+def _headers_too_large(limits: HeadLimits) -> FastAnswer:
+    return error_answer(
+        431,
+        "headers_too_large",
+        f"the headers are larger than {limits.max_headers_bytes} bytes "
+        f"(server.max_header_bytes) or more than {limits.max_headers} fields "
+        "(server.max_headers)",
+    )
+
+
+def _header_timeout(seconds: float) -> FastAnswer:
+    return error_answer(
+        408,
+        "request_timeout",
+        f"the request's headers did not arrive within {seconds:g} s "
+        "(server.header_timeout_seconds)",
+    )
+
+
+class _Answers(NamedTuple):
+    """The protocol-level refusals, composed once per server."""
+
+    line_too_long: FastAnswer
+    headers_too_large: FastAnswer
+    header_timeout: FastAnswer
+
+    @classmethod
+    def of(cls, limits: HeadLimits) -> _Answers:
+        return cls(
+            _line_too_long(limits.max_line),
+            _headers_too_large(limits),
+            _header_timeout(limits.header_timeout),
+        )
+
+
 class GatedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with the gate consulted when a request's headers are in.
 
@@ -139,7 +209,12 @@ class GatedProtocol(HttpToolsProtocol):
     refusal flood: the ASGI scope is built only for requests that reach the application, and
     no keep-alive timer is armed and cancelled per request (~10 % of the process): the server
     closes connections idle for longer than the keep-alive timeout in a sweep once a second
-    (`idle_since`), which also holds before a connection's first request."""
+    (`idle_since`), which also holds before a connection's first request.
+
+    A request's head is bounded (`HeadLimits`: 414, 431) and must arrive within the header
+    deadline (408), its body within the body deadline; a request uvicorn's parser cannot read
+    is answered 400 in the API's error envelope. Every answer carries a Request-Id: the
+    client's own ``X-Request-Id`` when it sends a sound one, else one drawn here."""
 
     def __init__(
         self,
@@ -148,13 +223,33 @@ class GatedProtocol(HttpToolsProtocol):
         gate: EdgeGate | None,
         clock: DateHeader,
         pacer: _RefusalPacer | None = None,
+        *,
+        limits: HeadLimits,
+        answers: _Answers,
+        request_ids: RequestIds,
     ) -> None:
         super().__init__(config=config, server_state=server_state, app_state={})
         self._gate = gate
         self._clock = clock
         self._pacer = pacer
+        self._limits = limits
+        self._answers = answers
+        self._request_ids = request_ids
+        self._request_id = b""
         self._started = 0.0
         self._answered = False
+        #: Bytes of the current head: of its request line, of its header fields; and what a
+        #: callback of the parser decided to refuse it with.
+        self._line_bytes = 0
+        self._header_bytes = 0
+        self._refusal: FastAnswer | None = None
+        #: Whether the bytes coming in belong to a request's head, and how many came so far.
+        self._in_head = True
+        self._head_read = 0
+        self._began = False
+        #: Monotonic times since which the current head, and the current body, are awaited.
+        self.head_since: float | None = None
+        self.body_since: float | None = None
         #: Loop time since which the connection has been idle (nothing asked, nothing owed);
         #: None while a request is being received or served.
         self.idle_since: float | None = self.loop.time()
@@ -163,32 +258,117 @@ class GatedProtocol(HttpToolsProtocol):
         # Called by uvicorn at every read and every response: the connection is busy.
         self.idle_since = None
 
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, never more bytes of one head than a head within the limits can
+        take: httptools buffers a header field until it ends, so a 100 MB header would be
+        held whole before any callback could count it."""
+        self.idle_since = None
+        limit = self._limits.head_bytes
+        while self._in_head and len(data) > limit - self._head_read:
+            room = limit - self._head_read
+            self._began = False
+            if not self._feed(data[:room]):
+                return
+            data = data[room:]
+            if not self._in_head:
+                break  # the head ended within the slice; what follows is its body, or more
+            if not self._began:  # the head began before the slice: `limit` bytes and open
+                self._refuse(self._answers.headers_too_large)
+                return
+            # A head began within the slice, after requests that ended in it: it holds some
+            # of the slice, at most `room` bytes, counted as none (never a refusal too many).
+            self._head_read = 0
+        if self._in_head:
+            self._head_read += len(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when the connection was refused and closed."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return False
+        except httptools.HttpParserError as exc:
+            refusal = self._refusal
+            if refusal is None:
+                cause = exc.__context__ if exc.__context__ is not None else exc
+                refusal = error_answer(
+                    400, "bad_request", f"the request is not valid HTTP/1.1: {cause}"
+                )
+            self._refuse(refusal)
+            return False
+        return True
+
+    def _refuse(self, answer: FastAnswer) -> None:
+        """Answer `answer` and close: the connection can carry no more requests."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # a request under way answers first; then close
+            self.transport.pause_reading()
+            return
+        request_id = self._request_id or self._request_ids.draw()
+        self.transport.write(
+            answer.render(self._clock.date_header, keep_alive=False, request_id=request_id)
+        )
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(error_answer(400, "bad_request", msg))
+
     def on_message_begin(self) -> None:
+        self._began = True
         self._started = time.monotonic()
+        self.head_since = self._started
         self._answered = False
+        self._line_bytes = self._header_bytes = 0
+        self._request_id = b""
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
 
+    def on_url(self, url: bytes) -> None:
+        self._line_bytes += len(url)
+        if self._line_bytes > self._limits.max_line:
+            self._refusal = self._answers.line_too_long
+            raise ValueError("request line too long")
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        limits = self._limits
+        if self._header_bytes > limits.max_headers_bytes or len(self.headers) >= limits.max_headers:
+            self._refusal = self._answers.headers_too_large
+            raise ValueError("headers too large")
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self.head_since = None
+        self.body_since = self._started
         gate = self._gate
         path = httptools.parse_url(self.url).path
+        request_id = self._request_id = self._request_ids.of(self.headers)
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             # Pipelined behind a request still being served: the gate is asked when this one's
             # turn comes (`_start_asgi_task`), so that a request waiting in the queue holds no
             # admission slot (a client that leaves would take the slot with it), and its answer
             # goes out in order.
-            self._serve(pending=(self.parser.get_method(), path, self._started))
+            self._serve(request_id, pending=(self.parser.get_method(), path, self._started))
             return
         verdict = None
         if gate is not None:
             verdict = gate.at_headers(self.parser.get_method(), path, self.headers, self._started)
         if verdict is None or isinstance(verdict, tuple):
-            self._serve(verdict)
+            self._serve(request_id, verdict)
             return
         self._answered = True
         keep_alive = self.parser.should_keep_alive() and not self.expect_100_continue
-        self.transport.write(verdict.render(self._clock.date_header, keep_alive=keep_alive))
+        self.transport.write(
+            verdict.render(self._clock.date_header, keep_alive=keep_alive, request_id=request_id)
+        )
         self.server_state.total_requests += 1
         if not keep_alive:
             self.transport.close()
@@ -197,6 +377,7 @@ class GatedProtocol(HttpToolsProtocol):
 
     def _serve(
         self,
+        request_id: bytes,
         ticket: Ticket | None = None,
         *,
         pending: tuple[bytes, bytes, float] | None = None,
@@ -213,6 +394,7 @@ class GatedProtocol(HttpToolsProtocol):
             "root_path": self.root_path,
             "headers": self.headers,
             "state": {},
+            REQUEST_ID_KEY: request_id,
         }
         if ticket is not None:
             scope[TICKET_KEY] = ticket
@@ -237,6 +419,9 @@ class GatedProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self.body_since = None
+        self._in_head = True
+        self._head_read = 0
         if self._answered:
             # The answered request is in whole (its body, if any, dropped): nothing is owed.
             self.idle_since = self.loop.time()
@@ -254,6 +439,26 @@ class GatedProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         else:
             self.idle_since = self.loop.time()
+
+    def overdue(self, now: float, loop_now: float) -> bool:
+        """Close the connection if it outstayed a deadline: True when it was closed.
+        `now` is monotonic time, `loop_now` the loop's."""
+        limits = self._limits
+        head_since = self.head_since
+        if head_since is not None and now - head_since > limits.header_timeout:
+            self._refuse(self._answers.header_timeout)
+            return True
+        body_since = self.body_since
+        if body_since is not None and now - body_since > limits.body_timeout:
+            log.info("closing a connection whose request body did not arrive in %g s "
+                     "(server.body_timeout_seconds)", limits.body_timeout)  # fmt: skip
+            self.transport.close()
+            return True
+        idle_since = self.idle_since
+        if idle_since is not None and loop_now - idle_since > limits.keep_alive:
+            self.transport.close()
+            return True
+        return False
 
 
 class ServerStats(msgspec.Struct, frozen=True):
@@ -289,6 +494,9 @@ class HttpServer:
         self._clock = DateHeader()
         self._tick_date()
         self._refusal = too_many_connections(config.server.max_connections)
+        self._limits = HeadLimits.of(config.server)
+        self._answers = _Answers.of(self._limits)
+        self._request_ids = RequestIds()
         self._pacer: _RefusalPacer | None = None
         self._stop = asyncio.Event()
         #: Set once the socket listens and connections are being accepted.
@@ -319,7 +527,9 @@ class HttpServer:
                 tg,
                 protocol=self._protocol,
                 open_connections=lambda: len(self._state.connections),
-                refusal=lambda: self._refusal.render(self._clock.date_header, keep_alive=False),
+                refusal=lambda: self._refusal.render(
+                    self._clock.date_header, keep_alive=False, request_id=self._request_ids.draw()
+                ),
                 batch=self._settings.accept_batch,
                 maximum=self._settings.max_connections,
             )
@@ -333,7 +543,16 @@ class HttpServer:
             await self._shutdown()
 
     def _protocol(self) -> GatedProtocol:
-        return GatedProtocol(self._uvicorn, self._state, self._gate, self._clock, self._pacer)
+        return GatedProtocol(
+            self._uvicorn,
+            self._state,
+            self._gate,
+            self._clock,
+            self._pacer,
+            limits=self._limits,
+            answers=self._answers,
+            request_ids=self._request_ids,
+        )
 
     async def _ticks(self) -> None:
         """Once a second the Date header and closing idle connections; the loop's lag for the
@@ -358,13 +577,13 @@ class HttpServer:
         self._clock.tick()
         self._state.default_headers = [(b"date", self._clock.value)]
 
-    def _close_idle(self, now: float) -> None:
-        """Close the connections idle for longer than the keep-alive timeout."""
-        oldest = now - KEEP_ALIVE_SECONDS
+    def _close_idle(self, loop_now: float) -> None:
+        """Close the connections that outstayed a deadline: idle for longer than the
+        keep-alive timeout, or slow to send their headers or their body."""
+        now = time.monotonic()
         for connection in list(self._state.connections):
-            idle_since = getattr(connection, "idle_since", None)
-            if idle_since is not None and idle_since < oldest:
-                connection.transport.close()
+            if isinstance(connection, GatedProtocol):
+                connection.overdue(now, loop_now)
 
     async def _shutdown(self) -> None:
         state = self._state

@@ -13,10 +13,13 @@ listener judges the raw connection before any SMTP work, in the manner of Postfi
    everything is remembered (PASS NEW).
 5. The connection becomes an aiosmtpd session (STARTTLS, AUTH over TLS only, size and
    command limits); its own "220 " line completes the greeting. A test that failed with the
-   "enforce" action lets the session run but refuses every RCPT TO with 550 5.7.1.
+   "enforce" action lets the session run but refuses every RCPT TO with 550 5.7.1. A session
+   that has had `max_errors` error replies, or `max_auth_failures` failed AUTHs, is answered
+   421 4.7.0 and closed (session_limits.py).
 
 Log lines use postscreen's words: CONNECT, PASS NEW, PASS OLD, ALLOWLISTED, DENYLISTED,
-PREGREET, DNSBL rank N, HANGUP, NOQUEUE, GREYLISTED, DISCONNECT.
+PREGREET, DNSBL rank N, HANGUP, NOQUEUE, GREYLISTED, DISCONNECT; the session adds its own
+(counted as log/<word>): AUTH-FAIL, TLS-FAIL (one line, no traceback), ERROR-LIMIT, QUEUED.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from aiosmtpd.smtp import SMTP
 from sluice.config import Config, SmtpConfig
 from sluice.ingress.contract import Gateway
 from sluice.ingress.http.auth import ApiKeys
+from sluice.ingress.sms_length import SmsLength
 from sluice.ingress.smtp.aiosmtpd_lookups import install_lookup_caches
 from sluice.ingress.smtp.mail import MailHandler, SessionVerdict
 from sluice.protocols.proxy import ProxyError
@@ -138,6 +142,7 @@ class SmtpFrontDoor:
         self.greylist = greylist
         self._keys = ApiKeys(config.tenants)
         self._tls = _tls_context(smtp)
+        self._sms_length = _sms_length(config)
         self.verdicts = VerdictCounts()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -157,11 +162,16 @@ class SmtpFrontDoor:
             if sock is None:
                 host, port = _host_port(self.config.listen, 25)
                 self._server = await loop.create_server(
-                    lambda: ScreeningConnection(self), host, port, reuse_address=True
+                    lambda: ScreeningConnection(self),
+                    host,
+                    port,
+                    reuse_address=True,
+                    backlog=self.config.listen_backlog,
                 )
             else:
+                # An inherited socket is bound, not listening: create_server calls listen.
                 self._server = await loop.create_server(
-                    lambda: ScreeningConnection(self), sock=sock
+                    lambda: ScreeningConnection(self), sock=sock, backlog=self.config.listen_backlog
                 )
             self.port = self._server.sockets[0].getsockname()[1]
             self.listening.set()
@@ -172,6 +182,11 @@ class SmtpFrontDoor:
 
     def close(self) -> None:
         self._closing.set()
+
+    @property
+    def closing(self) -> bool:
+        """`close` was called: connections still arriving are refused, nothing is started."""
+        return self._closing.is_set()
 
     def stats(self) -> FrontDoorStats:
         return FrontDoorStats(
@@ -245,12 +260,19 @@ class SmtpFrontDoor:
         """The aiosmtpd session for an already greeted client, fed its first bytes."""
         smtp = self.config
         handler = MailHandler(
-            smtp, self._gateway, verdict, self.greylist, self.check_login, self.event
+            smtp,
+            self._gateway,
+            verdict,
+            self.greylist,
+            self.check_login,
+            self.event,
+            self._sms_length,
         )
         session = _GreetedSession(
             handler,
             deadline,
             on_end,
+            self.event,
             hostname=smtp.hostname,
             ident="ESMTP Sluice",
             data_size_limit=smtp.max_message_bytes,
@@ -274,24 +296,37 @@ class SmtpFrontDoor:
 class _GreetedSession(SMTP):
     """An aiosmtpd session whose greeting the front door already sent. When its connection
     is lost, the session's deadline is cancelled and `on_end` runs, before aiosmtpd's own
-    clean-up."""
+    clean-up.
+
+    Every reply goes through `push`, which counts the errors (`MailHandler.errors`): the one
+    that reaches a limit is followed by 421 4.7.0 and the end of the session, as in Postfix,
+    and commands the client had already sent are not carried out."""
 
     _greeting_pending = True
+    _hung_up = False
 
     def __init__(
         self,
         handler: MailHandler,
         deadline: asyncio.TimerHandle,
         on_end: Callable[[], None],
+        on_event: Callable[[str, str], None],
         **settings: Any,
     ) -> None:
         super().__init__(handler, **settings)
+        self._handler = handler
         self._session_deadline = deadline
         self._on_session_end = on_end
+        self._on_event = on_event
+        self._ended = False
 
     def connection_lost(self, error: Exception | None) -> None:
-        self._session_deadline.cancel()
-        self._on_session_end()
+        # aiosmtpd calls this itself after a failed STARTTLS handshake, then the transport
+        # does: the session ends once.
+        if not self._ended:
+            self._ended = True
+            self._session_deadline.cancel()
+            self._on_session_end()
         super().connection_lost(error)
 
     async def push(self, status: AnyStr) -> None:
@@ -299,7 +334,29 @@ class _GreetedSession(SMTP):
             self._greeting_pending = False
             if isinstance(status, str) and status.startswith("220 "):
                 return
+        if self._hung_up:
+            await asyncio.sleep(0)  # the session task was cancelled: it ends here
+            return
         await super().push(status)
+        reason = self._handler.errors.count(status)
+        if reason is not None:
+            await self._hang_up(reason)
+
+    async def _hang_up(self, reason: str) -> None:
+        """421 and close; the session task (the caller's) is cancelled at its next wait."""
+        self._hung_up = True
+        assert self.transport is not None
+        errors = self._handler.errors
+        self._on_event(
+            "ERROR-LIMIT",
+            f"{reason} ({errors.errors} errors, {errors.auth_failures} failed AUTH) "
+            f"from {self._handler.where()}; 421 and disconnect",
+        )
+        self._writer.write(f"421 4.7.0 {self.hostname} Error: {reason}\r\n".encode())
+        self.transport.close()
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        await asyncio.sleep(0)
 
 
 class FirstCommand(asyncio.Protocol):
@@ -378,6 +435,10 @@ class ScreeningConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
         self._client, self._port = _plain(peer[0]), int(peer[1])
         self._started = time.monotonic()
+        if self._door.closing:
+            # Accepted as the listener closed (the door's tasks may be gone already).
+            self._refuse("421 4.3.2 Service shutting down, try again later")
+            return
         if self._door.config.proxy_protocol:
             self._door.spawn(self._screen())
             return
@@ -649,6 +710,16 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
         host, _, port = text.partition(":")
         return host, int(port)
     return text, default_port
+
+
+def _sms_length(config: Config) -> SmsLength | None:
+    """The SMS channel's segment limit, when it is an SMPP channel (others have none)."""
+    assert config.smtp is not None
+    name = config.smtp.sms_channel
+    channel = config.channels.get(name) if name is not None else None
+    if name is None or channel is None or channel.type != "smpp" or channel.smpp is None:
+        return None
+    return SmsLength(name, channel.smpp)
 
 
 def _tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:

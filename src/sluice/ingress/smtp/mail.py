@@ -11,6 +11,9 @@ Examples (the replies a client sees):
     RCPT TO:<bob@elsewhere.example>          554 5.7.1 <bob@elsewhere.example>: Relay access
                                              denied (authenticate to send to other domains)
     DATA … .                                 250 2.0.0 Ok: queued as 0J4R2K1V8M2QE
+    DATA … (3,118 characters to an SMS)      552 5.3.4 SMS text too long: 3118 characters
+                                             need 21 segments; channels.sms.smpp.max_segments
+                                             is 10
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
 
 from sluice.config import SmtpConfig
 from sluice.ingress.contract import Gateway
+from sluice.ingress.sms_length import SmsLength
+from sluice.ingress.smtp.session_limits import ErrorCount
 from sluice.journal.base import JournalBusy, JournalError
 from sluice.model import Message, format_id
 from sluice.screening.greylist import Greylist, reply
@@ -60,6 +65,7 @@ class MailHandler:
         greylist: Greylist | None,
         check_login: Callable[[str, str], bool],
         on_event: Callable[[str, str], None],
+        sms_length: SmsLength | None = None,
     ) -> None:
         self._config = config
         self._gateway = gateway
@@ -67,8 +73,14 @@ class MailHandler:
         self._greylist = greylist
         self._check_login = check_login
         self._event = on_event
+        #: The SMS channel's segment limit (None: the channel has none, as a webhook).
+        self._sms_length = sms_length
         self._sms_domain = (config.sms_domain or "").lower()
         self._local = {d.lower() for d in config.local_domains}
+        #: The session's error replies, counted by the session as it sends them.
+        self.errors = ErrorCount(
+            max_errors=config.max_errors, max_auth_failures=config.max_auth_failures
+        )
 
     # ------------------------------------------------------------------ aiosmtpd hooks
 
@@ -82,7 +94,7 @@ class MailHandler:
         user = data.login.decode("utf-8", "replace")
         if self._check_login(user, data.password.decode("utf-8", "replace")):
             return AuthResult(success=True, auth_data=user)
-        self._event("AUTH-FAIL", f"AUTH failed for {user!r} from {self._where()}")
+        self._event("AUTH-FAIL", f"AUTH failed for {user!r} from {self.where()}")
         return AuthResult(success=False, handled=False)
 
     async def handle_RCPT(
@@ -97,7 +109,7 @@ class MailHandler:
         if verdict.reject is not None:
             self._event(
                 "NOQUEUE",
-                f"NOQUEUE: reject: RCPT from {self._where()}: 550 5.7.1 {verdict.reject}; "
+                f"NOQUEUE: reject: RCPT from {self.where()}: 550 5.7.1 {verdict.reject}; "
                 f"from=<{envelope.mail_from}> to=<{address}>",
             )
             return f"550 5.7.1 Service unavailable; client [{verdict.client}] {verdict.reject}"
@@ -112,7 +124,7 @@ class MailHandler:
                 code, text = reply(grey)
                 self._event(
                     "GREYLISTED",
-                    f"GREYLISTED {self._where()}: from=<{envelope.mail_from}> to=<{address}> "
+                    f"GREYLISTED {self.where()}: from=<{envelope.mail_from}> to=<{address}> "
                     f"({grey.reason})",
                 )
                 return f"{code} {text}"
@@ -127,10 +139,21 @@ class MailHandler:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             return "554 5.6.0 Message must be 7-bit ASCII or UTF-8"
+        if "\0" in text:  # RFC 5322 forbids it, and the PostgreSQL journal cannot store it
+            return "554 5.6.0 Message must not contain NUL characters"
         tenant = session.auth_data if session.authenticated else self._config.tenant
         assert isinstance(tenant, str)
+        sms = _sms_text(raw) if any(self._is_sms(a) for a in envelope.rcpt_tos) else ""
+        refusal = self._sms_refusal(sms) if sms else None
+        if refusal is not None:
+            self._event(
+                "NOQUEUE",
+                f"NOQUEUE: reject: DATA from {self.where()}: {refusal}; "
+                f"from=<{envelope.mail_from}>",
+            )
+            return refusal
         messages = [
-            self._message(tenant, address, envelope.mail_from or "", raw, text)
+            self._message(tenant, address, envelope.mail_from or "", sms, text)
             for address in envelope.rcpt_tos
         ]
         try:
@@ -138,15 +161,27 @@ class MailHandler:
         except JournalBusy:
             return "451 4.3.1 Insufficient system resources, try again later"
         except JournalError:
-            log.exception("storing mail from %s failed", self._where())
+            log.exception("storing mail from %s failed", self.where())
             return "451 4.3.0 Local error in processing, try again later"
+        self.errors.delivered()
         first = format_id(messages[0].id)
         self._event(
             "QUEUED",
             f"{first}: from=<{envelope.mail_from}>, {len(messages)} recipient(s), "
-            f"{len(raw)} bytes, client {self._where()}",
+            f"{len(raw)} bytes, client {self.where()}",
         )
         return f"250 2.0.0 Ok: queued as {first}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A failed STARTTLS handshake is the client's doing (an old TLS version, a cipher
+        in common with nobody, a port scanner): one line, not a traceback. Anything else is
+        a fault here and is logged in full, as aiosmtpd would."""
+        if isinstance(error, TLSSetupException):
+            reason = str(error.__cause__ or error) or type(error.__cause__ or error).__name__
+            self._event("TLS-FAIL", f"TLS handshake failed from {self.where()}: {reason}")
+            return "454 4.7.0 TLS not available"  # not sent: aiosmtpd closes the connection
+        log.exception("SMTP session of %s failed", self.where())
+        return f"500 Error: ({type(error).__name__}) {error}"
 
     # ------------------------------------------------------------------ routing
 
@@ -167,17 +202,24 @@ class MailHandler:
             return None
         return f"554 5.7.1 <{address}>: Relay access denied (authenticate to send to other domains)"
 
-    def _message(self, tenant: str, address: str, sender: str, raw: bytes, text: str) -> Message:
+    def _is_sms(self, address: str) -> bool:
+        return bool(self._sms_domain) and address.rpartition("@")[2].lower() == self._sms_domain
+
+    def _sms_refusal(self, sms: str) -> str | None:
+        """Why the SMS text `sms` can never be sent on the SMS channel, as a reply, or None."""
+        return self._sms_length.refusal(sms) if self._sms_length is not None else None
+
+    def _message(self, tenant: str, address: str, sender: str, sms: str, text: str) -> Message:
+        """The message for one recipient: `sms` is the text for an SMS, `text` the mail."""
         gateway = self._gateway
-        local, _, domain = address.rpartition("@")
-        if self._sms_domain and domain.lower() == self._sms_domain:
+        if self._is_sms(address):
             assert self._config.sms_channel is not None
             return Message(
                 gateway.next_id(),
                 tenant,
                 self._config.sms_channel,
-                local,
-                _sms_text(raw),
+                address.rpartition("@")[0],
+                sms,
                 None,
             )
         assert self._config.email_channel is not None
@@ -191,7 +233,8 @@ class MailHandler:
             metadata={"format": "rfc5322"},
         )
 
-    def _where(self) -> str:
+    def where(self) -> str:
+        """The client as log lines name it: "[address]:port"."""
         return f"[{self._verdict.client}]:{self._verdict.port}"
 
 

@@ -1,9 +1,11 @@
 """How the journal reaches its server: the pool, and which faults are worth another try.
 
 An operation that loses its connection (a server restart, a network cut, a failover) is run
-again on a fresh one until `reconnect_seconds` (`RECONNECT_SECONDS` by default) have passed;
-`RETRYABLE` names the errors that mean "the connection or the server's state, not the
-statement". Every other server error fails the call at once.
+again on a fresh one until `reconnect_seconds` (`RECONNECT_SECONDS` by default) have passed,
+or `ingress_wait_seconds` (`INGRESS_WAIT_SECONDS`) for the calls of the edges, whose clients
+time out long before 30 s; `RETRYABLE` names the errors that mean "the connection or the
+server's state, not the statement", `UNREACHABLE` those that mean the server cannot be used at
+all (the journal's `fault()` while they last). Every other server error fails the call at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import asyncpg.pool
 
 #: How long an operation keeps trying to reach the server before it fails.
 RECONNECT_SECONDS = 30.0
+#: The same for an operation of the edges (insert, status read, cancel): a client hears 503
+#: within a few seconds, before its own timeout, while the delivery side keeps trying.
+INGRESS_WAIT_SECONDS = 3.0
 
 #: Errors after which the operation is run again on another connection.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -30,6 +35,13 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ReadOnlySQLTransactionError,  # a failover in progress: the old primary is a replica
+)
+#: The retryable errors that say the server cannot be used at all, rather than that this
+#: transaction collided with another one.
+UNREACHABLE: tuple[type[BaseException], ...] = tuple(
+    error
+    for error in RETRYABLE
+    if error not in (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 )
 #: Every fault of the server or of the way to it: what a background loop outlives.
 SERVER_FAULTS: tuple[type[BaseException], ...] = (*RETRYABLE, asyncpg.PostgresError)

@@ -7,6 +7,12 @@ transaction on a connection of its pool, again on a fresh one after a lost conne
 (`connection`), applying at commit what the transaction changed besides its rows (`changes`:
 the pending counts, the wake-ups of other processes).
 
+The edges' calls (insert, get, by_recipient, cancel) stop trying after `ingress_wait_seconds`,
+the delivery side's after `reconnect_seconds`: with the server down a POST hears 503 within a
+few seconds while runners go on asking. While the server is out of reach (an operation or the
+pending counts' read met a lost or refused connection, and none has worked since) `fault()`
+says so, and the process is not ready.
+
 Examples:
     journal = PostgresJournal("postgresql://127.0.0.1:5432/postgres", schema="sluice")
     await journal.open()
@@ -40,8 +46,10 @@ from sluice.journal.base import (
 from sluice.journal.postgres.callbacks import op_claim_callbacks, op_finish_callbacks
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import (
+    INGRESS_WAIT_SECONDS,
     RECONNECT_SECONDS,
     RETRYABLE,
+    UNREACHABLE,
     close_pool,
     create_pool,
     describe,
@@ -63,7 +71,7 @@ from sluice.journal.postgres.leases import (
 from sluice.journal.postgres.outcomes import op_cancel, op_complete
 from sluice.journal.postgres.pending import PendingCounts, add_pending, op_fold_pending
 from sluice.journal.postgres.reads import op_fetch, op_fetchrow, op_next_due, op_read_records
-from sluice.journal.postgres.receipts import op_apply_receipts
+from sluice.journal.postgres.receipts import op_apply_receipts, op_expire_receipts
 from sluice.journal.postgres.schema import migrate
 from sluice.journal.postgres.wakeups import DUE_CHANNEL, NOTIFY_DUE, DueListener, Wake
 from sluice.model import Message, State, now_ms
@@ -106,6 +114,7 @@ class PostgresJournal:
         pool_size: int = 8,
         statement_timeout_seconds: float = 30.0,
         reconnect_seconds: float = RECONNECT_SECONDS,
+        ingress_wait_seconds: float = INGRESS_WAIT_SECONDS,
         fsync_outcomes: bool = False,
     ) -> None:
         self._url = url
@@ -113,6 +122,9 @@ class PostgresJournal:
         self._pool_size = pool_size
         self._statement_timeout_ms = int(statement_timeout_seconds * 1000)
         self._reconnect_seconds = reconnect_seconds
+        self._ingress_wait = min(ingress_wait_seconds, reconnect_seconds)
+        #: Why the server is out of reach, while it is (see `fault`).
+        self._unreachable: str | None = None
         self._relax_outcomes = not fsync_outcomes
         self._pool: asyncpg.Pool | None = None
         self._pending = PendingCounts()
@@ -147,7 +159,10 @@ class PostgresJournal:
         loops = contextlib.AsyncExitStack()
         group = await loops.enter_async_context(asyncio.TaskGroup())
         self._loop_tasks = [
-            group.create_task(self._pending.run(self._pool), name="journal-pending"),
+            group.create_task(
+                self._pending.run(self._pool, self._ingress_wait, self._heard),
+                name="journal-pending",
+            ),
             group.create_task(self._listener.run(), name="journal-listen"),
         ]
         self._loops = loops
@@ -166,6 +181,20 @@ class PostgresJournal:
                 pool, self._pool = self._pool, None
                 await close_pool(pool)
 
+    def fault(self) -> str | None:
+        return self._unreachable
+
+    def _heard(self, error: BaseException | None) -> None:
+        """Note how a call to the server went: it answered (None), or `error`."""
+        if error is None:
+            if self._unreachable is not None:
+                log.warning("journal: %s answers again", safe_url(self._url))
+            self._unreachable = None
+        elif isinstance(error, UNREACHABLE):
+            if self._unreachable is None:
+                log.warning("journal: %s out of reach: %s", safe_url(self._url), describe(error))
+            self._unreachable = f"journal {safe_url(self._url)} unreachable: {describe(error)}"
+
     def watch_due(self, wake: Wake) -> None:
         """Call `wake(channel, urgent)` when any process inserts messages due now."""
         self._listener.watchers.append(wake)
@@ -178,21 +207,27 @@ class PostgresJournal:
         *args: Any,
         retried: Callable[..., Awaitable[T]] | None = None,
         read: bool = False,
+        edge: bool = False,
     ) -> T:
         """Run `op(conn, tx, *args)` in one transaction (a `read` in none: one statement
         sees one snapshot); on a lost connection, again (or `retried` if given: what to run
-        when the first try may have committed)."""
+        when the first try may have committed), for up to `reconnect_seconds`, or
+        `ingress_wait_seconds` for a call of the edges (`edge`)."""
         if self._pool is None:
             raise JournalError("journal is not open")
-        deadline = time.monotonic() + self._reconnect_seconds
+        patience = self._ingress_wait if edge else self._reconnect_seconds
+        deadline = time.monotonic() + patience
         delay = 0.05
         attempt = op
         while True:
             tx = Tx()
             started = time.perf_counter()
             try:
-                result = await self._transaction(attempt, tx, args, read)
+                result = await self._transaction(
+                    attempt, tx, args, read, deadline if edge else None
+                )
             except RETRYABLE as exc:
+                self._heard(exc)
                 if time.monotonic() >= deadline or self._pool is None:
                     raise JournalError(f"journal unreachable: {describe(exc)}") from exc
                 log.warning("journal: %s; trying again in %.2f s", describe(exc), delay)
@@ -207,6 +242,7 @@ class PostgresJournal:
                 # A statement past its timeout, a full disk, a missing table: the store
                 # failed this call (HTTP 503; runners wait and ask again).
                 raise JournalError(f"journal failed: {describe(exc)}") from exc
+            self._heard(None)
             self.commits += 1
             self.ops += 1
             self.busy_seconds += time.perf_counter() - started
@@ -215,14 +251,22 @@ class PostgresJournal:
             return result
 
     async def _transaction(
-        self, op: Callable[..., Awaitable[T]], tx: Tx, args: tuple[Any, ...], read: bool
+        self,
+        op: Callable[..., Awaitable[T]],
+        tx: Tx,
+        args: tuple[Any, ...],
+        read: bool,
+        deadline: float | None,
     ) -> T:
         pool = self._pool
         if pool is None:
             raise JournalError("journal is not open")
         self._waiting += 1
         try:
-            conn = await pool.acquire()
+            # An edge's call waits for a connection (a free one, or a new one from a server
+            # that may not answer) no longer than its deadline.
+            timeout = None if deadline is None else max(0.01, deadline - time.monotonic())
+            conn = await pool.acquire(timeout=timeout)
         finally:
             self._waiting -= 1
         try:
@@ -266,7 +310,7 @@ class PostgresJournal:
         columns = insert_columns(messages, now_ms())
         return await self._run(
             op_insert, tenant, messages, columns, idempotency_key, digest, deadline,
-            retried=op_insert_again,
+            retried=op_insert_again, edge=True,
         )  # fmt: skip
 
     async def claim(
@@ -305,11 +349,15 @@ class PostgresJournal:
         return await self._run(op_reroute, from_channel, to_channel, limit, now)
 
     async def cancel(self, tenant: str, message_id: int, now: int) -> CancelResult:
-        return await self._run(op_cancel, tenant, message_id, now)
+        return await self._run(op_cancel, tenant, message_id, now, edge=True)
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
         records = await self._run(
-            op_read_records, "WHERE id = $1 AND tenant = $2", (message_id, tenant), read=True
+            op_read_records,
+            "WHERE id = $1 AND tenant = $2",
+            (message_id, tenant),
+            read=True,
+            edge=True,
         )
         return records[0] if records else None
 
@@ -322,6 +370,7 @@ class PostgresJournal:
             "WHERE tenant = $1 AND recipient = $2 AND id < $3 ORDER BY id DESC LIMIT $4",
             (tenant, recipient, before, limit),
             read=True,
+            edge=True,
         )
 
     async def next_due(self, channel: str) -> int | None:
@@ -344,6 +393,11 @@ class PostgresJournal:
         if not receipts:
             return 0
         return await self._run(op_apply_receipts, channel, receipts)
+
+    async def expire_receipts(
+        self, channel: str, sent_before: int, now: int, detail: str, limit: int = 10_000
+    ) -> int:
+        return await self._run(op_expire_receipts, channel, sent_before, now, detail, limit)
 
     async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]:
         return await self._run(op_claim_callbacks, limit, now, lease_ms)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 import asyncpg
 
@@ -63,14 +64,25 @@ class PendingCounts:
         self._local.subtract(local)
         self._publish()
 
-    async def run(self, pool: asyncpg.Pool) -> None:
-        """Read the sums every `PENDING_REFRESH_SECONDS`; a fault skips one read."""
+    async def run(
+        self,
+        pool: asyncpg.Pool,
+        read_seconds: float,
+        heard: Callable[[BaseException | None], None],
+    ) -> None:
+        """Read the sums every `PENDING_REFRESH_SECONDS`, each read within `read_seconds`; a fault
+        skips one read. Tells `heard` how each read went (None: it worked), so that a server
+        gone out of reach is known within a second even when nothing else asks it."""
         while True:
             await asyncio.sleep(PENDING_REFRESH_SECONDS)
             try:
-                await self.refresh(pool)
+                async with asyncio.timeout(read_seconds):
+                    await self.refresh(pool)
             except SERVER_FAULTS as exc:
                 log.debug("journal: pending counts not refreshed: %s", describe(exc))
+                heard(exc)
+            else:
+                heard(None)
 
 
 async def add_pending(conn: PoolConnection, deltas: Counter[str]) -> None:

@@ -181,3 +181,50 @@ async def _settle_if_complete(
         payload = callback_payload(final, state, now, pid, detail)
         await insert_callbacks(conn, now, [(message_id, final.callback_url, payload)])
     return 1
+
+
+async def op_expire_receipts(
+    conn: PoolConnection,
+    tx: Tx,
+    channel: str,
+    sent_before: int,
+    now: int,
+    detail: str,
+    limit: int,
+) -> int:
+    """SENT messages of `channel` whose receipts were still awaited at `sent_before` become
+    EXPIRED with `detail` (a receipt that comes later finds nothing left to settle); returns
+    how many, at most `limit`.
+
+    The rows are taken FOR UPDATE SKIP LOCKED: a receipt settling one of them at this moment
+    keeps it, and two processes sweeping at once share the work instead of waiting."""
+    expired = await conn.fetch(
+        "WITH due AS (SELECT m.id FROM messages m WHERE m.state = 3 AND m.updated_at < $2 "
+        "AND m.id IN (SELECT p.message_id FROM provider_parts p WHERE p.channel = $1 "
+        "AND p.message_id IS NOT NULL) LIMIT $3 FOR UPDATE SKIP LOCKED) "
+        "UPDATE messages m SET state = $4, updated_at = $5 FROM due WHERE m.id = due.id "
+        "RETURNING m.id, m.tenant, m.channel, m.recipient, m.attempts, m.callback_url, "
+        "m.metadata, m.provider_id",
+        channel,
+        sent_before,
+        limit,
+        int(State.EXPIRED),
+        now,
+    )
+    if not expired:
+        return 0
+    mids = [row["id"] for row in expired]
+    await conn.execute("DELETE FROM provider_parts WHERE message_id = ANY($1::bigint[])", mids)
+    events = []
+    callbacks = []
+    for mid, tenant, msg_channel, recipient, attempts, callback_url, metadata, pid in expired:
+        events.append((mid, int(State.EXPIRED), channel, attempts, None, pid, None, detail))
+        if callback_url:
+            row: CallbackRow[bytes] = CallbackRow(
+                mid, tenant, msg_channel, recipient, attempts, callback_url, metadata
+            )
+            payload = callback_payload(row, State.EXPIRED, now, pid, detail)
+            callbacks.append((mid, callback_url, payload))
+    await insert_events(conn, now, events)
+    await insert_callbacks(conn, now, callbacks)
+    return len(expired)

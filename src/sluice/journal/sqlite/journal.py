@@ -2,8 +2,14 @@
 
 It holds the journal file (an advisory lock beside it), queues every write operation to its
 writer thread (writer.py) and runs reads on a reader thread with its own connection, while a
-third thread checkpoints the WAL. The operations themselves live in `inserts`, `claims`,
-`receipts`, `callbacks` and `upkeep`; the reads in `reads`.
+third thread checkpoints the WAL and probes the free space beside the file. The operations
+themselves live in `inserts`, `claims`, `receipts`, `callbacks` and `upkeep`; the reads in
+`reads`; the file's and the disk's health in `health`.
+
+Below `free_space_reserve_bytes` of free space, new messages (and saved state) are refused at
+once with a JournalError (HTTP 503) and `fault()` says why, before the disk is full: claims,
+outcomes and receipts go on, so what was accepted is still delivered. Once the disk has room
+again the next probe clears the fault; nothing needs a restart.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ from sluice.journal.base import (
 from sluice.journal.recipient_index import LOOKUP_SQL, recipient_key
 from sluice.journal.sqlite.callbacks import op_claim_callbacks, op_finish_callbacks
 from sluice.journal.sqlite.claims import op_claim, op_complete
+from sluice.journal.sqlite.health import FreeSpace, free_bytes
 from sluice.journal.sqlite.inserts import op_insert, prepare_insert
 from sluice.journal.sqlite.json_rows import json_encoder
 from sluice.journal.sqlite.reads import count_states, read_next_due, read_records, read_state
-from sluice.journal.sqlite.receipts import op_apply_receipts
+from sluice.journal.sqlite.receipts import op_apply_receipts, op_expire_receipts
 from sluice.journal.sqlite.schema import READER_CACHE_KIB, connect
 from sluice.journal.sqlite.upkeep import (
     op_cancel,
@@ -54,8 +61,14 @@ from sluice.model import Message, State, now_ms
 
 log = logging.getLogger("sluice.journal")
 
-#: How often the checkpoint thread copies the WAL into the database file.
+#: How often the checkpoint thread copies the WAL into the database file and probes the disk.
 CHECKPOINT_INTERVAL_SECONDS = 0.2
+#: Free space kept beside the journal: below it new messages are refused (journal.
+#: free_space_reserve_bytes). 64 MiB is some 200,000 messages' history for the delivery side
+#: to keep writing into, and far more than a 0.2 s probe interval lets ingest take.
+FREE_SPACE_RESERVE_BYTES = 64 * 1024 * 1024
+#: WAL size past which the writer checkpoints it back to nothing (journal.wal_limit_bytes).
+WAL_LIMIT_BYTES = 16 * 1024 * 1024
 
 #: Operations whose loss in a power cut costs at most a repeated delivery (see
 #: `GroupCommitWriter._run_group`).
@@ -72,6 +85,9 @@ RELAXED_OPS: frozenset[Op] = frozenset(
     }
 )
 
+#: Operations that bring new data, refused while the disk is below its reserve.
+INGEST_OPS: frozenset[Op] = frozenset({op_insert, op_save_state})
+
 
 class SqliteJournal(GroupCommitWriter):
     """Examples:
@@ -87,6 +103,10 @@ class SqliteJournal(GroupCommitWriter):
         synchronous: str = "full",
         max_ops_per_commit: int = 4096,
         fsync_outcomes: bool = False,
+        check_at_start: bool = True,
+        free_space_reserve_bytes: int = FREE_SPACE_RESERVE_BYTES,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
+        free_space: FreeSpace = free_bytes,
     ) -> None:
         sync = synchronous.upper()
         super().__init__(
@@ -95,6 +115,11 @@ class SqliteJournal(GroupCommitWriter):
             max_ops=max_ops_per_commit,
             relax_outcomes=sync == "FULL" and not fsync_outcomes,
             relaxed_ops=RELAXED_OPS,
+            wal_limit_bytes=wal_limit_bytes,
+            check_at_start=check_at_start,
+            free_space=free_space,
+            reserve_bytes=free_space_reserve_bytes,
+            ingest_ops=INGEST_OPS,
         )
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
@@ -111,14 +136,21 @@ class SqliteJournal(GroupCommitWriter):
         error = await self._start_writer()
         if error is not None:
             self._release_lock()
+            if isinstance(error, JournalError):
+                raise error
             raise JournalError(f"cannot open journal {self._path}: {error}")
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
         self._stopped.clear()
+        self._probe_space()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="journal-checkpoint", daemon=True
         )
         self._checkpointer.start()
-        await self._write(op_recover)
+        try:
+            await self._write(op_recover)
+        except JournalError as exc:
+            await self.close()
+            raise JournalError(f"cannot open journal {self._path}: {exc}") from exc
 
     async def close(self) -> None:
         self._closing = True  # before the writer's stop marker: nothing may queue behind it
@@ -151,16 +183,33 @@ class SqliteJournal(GroupCommitWriter):
             self._lock_fd = None
 
     def _checkpoint_loop(self) -> None:
-        """Copy committed WAL pages into the database off the writer's path (PASSIVE)."""
+        """Copy committed WAL pages into the database off the writer's path (PASSIVE), and
+        probe the free space."""
         conn = connect(self._path, self._synchronous, cache_kib=1024)
+        failing = False
         try:
             while not self._stopped.wait(CHECKPOINT_INTERVAL_SECONDS):
+                self._probe_space()
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    log.warning("WAL checkpoint failed; the writer will retry", exc_info=True)
+                except sqlite3.Error as exc:
+                    self._failure(exc)  # a damaged page counts as met by an operation
+                    if not failing:  # once per run of failures, in one line
+                        log.warning("WAL checkpoint failed (%s); trying again", exc)
+                    failing = True
+                else:
+                    failing = False
         finally:
             conn.close()
+
+    def _refuse_if_low(self) -> None:
+        """Refuse new data at once while the disk is below its reserve (or full)."""
+        fault = self._space_fault
+        if fault is not None:
+            raise JournalError(fault)
+
+    def fault(self) -> str | None:
+        return self._damage or self._space_fault
 
     # ---------------------------------------------------------------- reads
 
@@ -181,7 +230,17 @@ class SqliteJournal(GroupCommitWriter):
         if self._reader is None:
             raise JournalError("journal is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader, lambda: fn(self._reader_conn(), *args))
+        return await loop.run_in_executor(self._reader, self._run_read, fn, args)
+
+    def _run_read(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """On the reader thread: `fn(conn, *args)`, a storage fault as a JournalError."""
+        try:
+            return fn(self._reader_conn(), *args)
+        except sqlite3.Error as exc:
+            error = self._failure(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     # ---------------------------------------------------------------- the contract
 
@@ -194,6 +253,7 @@ class SqliteJournal(GroupCommitWriter):
         *,
         deadline: float | None = None,
     ) -> SubmitResult:
+        self._refuse_if_low()
         prepared = prepare_insert(tenant, messages, deadline)
         result: SubmitResult | None = await self._write(
             op_insert, tenant, prepared, idempotency_key, digest
@@ -212,6 +272,7 @@ class SqliteJournal(GroupCommitWriter):
 
     async def save_state(self, name: str, data: bytes) -> None:
         """Keep a component's state (the SMTP client memory, the greylist) across restarts."""
+        self._refuse_if_low()
         await self._write(op_save_state, name, data, now_ms())
 
     async def load_state(self, name: str) -> bytes | None:
@@ -292,6 +353,14 @@ class SqliteJournal(GroupCommitWriter):
             return 0
         finals: int = await self._write(op_apply_receipts, channel, receipts)
         return finals
+
+    async def expire_receipts(
+        self, channel: str, sent_before: int, now: int, detail: str, limit: int = 10_000
+    ) -> int:
+        expired: int = await self._write(
+            op_expire_receipts, channel, sent_before, now, detail, limit
+        )
+        return expired
 
     async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]:
         jobs: list[CallbackJob] = await self._write(op_claim_callbacks, limit, now, lease_ms)

@@ -182,3 +182,46 @@ def apply_receipt(
     )
     add_callback(conn, final, state, now, receipt.provider_id, detail)
     return 1
+
+
+def op_expire_receipts(
+    conn: sqlite3.Connection,
+    tx: Transaction,
+    channel: str,
+    sent_before: int,
+    now: int,
+    detail: str,
+    limit: int,
+) -> int:
+    """SENT messages of `channel` whose receipts were still awaited at `sent_before` become
+    EXPIRED with `detail` (a receipt that comes later finds nothing left to settle); returns
+    how many, at most `limit`.
+
+    The scan starts from `provider_parts`, which holds only the parts whose receipts are
+    awaited: a few seconds' worth of traffic on a link whose receipts come, plus the ones
+    this deadline exists for."""
+    found = conn.execute(
+        "SELECT DISTINCT p.message_id FROM provider_parts p JOIN messages m ON m.id = p.message_id "
+        "WHERE p.channel = ?1 AND m.state = 3 AND m.updated_at < ?2 LIMIT ?3",
+        (channel, sent_before, limit),
+    ).fetchall()
+    done = 0
+    for (mid,) in found:
+        row = conn.execute(
+            "UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND state = 3 "
+            "RETURNING tenant, channel, recipient, attempts, callback_url, metadata, provider_id",
+            (int(State.EXPIRED), now, mid),
+        ).fetchone()
+        conn.execute("DELETE FROM provider_parts WHERE message_id = ?", (mid,))
+        if row is None:
+            continue
+        *columns, provider_id = row
+        final: CallbackRow[bytes] = CallbackRow(mid, *columns)
+        conn.execute(
+            "INSERT INTO events (message_id, at, state, channel, attempt, provider_id, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (mid, now, int(State.EXPIRED), channel, final.attempts, provider_id, detail),
+        )
+        add_callback(conn, final, State.EXPIRED, now, provider_id, detail)
+        done += 1
+    return done

@@ -105,9 +105,22 @@ CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due_at);
 """
 
 
-def connect(path: Path, synchronous: str, cache_kib: int = WRITER_CACHE_KIB) -> sqlite3.Connection:
+def connect(
+    path: Path,
+    synchronous: str,
+    cache_kib: int = WRITER_CACHE_KIB,
+    *,
+    wal_limit_bytes: int | None = None,
+) -> sqlite3.Connection:
+    """A connection in WAL mode; the writer's passes `wal_limit_bytes`, the size the WAL is
+    cut back to when SQLite starts it over (the writer's checkpoints keep it near that)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # No memory map of the database file: a page read through a map from a file the disk
+    # could not extend is SIGBUS, where read() is an error the journal reports (health.py).
+    conn.execute("PRAGMA mmap_size=0")
     conn.execute("PRAGMA journal_mode=WAL")
+    if wal_limit_bytes is not None:
+        conn.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute(f"PRAGMA cache_size=-{cache_kib}")

@@ -6,6 +6,16 @@ transaction, commits once and only then resolves the futures, on the event loop.
 is a function `op(conn, tx, *args)` run on the writer thread; `tx` is the group's
 `Transaction`, whose count changes reach `pending()` only if the group commits.
 
+Between groups the writer keeps the WAL bounded: under sustained ingest the checkpoint thread's
+PASSIVE checkpoints copy pages but never catch the WAL's end (a commit always lands between
+its last copy and the next group), so SQLite never starts the WAL over and it grows until
+SQLite's own safety checkpoint (270 MB beside a 188 MB database after 20 s of ingest,
+bench/journal_wal.py). Past `wal_limit_bytes` the writer, the only one who can stop new
+frames, checkpoints with TRUNCATE and the WAL starts from zero (19.6 MB at most, same rate).
+
+A storage fault met by an operation (a damaged page, a full disk, an I/O error) fails that
+operation with a `JournalError` (health.py) and is remembered for `fault()`; the writer goes on.
+
 Examples:
     class SqliteJournal(GroupCommitWriter):
         async def renew_leases(self, owner: int, until: int, ids: Collection[int]) -> int:
@@ -15,7 +25,10 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -25,8 +38,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from sluice.journal.base import JournalError
+from sluice.journal.base import JournalDamaged, JournalError
 from sluice.journal.recipient_index import RecipientIndex
+from sluice.journal.sqlite.health import (
+    FreeSpace,
+    ShmRoom,
+    check_integrity,
+    is_full,
+    storage_error,
+)
 from sluice.journal.sqlite.schema import connect, install
 
 log = logging.getLogger("sluice.journal")
@@ -74,8 +94,20 @@ class GroupCommitWriter:
         max_ops: int,
         relax_outcomes: bool,
         relaxed_ops: frozenset[Op],
+        wal_limit_bytes: int,
+        check_at_start: bool,
+        free_space: FreeSpace,
+        reserve_bytes: int,
+        ingest_ops: frozenset[Op],
     ) -> None:
         self._path = path
+        self._wal_path = Path(f"{path}-wal")
+        self._wal_limit = wal_limit_bytes
+        self._check_at_start = check_at_start
+        self._shm = ShmRoom(path)
+        self._free_space = free_space
+        self._reserve = reserve_bytes
+        self._ingest_ops = ingest_ops
         self._synchronous = synchronous
         self._current_sync = synchronous
         self._relax_outcomes = relax_outcomes
@@ -97,6 +129,13 @@ class GroupCommitWriter:
         #: Seconds the writer spent in transactions, and the queue wait of committed operations.
         self.busy_seconds = 0.0
         self.largest_group = 0
+        #: WAL checkpoints the writer ran past the limit, and those readers kept from finishing.
+        self.wal_truncations = 0
+        self.wal_truncations_busy = 0
+        #: Why the journal cannot serve: its file is damaged (for good), its disk is full.
+        self._damage: str | None = None
+        self._space_fault: str | None = None
+        self._commits_failing = False
 
     def _reset_writer(self) -> None:
         """Forget the counts of a previous open (the recovery at open counts them again)."""
@@ -105,6 +144,8 @@ class GroupCommitWriter:
         self._closing = False
         self._ready.clear()
         self._open_error = None
+        self._damage = None
+        self._space_fault = None
 
     async def _start_writer(self) -> BaseException | None:
         """Start the writer thread; return why it could not open the journal, if it could not."""
@@ -132,13 +173,25 @@ class GroupCommitWriter:
         self._queue.put((op, args, future))
         return await future
 
-    def _write_loop(self) -> None:
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = connect(self._path, self._synchronous, wal_limit_bytes=self._wal_limit)
         try:
-            conn = connect(self._path, self._synchronous)
+            if self._check_at_start:
+                check_integrity(conn, self._path)
             install(conn)
             self._index.load(conn)
+            self._shm = ShmRoom(self._path)  # SQLite truncated it: this is its first connection
+            self._shm.cover(self._wal_limit)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _write_loop(self) -> None:
+        try:
+            conn = self._open_writer()
         except BaseException as exc:
-            self._open_error = exc
+            self._open_error = storage_error(exc, self._path) or exc
             self._ready.set()
             return
         self._ready.set()
@@ -158,6 +211,8 @@ class GroupCommitWriter:
                     stop = True
                     break
                 group.append(nxt)
+            if any(item[0] in self._ingest_ops for item in group):
+                group = self._refuse_ingest(group)
             if self._relax_outcomes:
                 # Claims and outcomes commit on their own, before the producers' fsync: the
                 # delivery path never waits for a batch of new messages to reach the disk.
@@ -165,8 +220,84 @@ class GroupCommitWriter:
                 if relaxed and len(relaxed) < len(group):
                     self._run_group(conn, relaxed)
                     group = [item for item in group if item[0] not in relaxed_ops]
-            self._run_group(conn, group)
+            if group:
+                self._run_group(conn, group)
+            self._bound_wal(conn)
         conn.close()
+
+    def _probe_space(self) -> None:
+        """Set or clear the free-space fault from one probe of the disk."""
+        try:
+            free = self._free_space(self._path.parent)
+        except OSError as exc:
+            log.warning("journal: free space beside %s unknown: %s", self._path, exc)
+            return
+        if free < self._reserve:
+            if self._space_fault is None:
+                log.error("journal: %s", self._low_space(free))
+            self._space_fault = self._low_space(free)
+        elif free > 0 and self._space_fault is not None:
+            log.warning("journal: %d bytes free beside %s; taking messages again", free, self._path)
+            self._space_fault = None
+
+    def _low_space(self, free: int) -> str:
+        return (
+            f"the disk holding journal {self._path} is almost full: {free} bytes free, below "
+            f"journal.free_space_reserve_bytes ({self._reserve}); new messages are refused "
+            "until space is freed"
+        )
+
+    def _refuse_ingest(self, group: list[Queued]) -> list[Queued]:
+        """Probe the disk before a group that brings new data; while it is below the reserve,
+        refuse that data (the rest of the group runs): the probe interval of the checkpoint
+        thread alone lets a burst fill a small disk before it looks."""
+        self._probe_space()
+        fault = self._space_fault
+        if fault is None:
+            return group
+        refused: list[Reply] = [
+            (future, None, JournalError(fault)) for op, _, future in group if op in self._ingest_ops
+        ]
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, refused)
+        return [item for item in group if item[0] not in self._ingest_ops]
+
+    def _bound_wal(self, conn: sqlite3.Connection) -> None:
+        """Past `wal_limit_bytes`, copy the WAL into the database and truncate it (see the
+        module); keep the WAL index allocated for what the WAL holds (health.ShmRoom)."""
+        try:
+            size = os.stat(self._wal_path).st_size
+            self._shm.cover(size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._space_fault = f"journal {self._path}: no room for the WAL index ({exc})"
+            return
+        if size <= self._wal_limit:
+            return
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            self._failure(exc)
+            return
+        if busy:
+            self.wal_truncations_busy += 1  # a reader or the checkpoint thread: next group
+        else:
+            self.wal_truncations += 1
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What an operation's caller hears of `exc`: a JournalError for a storage fault
+        (remembered for `fault()`, logged once in one line), `exc` itself otherwise."""
+        error = storage_error(exc, self._path)
+        if error is None:
+            return exc
+        error.__cause__ = exc
+        if isinstance(error, JournalDamaged):
+            if self._damage is None:
+                log.error("%s", error)
+            self._damage = str(error)
+        elif is_full(error):
+            self._space_fault = str(error)
+        return error
 
     def _run_group(self, conn: sqlite3.Connection, group: list[Queued]) -> None:
         tx = Transaction(self._shared)
@@ -190,22 +321,34 @@ class GroupCommitWriter:
                 for op, args, future in group:
                     results.append((future, op(conn, tx, *args), None))
             except Exception as exc:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite rolls back by itself after some faults
+                    conn.execute("ROLLBACK")
                 tx = Transaction(self._shared)
                 if len(group) == 1:
-                    results = [(group[0][2], None, exc)]
+                    results = [(group[0][2], None, self._failure(exc))]
                 else:
                     results = [self._run_alone(conn, tx, item) for item in group]
                 conn.execute("BEGIN IMMEDIATE")
             run = self._index.write_run(conn, tx.index_pairs) if tx.index_pairs else None
             conn.execute("COMMIT")
         except Exception as exc:
-            log.exception("journal commit failed")
+            failed = self._failure(exc)
+            if isinstance(failed, JournalError):
+                if not self._commits_failing:  # once per run of failures, in one line
+                    log.error("journal commit failed: %s", failed)
+                self._commits_failing = True
+                error = failed
+            else:
+                log.exception("journal commit failed")
+                error = JournalError(f"journal commit failed: {exc}")
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            error = JournalError(f"journal commit failed: {exc}")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             results = [(future, None, error) for _, _, future in group]
         else:
+            if self._commits_failing:
+                log.warning("journal %s commits again", self._path)
+                self._commits_failing = False
             if tx.deltas:
                 self._pending.update(tx.deltas)
                 # Readers on the event loop get a fresh dict, never one being changed.
@@ -231,8 +374,9 @@ class GroupCommitWriter:
             run = self._index.write_run(conn, alone.index_pairs) if alone.index_pairs else None
             conn.execute("COMMIT")
         except Exception as exc:
-            conn.execute("ROLLBACK")
-            return future, None, exc
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return future, None, self._failure(exc)
         if run is not None:
             self._index.committed(run)
         tx.deltas.update(alone.deltas)
@@ -242,9 +386,13 @@ class GroupCommitWriter:
         try:
             while (merge := self._index.due()) is not None:
                 self._index.merge(conn, merge)
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             # The runs stay as they were; lookups stay correct, only slower. Next group retries.
-            log.exception("merging recipient index runs failed")
+            failed = self._failure(exc)
+            if failed is exc:
+                log.exception("merging recipient index runs failed")
+            elif not self._commits_failing:
+                log.warning("merging recipient index runs failed: %s", failed)
 
 
 def _resolve(results: list[Reply]) -> None:

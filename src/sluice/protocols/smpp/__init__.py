@@ -52,6 +52,7 @@ from sluice.protocols.smpp.constants import (
     Tag,
     Ton,
     describe,
+    is_known_status,
     is_permanent,
     is_transient,
 )
@@ -240,6 +241,7 @@ __all__ = [
     "describe",
     "encode",
     "encode_many",
+    "is_known_status",
     "is_permanent",
     "is_request",
     "is_response",

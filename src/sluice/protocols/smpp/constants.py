@@ -216,6 +216,11 @@ def is_permanent(status: int) -> bool:
     )
 
 
+def is_known_status(status: int) -> bool:
+    """True for a command_status SMPP v3.4 defines (vendor-specific ones are not)."""
+    return status in _DESCRIPTIONS
+
+
 def is_transient(status: int) -> bool:
     """True when the same PDU may succeed later (unknown statuses included, see above)."""
     return status != CommandStatus.ESME_ROK and not is_permanent(status)

@@ -22,6 +22,16 @@ ESME_RINVCMDID for a command this role never receives). A response we did not as
 cannot be resynchronised, so the event carries a generic_nack to write before closing, and the
 session is CLOSED. Sending a PDU the table forbids raises ``LocalProtocolError``: that is our bug.
 
+One read may carry several PDUs, and their events are judged before the owner has answered any
+of them, so two rules keep every one of them answerable, in order:
+
+- the requests that came in the same read as a ``Fatal`` may still be answered after it (the
+  session is CLOSED for everything else): an ESME that pipelines a bind and a broken header
+  hears its bind_resp, then the generic_nack;
+- a bind that arrives while an earlier bind is still unanswered is refused ESME_RBINDFAIL (an
+  ESME waits for its bind_resp, SMPP v3.4 section 2.2): answering both as bound would send a
+  bind_resp the table forbids.
+
 Examples:
     >>> from sluice.protocols.smpp.pdu import BindTransmitter, SubmitSm, encode, response_for
     >>> esme, smsc = SmppSession(Role.ESME), SmppSession(Role.SMSC)
@@ -207,7 +217,8 @@ class ProtocolViolation(Event, frozen=True):
     """A response we did not expect, or one that does not decode; nothing is answered.
 
     A transport still holding a request with this ``sequence_number`` in its window should
-    release it as failed.
+    release it as failed, unless ``command_status`` (the header's, which a response that does
+    not decode still carries) says the request was accepted.
     """
 
     pdu: Pdu | None
@@ -215,6 +226,7 @@ class ProtocolViolation(Event, frozen=True):
     status: int
     command_id: int
     sequence_number: int
+    command_status: int = 0
 
 
 class Fatal(Event, frozen=True):
@@ -235,8 +247,10 @@ class SmppSession:
     """
 
     __slots__ = (
+        "_bind_pending",
         "_may_receive",
         "_may_send",
+        "_owed",
         "_parser",
         "_receive_table",
         "_role",
@@ -261,6 +275,10 @@ class SmppSession:
         self._seq = first_sequence - 1
         self._send_table = MAY_SEND[role]
         self._receive_table = MAY_RECEIVE[role]
+        #: A bind was received and its bind_resp is not sent yet.
+        self._bind_pending = False
+        #: (command_id, sequence_number) of requests that came in with a Fatal, still to answer.
+        self._owed: set[tuple[int, int]] = set()
         self._set_state(_S.OPEN)
 
     def _set_state(self, state: SessionState) -> None:
@@ -315,6 +333,8 @@ class SmppSession:
         """
         command_id = pdu.command_id
         if command_id not in self._may_send:
+            if self._owed and self._settles_owed(pdu):
+                return encode(pdu)
             raise LocalProtocolError(
                 f"{self._role.name} may not send {_command_name(command_id)} "
                 f"in state {self._state.name}"
@@ -325,7 +345,17 @@ class SmppSession:
             data = encode(pdu)
         if command_id in _CHANGES_STATE:
             self._transition(command_id, pdu.command_status)
+            if command_id in _ONLY_ON_SUCCESS:
+                self._bind_pending = False
         return data
+
+    def _settles_owed(self, pdu: Pdu) -> bool:
+        """Whether ``pdu`` answers a request that came in with the Fatal (and may go out)."""
+        key = (pdu.command_id & ~RESPONSE_BIT, pdu.sequence_number)
+        if not pdu.command_id & RESPONSE_BIT or key not in self._owed:
+            return False
+        self._owed.discard(key)
+        return True
 
     def send_all(self, pdus: Iterable[Pdu]) -> bytes:
         """``send`` for several PDUs, joined for one write."""
@@ -349,6 +379,11 @@ class SmppSession:
         frames, error = self._parser.frames(data)
         events: list[Event] = [self._receive_frame(frame) for frame in frames]
         if error is not None:
+            self._owed = {
+                (event.pdu.command_id, event.pdu.sequence_number)
+                for event in events
+                if type(event) is PduReceived and not event.pdu.command_id & RESPONSE_BIT
+            }
             nack = GenericNack(error.sequence_number or 0, error.status)
             events.append(Fatal(error.status, error.message, encode(nack)))
             self._set_state(_S.CLOSED)
@@ -358,10 +393,18 @@ class SmppSession:
         try:
             pdu = decode(frame)
         except SmppProtocolError as exc:
-            return self._undecodable(exc)
+            return self._undecodable(exc, frame)
         command_id = pdu.command_id
         if command_id in self._may_receive:
-            if command_id in _CHANGES_STATE:
+            if command_id in _BINDS:
+                if self._bind_pending:
+                    return self._refuse(
+                        pdu,
+                        CommandStatus.ESME_RBINDFAIL,
+                        f"{_command_name(command_id)} while an earlier bind is unanswered",
+                    )
+                self._bind_pending = True
+            elif command_id in _CHANGES_STATE:
                 self._transition(command_id, pdu.command_status)
             return PduReceived(pdu)
         name = _command_name(command_id)
@@ -373,6 +416,7 @@ class SmppSession:
                 CommandStatus.ESME_RINVBNDSTS,
                 command_id,
                 pdu.sequence_number,
+                pdu.command_status,
             )
         if command_id not in _EVER_RECEIVED[self._role]:
             status = CommandStatus.ESME_RINVCMDID
@@ -383,15 +427,20 @@ class SmppSession:
         else:
             status = CommandStatus.ESME_RINVBNDSTS
             reason = f"{name} is not allowed in state {self._state.name}"
+        return self._refuse(pdu, status, reason)
+
+    def _refuse(self, pdu: Pdu, status: int, reason: str) -> Rejected:
+        command_id = pdu.command_id
         reply = encode(reply_for(command_id, pdu.sequence_number, status))
         return Rejected(pdu, reply, reason, status, command_id, pdu.sequence_number)
 
-    def _undecodable(self, exc: SmppProtocolError) -> Event:
+    def _undecodable(self, exc: SmppProtocolError, frame: bytes) -> Event:
         command_id = exc.command_id or 0
         seq = exc.sequence_number or 0
         if command_id & RESPONSE_BIT:
             # Never answer a response: a generic_nack to a generic_nack could ping-pong forever.
-            return ProtocolViolation(None, exc.message, exc.status, command_id, seq)
+            header_status = int.from_bytes(frame[8:12], "big")
+            return ProtocolViolation(None, exc.message, exc.status, command_id, seq, header_status)
         reply = encode(reply_for(command_id, seq, exc.status))
         return Rejected(None, reply, exc.message, exc.status, command_id, seq)
 

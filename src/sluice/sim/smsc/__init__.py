@@ -5,11 +5,16 @@ delivery receipts and mobile-originated (MO) messages back. This simulator is th
 demo, the integration tests and the benchmarks (``sluice sim smsc``): a real TCP server built
 on the sans-IO `SmppSession` (asyncio Protocol API, one write per batch of answers) that
 answers like a loaded operator link would, slow, throttling, flaky or strict, and that counts
-and records what it got so a test can check at-least-once delivery.
+and records what it got so a test can check at-least-once delivery. Its defaults are a real
+SMSC's: an unbound connection is closed after 30 s, a silent bind is sent enquire_link, a
+refused bind closes the connection, bad time fields, SAR TLVs and sequence numbers are
+refused with their SMPP v3.4 status, and an SMPP v3.3 bind gets no TLV.
 
 Its parts, each with the rules it follows:
     `server`     the simulator: listening, binds per account, options, counts, the record
     `session`    one ESME connection: binds, enquire_link, unbind, refused requests, query_sm
+    `liveness`   the bind deadline, and enquire_link to silent binds
+    `checks`     what a request must get right: sequence number, time fields, SAR TLVs
     `policy`     how a submit_sm is answered: window, TPS, faults, latency
     `receipts`   each accepted message's fate and the deliver_sm receipts reporting it
     `mo`         MO messages sent on demand

@@ -22,6 +22,15 @@ _FLAGS = {
 _PLAIN_FIELDS = (
     "system_id",
     "max_binds_per_account",
+    "close_on_bind_failure",
+    "bind_timeout_ms",
+    "enquire_link_ms",
+    "enquire_link_timeout_ms",
+    "bind_tlvs_for_v33",
+    "check_sequence_numbers",
+    "sequence_status",
+    "check_time_fields",
+    "check_sar",
     "latency_ms",
     "latency_jitter_ms",
     "latency_distribution",
@@ -82,6 +91,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--system-id", default=d.system_id, help="system_id sent in bind responses")
     add("--max-binds-per-account", type=int, default=d.max_binds_per_account,
         help="binds per account above which a bind is refused ESME_RBINDFAIL; 0 = any")  # fmt: skip
+    add("--close-on-bind-failure", action=argparse.BooleanOptionalAction,
+        default=d.close_on_bind_failure,
+        help="close the connection after a refused bind (on; off: it may retry)")  # fmt: skip
+    add("--bind-timeout-ms", type=float, default=d.bind_timeout_ms,
+        help="close a connection still unbound this long after connect; 0 = never")  # fmt: skip
+    add("--enquire-link-ms", type=float, default=d.enquire_link_ms,
+        help="send enquire_link to a bind silent this long; 0 = never")  # fmt: skip
+    add("--enquire-link-timeout-ms", type=float, default=d.enquire_link_timeout_ms,
+        help="close the bind if that enquire_link is unanswered this long")  # fmt: skip
+    add("--bind-tlvs-for-v33", action="store_true",
+        help="send sc_interface_version in bind_resp to SMPP v3.3 binds too")  # fmt: skip
+    add("--check-sequence-numbers", action=argparse.BooleanOptionalAction,
+        default=d.check_sequence_numbers,
+        help="refuse requests numbered outside 1..0x7FFFFFFF with a generic_nack (on)")  # fmt: skip
+    add("--sequence-status", type=_command_status, default=d.sequence_status,
+        help="status of that generic_nack (ESME_RUNKNOWNERR)")  # fmt: skip
+    add("--check-time-fields", action=argparse.BooleanOptionalAction,
+        default=d.check_time_fields,
+        help="refuse bad schedule_delivery_time / validity_period (on)")  # fmt: skip
+    add("--check-sar", action=argparse.BooleanOptionalAction, default=d.check_sar,
+        help="refuse incomplete or inconsistent SAR TLVs (on)")  # fmt: skip
     add("--latency-ms", type=float, default=d.latency_ms, help="milliseconds before answering")
     add("--latency-jitter-ms", type=float, default=d.latency_jitter_ms,
         help="uniform: up to this much more; exponential: its mean")  # fmt: skip

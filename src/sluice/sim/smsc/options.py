@@ -33,6 +33,15 @@ RECEIPT_STATES = tuple(MESSAGE_STATES.values())
 #: Fault ratios drawn from one number per submit_sm, in this order (see the module docstring
 #: of `sluice.sim.smsc.policy`); together they may not exceed 1.
 FAULT_RATIOS = ("disconnect_ratio", "garbage_ratio", "error_ratio", "reject_ratio", "late_ratio")
+#: The options that are true or false.
+_SWITCHES = (
+    "close_on_bind_failure",
+    "bind_tlvs_for_v33",
+    "check_sequence_numbers",
+    "check_time_fields",
+    "check_sar",
+    "receipt_enroute",
+)
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -53,6 +62,11 @@ def _check_status(name: str, value: object) -> None:
             f"{name}: expected a non-zero command_status such as "
             f"0x{CommandStatus.ESME_RTHROTTLED:X} (ESME_RTHROTTLED), got {value!r}"
         )
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
 
 
 def _check_word(name: str, value: object, max_length: int, *, empty: bool = False) -> None:
@@ -91,6 +105,30 @@ class SmscOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     system_id: str = "sluicesim"
     #: Binds open at once per account above which a bind is refused ESME_RBINDFAIL; 0 = any.
     max_binds_per_account: int = 0
+    #: Close the connection once a refused bind's bind_resp is written, as real SMSCs do;
+    #: false keeps it open for another try.
+    close_on_bind_failure: bool = True
+    #: Milliseconds a connection may stay open without a successful bind before it is closed
+    #: (SMPP v5.0's session_init_timer); counted from the connect; 0 = never.
+    bind_timeout_ms: float = 30_000.0
+    #: Milliseconds a bind may go without sending anything before the SMSC sends it an
+    #: enquire_link; 0 = never.
+    enquire_link_ms: float = 30_000.0
+    #: Milliseconds the ESME has to answer that enquire_link before the bind is closed.
+    enquire_link_timeout_ms: float = 10_000.0
+    #: Send the sc_interface_version TLV in the bind_resp to an ESME binding with an
+    #: interface_version below 0x34 as well. SMPP v3.3 has no TLVs, so a real SMSC sends none.
+    bind_tlvs_for_v33: bool = False
+
+    #: Requests checked before they are answered, as `sluice.sim.smsc.checks` says:
+    #: sequence_number in 0x00000001..0x7FFFFFFF (else a generic_nack of ``sequence_status``),
+    #: the submit_sm time fields (ESME_RINVSCHED, ESME_RINVEXPIRY), the SAR TLVs
+    #: (ESME_RMISSINGOPTPARAM, ESME_RINVPARLEN, ESME_RINVOPTPARAMVAL).
+    check_sequence_numbers: bool = True
+    #: SMPP v3.4 has no status for a bad sequence_number; ESME_RUNKNOWNERR (0xFF) by default.
+    sequence_status: int = CommandStatus.ESME_RUNKNOWNERR
+    check_time_fields: bool = True
+    check_sar: bool = True
 
     #: Milliseconds before a submit_sm (or data_sm) is answered.
     latency_ms: float = 0.0
@@ -157,6 +195,15 @@ class SmscOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
         self._check_accounts()
         _check_word("system_id", self.system_id, MAX_SYSTEM_ID_LENGTH)
         _check_int("max_binds_per_account", self.max_binds_per_account, 0)
+        for name in ("bind_timeout_ms", "enquire_link_ms", "enquire_link_timeout_ms"):
+            check_number(name, getattr(self, name), 0.0)
+        if self.enquire_link_ms and not self.enquire_link_timeout_ms:
+            raise ValueError(
+                "enquire_link_timeout_ms: expected a number > 0 while enquire_link_ms is on, got 0"
+            )
+        _check_status("sequence_status", self.sequence_status)
+        for name in _SWITCHES:
+            _check_bool(name, getattr(self, name))
         for name in ("latency_ms", "latency_jitter_ms", "late_ms", "tps", "tps_burst"):
             check_number(name, getattr(self, name), 0.0)
         for name in ("receipt_delay_ms", "receipt_jitter_ms", "receipt_retry_ms"):
@@ -179,10 +226,6 @@ class SmscOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
         for number in self.destinations_rejected:
             _check_word("destinations_rejected", number, MAX_ADDRESS_LENGTH)
         self._check_receipt_states()
-        if not isinstance(self.receipt_enroute, bool):
-            raise ValueError(
-                f"receipt_enroute: expected true or false, got {self.receipt_enroute!r}"
-            )
         _check_int("receipt_retries", self.receipt_retries, 0)
         _check_int("max_pending_receipts", self.max_pending_receipts, 0)
         _check_int("deliver_window", self.deliver_window, 0)

@@ -2,6 +2,8 @@
 
 How a submit_sm (or data_sm) is answered, checked in this order:
 
+0. A field check failing (``check_time_fields``, ``check_sar``; see `sluice.sim.smsc.checks`):
+   its status at once.
 1. More than ``max_window`` of this bind's submit_sm unanswered (counting those that arrived
    in the same read and are about to be answered): ``window_status`` at once.
 2. ``tps`` > 0 and the bind's token bucket (``tps_burst`` tokens, 0 = max(1, tps / 10))
@@ -42,6 +44,7 @@ from sluice.protocols.smpp import (
     SubmitSmResp,
     encode,
 )
+from sluice.sim.smsc.checks import sar_status, time_fields_status
 from sluice.sim.smsc.options import FAULT_RATIOS, SmscOptions
 from sluice.sim.smsc.records import Accepted
 from sluice.sim.smsc.stats import Counts
@@ -97,6 +100,9 @@ class AnswerPolicy:
         self._timeline = timeline
 
     def apply(self, options: SmscOptions) -> None:
+        self._check_time_fields = options.check_time_fields
+        self._check_sar = options.check_sar
+        self._checks_on = options.check_time_fields or options.check_sar
         self._tps = options.tps
         self._tps_burst = options.tps_burst_tokens
         self._max_window = options.max_window
@@ -139,6 +145,18 @@ class AnswerPolicy:
         link.submits += 1
         seq = pdu.sequence_number
         resp_cls = _RESPONSES[type(pdu)]
+        # Most submit_sm have no TLVs and empty time fields: nothing to check, no call.
+        if (
+            self._checks_on
+            and (
+                pdu.tlvs
+                or (type(pdu) is SubmitSm and (pdu.schedule_delivery_time or pdu.validity_period))
+            )
+            and (invalid := self._invalid_status(pdu))
+        ):
+            counts.invalid_fields += 1
+            link.out.append(encode(resp_cls(seq, invalid)))
+            return 0
         if self._max_window and link.outstanding >= self._max_window:
             counts.throttled_window += 1
             link.out.append(encode(resp_cls(seq, self._window_status)))
@@ -203,6 +221,13 @@ class AnswerPolicy:
         if record is not None and pdu.registered_delivery & REG_DLV_SMSC_RECEIPT_MASK:
             self._schedule_receipts(record, now + delay, now)
         return 0
+
+    def _invalid_status(self, pdu: SubmitSm | DataSm) -> int:
+        if self._check_time_fields and type(pdu) is SubmitSm:
+            status = time_fields_status(pdu)
+            if status:
+                return status
+        return sar_status(pdu) if self._check_sar else 0
 
     def _draw_latency(self) -> float:
         if self._distribution == "uniform":

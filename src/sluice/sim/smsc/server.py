@@ -20,6 +20,7 @@ from aiohttp import web
 
 from sluice.protocols.smpp import (
     ESM_CLASS_UDHI,
+    SMPP_VERSION_34,
     BindReceiver,
     BindTransceiver,
     BindTransmitter,
@@ -36,6 +37,7 @@ from sluice.sim.arrivals import ArrivalCounts
 from sluice.sim.base import Simulator
 from sluice.sim.control import http_host, start_http
 from sluice.sim.smsc.control import smsc_routes
+from sluice.sim.smsc.liveness import Liveness
 from sluice.sim.smsc.mo import MoSent, mo_account, mo_parts
 from sluice.sim.smsc.options import MAX_ADDRESS_LENGTH, SmscOptions
 from sluice.sim.smsc.policy import AnswerPolicy
@@ -98,6 +100,7 @@ class SmscSimulator(Simulator):
         # Bound once: a connection calls these per PDU, as one attribute each.
         self._answer = self._policy.answer
         self._on_delivery_answer = self._receipts.on_answer
+        self._liveness = Liveness(self._counts, self._emit, self._flush, self._unregister)
         self._control = smsc_routes(self)
         self._apply(options if options is not None else SmscOptions(), None, reseed=True)
         self.reset()
@@ -112,6 +115,7 @@ class SmscSimulator(Simulator):
         self._loop = loop
         timeline = self._timeline = Timeline(loop, self._flush)
         self._policy.start(loop, timeline)
+        self._liveness.start(loop)
         self._receipts.start(timeline)
         self._rebuild_buckets()
         server = await loop.create_server(
@@ -138,6 +142,7 @@ class SmscSimulator(Simulator):
         """
         if self._timeline is not None:
             self._timeline.cancel()
+        self._liveness.close()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -248,6 +253,11 @@ class SmscSimulator(Simulator):
             garbage=counts.garbage,
             queries=counts.queries,
             protocol_errors=counts.protocol_errors,
+            invalid_fields=counts.invalid_fields,
+            bad_sequence_numbers=counts.bad_sequence_numbers,
+            bind_timeouts=counts.bind_timeouts,
+            enquire_links_sent=counts.enquire_links_sent,
+            enquire_link_timeouts=counts.enquire_link_timeouts,
             receipts_sent=counts.receipts_sent,
             receipts_acked=counts.receipts_acked,
             receipts_refused=counts.receipts_refused,
@@ -387,6 +397,7 @@ class SmscSimulator(Simulator):
         ):
             self._rebuild_buckets()
         self._receipts.apply(options)
+        self._liveness.apply(options)
         if self._dirty:
             self._flush()
 
@@ -403,9 +414,11 @@ class SmscSimulator(Simulator):
 
     def _on_connect(self, link: EsmeLink) -> None:
         self._links.add(link)
+        self._liveness.connected(link)
 
     def _on_lost(self, link: EsmeLink) -> None:
         self._links.discard(link)
+        self._liveness.lost(link)
         self._unregister(link)
         counts = self._counts
         if counts.max_outstanding < link.max_outstanding:
@@ -451,8 +464,13 @@ class SmscSimulator(Simulator):
         if status:
             self._counts.binds_refused += 1
             self._emit(link, link.session.send(response_for(pdu, status)))
+            if options.close_on_bind_failure:
+                link.closing = True  # closed once the answer is written
             return
-        resp = response_for(pdu, system_id=options.system_id, tlvs=(_SC_INTERFACE_VERSION,))
+        # SMPP v3.3 has no TLVs: an ESME binding as 3.3 gets a bind_resp without any.
+        v34 = pdu.interface_version >= SMPP_VERSION_34 or options.bind_tlvs_for_v33
+        tlvs = (_SC_INTERFACE_VERSION,) if v34 else ()
+        resp = response_for(pdu, system_id=options.system_id, tlvs=tlvs)
         self._emit(link, link.session.send(resp))
         if account is None:
             account = self._receipts.account(pdu.system_id)
@@ -466,6 +484,7 @@ class SmscSimulator(Simulator):
         if link.bind_type != "transmitter":
             account.receivers.append(link)
             self._receipts.dispatch(account)
+        self._liveness.bound(link)
         self._wake()
 
     def _unregister(self, link: EsmeLink) -> None:

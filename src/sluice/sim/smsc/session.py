@@ -2,8 +2,11 @@
 
 Binds: ``bind_transmitter``, ``bind_receiver`` and ``bind_transceiver`` against ``accounts``
 (system_id -> password): an unknown system_id is answered ESME_RINVSYSID, a wrong password
-ESME_RINVPASWD, a bind beyond ``max_binds_per_account`` ESME_RBINDFAIL; the connection stays
-open for another try. enquire_link is answered; unbind is answered and the connection closed.
+ESME_RINVPASWD, a bind beyond ``max_binds_per_account`` ESME_RBINDFAIL; the connection is
+then closed, or stays open for another try when ``close_on_bind_failure`` is off. A request
+whose sequence_number is out of range is refused (`sluice.sim.smsc.checks`); the bind
+deadline and the enquire_link sent to silent binds are `sluice.sim.smsc.liveness`'s.
+enquire_link is answered; unbind is answered and the connection closed.
 cancel_sm, replace_sm and submit_multi are refused (ESME_RCANCELFAIL, ESME_RREPLACEFAIL,
 ESME_RINVCMDID); anything the session table forbids is refused by the session itself.
 submit_sm and data_sm are answered as `sluice.sim.smsc.policy` says; query_sm as
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 from sluice.flow.rate import TokenBucket
 from sluice.protocols.smpp import (
+    MAX_SEQUENCE_NUMBER,
     BindReceiver,
     BindTransceiver,
     BindTransmitter,
@@ -27,6 +31,7 @@ from sluice.protocols.smpp import (
     DataSm,
     DeliverSmResp,
     EnquireLink,
+    EnquireLinkResp,
     Fatal,
     GenericNack,
     MessageState,
@@ -46,6 +51,7 @@ from sluice.protocols.smpp import (
     response_for,
 )
 from sluice.sim.arrivals import ArrivalCounts
+from sluice.sim.smsc.checks import refuse_bad_sequence
 from sluice.sim.smsc.receipts import NETWORK_ERRORS, STATE_CODES, Account, Delivery
 
 if TYPE_CHECKING:
@@ -75,6 +81,7 @@ class EsmeLink(asyncio.Protocol):
         "closing",
         "inflight",
         "is_open",
+        "last_read",
         "max_outstanding",
         "number",
         "out",
@@ -103,6 +110,8 @@ class EsmeLink(asyncio.Protocol):
         self.submits = 0
         self.inflight: dict[int, Delivery] = {}
         self.arrivals = ArrivalCounts(int(time.time()))
+        #: Loop time of the last read: what `Liveness` calls silence is measured from it.
+        self.last_read = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they implement its methods.
@@ -124,6 +133,7 @@ class EsmeLink(asyncio.Protocol):
         loop = sim._loop
         assert loop is not None
         now = loop.time()
+        self.last_read = now
         before = self.submits
         counts = sim._counts
         accepted = counts.accepted
@@ -132,6 +142,12 @@ class EsmeLink(asyncio.Protocol):
         for event in events:
             if type(event) is PduReceived:
                 pdu = event.pdu
+                if not 0 < pdu.sequence_number <= MAX_SEQUENCE_NUMBER and refuse_bad_sequence(
+                    self, pdu
+                ):
+                    if self.closing:
+                        break
+                    continue
                 # type() twice rather than once into a name: mypy narrows `pdu` only this way,
                 # and a submit_sm, the common PDU, still costs one call.
                 if type(pdu) is SubmitSm or type(pdu) is DataSm:
@@ -145,6 +161,8 @@ class EsmeLink(asyncio.Protocol):
                     sim._on_delivery_answer(self, pdu, now)
                 elif kind in BIND_TYPES:
                     sim._bind(self, pdu)
+                    if self.closing:
+                        break  # refused, and close_on_bind_failure: nothing more is read
                 elif kind is EnquireLink:
                     out.append(session.send(response_for(pdu)))
                 elif type(pdu) is QuerySm:
@@ -154,12 +172,14 @@ class EsmeLink(asyncio.Protocol):
                     sim._unregister(self)
                     self.closing = True
                     break
+                elif kind is EnquireLinkResp and sim._liveness.answered(self, pdu):
+                    pass  # the answer to our enquire_link on a silent bind
                 elif kind is UnbindResp:
                     pass  # the answer to our unbind while closing: the connection goes next
                 elif kind in _UNSUPPORTED:
                     counts.protocol_errors += 1
                     out.append(session.send(response_for(pdu, _UNSUPPORTED[kind])))
-                else:  # a response to nothing we sent (we never send enquire_link)
+                else:  # a response to nothing we sent
                     counts.protocol_errors += 1
             elif type(event) is Rejected:
                 counts.protocol_errors += 1

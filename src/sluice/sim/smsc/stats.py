@@ -21,12 +21,17 @@ class Counts:
 
     accepted: int = 0
     answer_delay_seconds: float = 0.0
+    bad_sequence_numbers: int = 0
+    bind_timeouts: int = 0
     binds_refused: int = 0
     binds_total: int = 0
     delayed_answers: int = 0
     disconnects: int = 0
+    enquire_link_timeouts: int = 0
+    enquire_links_sent: int = 0
     errors: int = 0
     garbage: int = 0
+    invalid_fields: int = 0
     late: int = 0
     max_outstanding: int = 0
     mo_acked: int = 0
@@ -98,6 +103,16 @@ class SmscStats(msgspec.Struct, kw_only=True, frozen=True):
     #: Requests refused as unsupported or not allowed in the bind state, responses nobody
     #: asked for, and broken frames.
     protocol_errors: int
+    #: submit_sm and data_sm refused by a field check (time fields, SAR TLVs), and requests
+    #: answered generic_nack for a sequence_number out of 1..0x7FFFFFFF
+    #: (`sluice.sim.smsc.checks`).
+    invalid_fields: int
+    bad_sequence_numbers: int
+    #: Connections closed for not binding within ``bind_timeout_ms``; enquire_link sent to
+    #: silent binds, and binds closed for leaving one unanswered.
+    bind_timeouts: int
+    enquire_links_sent: int
+    enquire_link_timeouts: int
     receipts_sent: int
     receipts_acked: int
     receipts_refused: int

@@ -5,9 +5,15 @@ carrying one PDU per round trip — and matches responses to requests by sequenc
 request has a deadline (`response_timeout_seconds`); a response that never comes frees its
 slot and fails its sender, a connection that goes quiet past an enquire_link is closed.
 
-Incoming deliver_sm (receipts and mobile-originated messages) are handed to the owner, whose
-answer becomes the deliver_sm_resp status, so a receipt is acknowledged only once it is
-committed.
+Incoming deliver_sm and data_sm (receipts and mobile-originated messages) are handed to the
+owner, whose answer becomes the response status, so a receipt is acknowledged only once it is
+committed. alert_notification has no response (SMPP v3.4 section 4.12); it is logged.
+
+A third-party SMSC gets things wrong, and the bind survives it: a PDU that cannot be understood
+is answered with an error and the session goes on; an unbind from the SMSC is answered once the
+responses still in flight have arrived (or `unbind_drain_seconds` passed), so they are not sent
+again. Each fault is counted (`SmppFaults`, shared by a channel's binds) and logged as a warning
+at most once per `fault_log_interval_seconds` per kind and bind, with how many were not logged.
 """
 
 from __future__ import annotations
@@ -25,23 +31,29 @@ from sluice.config import SmppConfig
 from sluice.flow.cap_finder import CapFinder
 from sluice.flow.rate import AdaptiveRate, TokenBucket
 from sluice.protocols.smpp import (
+    AlertNotification,
     BindTransceiver,
     BindTransmitter,
+    CommandId,
     CommandStatus,
+    DataSm,
     DeliverSm,
     EnquireLink,
     Fatal,
+    GenericNack,
     LocalProtocolError,
     Pdu,
     PduReceived,
     ProtocolViolation,
     Rejected,
     Role,
+    SmppProtocolError,
     SmppSession,
     SubmitSm,
     SubmitSmResp,
     Unbind,
     describe,
+    is_known_status,
     is_request,
     response_for,
 )
@@ -51,17 +63,72 @@ log = logging.getLogger("sluice.smpp")
 #: Seconds an unbind waits for its response while closing before the socket is dropped.
 UNBIND_WAIT_SECONDS = 1.0
 
-OnDeliver = Callable[[DeliverSm], Awaitable[int]]
-#: Take a deliver_sm without a task: call the reply function with the command status once it
+#: A deliver_sm or data_sm from the SMSC (a receipt or an MO message).
+Delivery = DeliverSm | DataSm
+OnDeliver = Callable[[Delivery], Awaitable[int]]
+#: Take a delivery without a task: call the reply function with the command status once it
 #: is handled (from the event loop), and return True; or return False to have `OnDeliver`
 #: handle it in a task.
-OnDeliverNow = Callable[[DeliverSm, Callable[[int], None]], bool]
+OnDeliverNow = Callable[[Delivery, Callable[[int], None]], bool]
 #: Starts a task in the owner's task group (the bind's connection outlives none of them).
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class BindError(Exception):
     """The SMSC refused the bind or the connection failed while binding."""
+
+
+class SmppFaults:
+    """What the SMSC got wrong, by kind, counted since start (shared by a channel's binds, so
+    the counts outlive reconnects). `counts()` is the snapshot to report."""
+
+    #: The kinds, in the order they are reported.
+    KINDS = (
+        "unknown_response",  # a response to no request in the window (a wrong sequence_number)
+        "bad_response",  # a response that does not decode or is not allowed in the state
+        "generic_nack",  # a request answered with generic_nack
+        "unknown_status",  # a command_status SMPP v3.4 does not define
+        "response_timeout",  # no response within response_timeout_seconds
+        "refused_request",  # a request the session refused (wrong state, undecodable)
+        "bad_request",  # a request that decoded but could not be understood (a bad TLV)
+        "no_message_id",  # an accepted submit_sm without a usable message_id
+        "fatal",  # a broken stream (a bad command_length): the connection is closed
+    )
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(self.KINDS, 0)
+
+    def add(self, kind: str) -> None:
+        self._counts[kind] += 1
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+class _FaultLog:
+    """Warnings about the SMSC's faults, at most one per kind per `interval` seconds."""
+
+    __slots__ = ("_clock", "_interval", "_last", "_name", "_unlogged")
+
+    def __init__(self, name: str, interval: float, clock: Callable[[], float]) -> None:
+        self._name = name
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str) -> None:
+        now = self._clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        unlogged = self._unlogged.pop(kind, 0)
+        more = f" ({unlogged} more {kind} not logged)" if unlogged else ""
+        log.warning("%s: %s%s", self._name, message, more)
 
 
 #: PDUs written while a read is handled (answers make room for new submit_sm) are gathered and
@@ -99,13 +166,19 @@ class SmppBind(asyncio.Protocol):
         spawn: Spawn,
         on_deliver_now: OnDeliverNow = lambda pdu, reply: False,
         clock: Callable[[], float] = time.monotonic,
+        faults: SmppFaults | None = None,
     ) -> None:
         self.name = name
         self._config = config
         self._on_deliver = on_deliver
         self._on_deliver_now = on_deliver_now
         self._spawn = spawn
-        self._session = SmppSession(Role.ESME)
+        self._session = SmppSession(Role.ESME, max_command_length=config.max_pdu_bytes)
+        self.faults = faults if faults is not None else SmppFaults()
+        self._fault_log = _FaultLog(name, config.fault_log_interval_seconds, clock)
+        #: The SMSC's unbind, held while the window drains (see `_drain_then_answer`).
+        self._unbind: Unbind | None = None
+        self._unbind_timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         #: PDUs written while a read is handled, sent together (see FLUSH_SHARE).
         self._outbox: list[bytes] = []
@@ -170,25 +243,66 @@ class SmppBind(asyncio.Protocol):
         self._flush_at = max(1, min(self._gather_max, len(events) // FLUSH_SHARE))
         for event in events:
             if isinstance(event, PduReceived):
-                self._dispatch(event.pdu)
+                try:
+                    self._dispatch(event.pdu)
+                except Exception as exc:  # one PDU we cannot understand must not end the link
+                    self._not_understood(event.pdu, exc)
             elif isinstance(event, Rejected):
-                log.warning("%s: refused %s from the SMSC: %s", self.name,
-                            type(event.pdu).__name__, event.reason)  # fmt: skip
+                self._fault("refused_request", f"refused a PDU from the SMSC: {event.reason}")
                 if event.reply:
                     self._write(event.reply)
             elif isinstance(event, ProtocolViolation):
-                log.warning("%s: bad response from the SMSC: %s", self.name, event.reason)
-                self._answer(event.sequence_number, LinkLost(f"{self.name}: {event.reason}"))
+                self._bad_response(event)
             elif isinstance(event, Fatal):
+                self.faults.add("fatal")
                 log.error("%s: protocol error from the SMSC, closing: %s", self.name, event.reason)
                 if event.reply:
                     self._write(event.reply)
                 self._abort()
 
+    def _fault(self, kind: str, message: str) -> None:
+        self.faults.add(kind)
+        self._fault_log.warn(kind, message)
+
+    def _not_understood(self, pdu: Pdu, exc: Exception) -> None:
+        """Answer a request whose handling failed with an error (a response is never
+        answered); the session goes on."""
+        if isinstance(exc, SmppProtocolError):
+            status, reason = exc.status, exc.message
+        else:
+            status, reason = CommandStatus.ESME_RSYSERR, f"{type(exc).__name__}: {exc}"
+        what = f"{type(pdu).__name__} (sequence_number {pdu.sequence_number})"
+        self._fault("bad_request", f"cannot handle {what} from the SMSC: {reason}")
+        if is_request(pdu) and not isinstance(pdu, AlertNotification):
+            self._reply(response_for(pdu, status))
+
+    def _bad_response(self, event: ProtocolViolation) -> None:
+        """A response that does not decode, or is not allowed now. A submit_sm_resp whose
+        header says ESME_ROK still means the message was accepted: sending it again would put
+        a duplicate on the handset, so it is answered as accepted, without a message_id."""
+        if (
+            event.command_id == CommandId.submit_sm_resp
+            and event.command_status == CommandStatus.ESME_ROK
+            and event.sequence_number in self._outstanding
+        ):
+            self._fault(
+                "no_message_id",
+                f"submit_sm_resp {event.sequence_number} accepted without a usable message_id "
+                f"({event.reason}); its receipt cannot be matched",
+            )
+            self._answer(event.sequence_number, SubmitSmResp(event.sequence_number, 0, ""))
+            return
+        self._fault("bad_response", f"bad response from the SMSC: {event.reason}")
+        self._answer(event.sequence_number, LinkLost(f"{self.name}: {event.reason}"))
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.bound = False
         self._transport = None
         self._outbox = []
+        self._unbind = None
+        if self._unbind_timer is not None:
+            self._unbind_timer.cancel()
+            self._unbind_timer = None
         error = LinkLost(f"{self.name}: connection lost" + (f": {exc}" if exc else ""))
         outstanding, self._outstanding = self._outstanding, {}
         for answer in outstanding.values():
@@ -349,8 +463,25 @@ class SmppBind(asyncio.Protocol):
         self._slot_freed.set()
         if isinstance(response, SubmitSmResp):
             self.submitted += 1
+        if isinstance(response, Pdu):
+            self._check_status(response)
         answer(response)
+        if self._unbind is not None and not self._outstanding:
+            self._answer_unbind()
         return True
+
+    def _check_status(self, response: Pdu) -> None:
+        status = response.command_status
+        if isinstance(response, GenericNack):
+            self._fault(
+                "generic_nack",
+                f"generic_nack to request {response.sequence_number}: {describe(status)}",
+            )
+        elif status and not is_known_status(status):
+            self._fault(
+                "unknown_status",
+                f"{type(response).__name__} {response.sequence_number}: {describe(status)}",
+            )
 
     def _expire(self) -> None:
         """Fail the requests whose deadline passed: one timer per bind, not one per request.
@@ -362,13 +493,9 @@ class SmppBind(asyncio.Protocol):
         while deadlines and deadlines[0][0] <= now:
             _, sequence = deadlines.popleft()
             if sequence in self._outstanding:
-                self._answer(
-                    sequence,
-                    ResponseTimeout(
-                        f"{self.name}: no response within "
-                        f"{self._config.response_timeout_seconds:g} s"
-                    ),
-                )
+                message = f"no response within {self._config.response_timeout_seconds:g} s"
+                self._fault("response_timeout", f"request {sequence}: {message}")
+                self._answer(sequence, ResponseTimeout(f"{self.name}: {message}"))
         if deadlines:
             self._sweeper = loop.call_at(deadlines[0][0], self._expire)
 
@@ -398,27 +525,59 @@ class SmppBind(asyncio.Protocol):
     def _dispatch(self, pdu: Pdu) -> None:
         if not is_request(pdu):
             if not self._answer(pdu.sequence_number, pdu):
-                log.debug("%s: response to an unknown request %d", self.name, pdu.sequence_number)
+                self._fault(
+                    "unknown_response",
+                    f"{type(pdu).__name__} {pdu.sequence_number} answers no request in the "
+                    f"window ({describe(pdu.command_status)})",
+                )
             return
-        if isinstance(pdu, DeliverSm):
+        if isinstance(pdu, DeliverSm | DataSm):
             if not self._on_deliver_now(pdu, functools.partial(self._answer_deliver, pdu)):
                 self._spawn(self._deliver(pdu))
         elif isinstance(pdu, Unbind):
-            self._reply(response_for(pdu, CommandStatus.ESME_ROK))
-            self.bound = False
-            self._abort()
+            self._on_unbind(pdu)
+        elif isinstance(pdu, AlertNotification):
+            # No response exists for it (SMPP v3.4 section 4.12): a generic_nack would be a fault.
+            log.info("%s: alert_notification: %s is available again", self.name, pdu.source_addr)
         else:  # enquire_link and anything else the session let through: answer it
             self._reply(response_for(pdu, CommandStatus.ESME_ROK))
 
-    async def _deliver(self, pdu: DeliverSm) -> None:
+    def _on_unbind(self, pdu: Unbind) -> None:
+        """The SMSC unbinds: submit no more, let the responses in flight arrive (the session
+        allows them while UNBOUND), then answer, within `unbind_drain_seconds`."""
+        self.bound = False
+        self._slot_freed.set()  # senders waiting for a slot learn that the bind is gone
+        if not self._outstanding:
+            self._reply(response_for(pdu, CommandStatus.ESME_ROK))
+            self._abort()
+            return
+        self._unbind = pdu
+        self._unbind_timer = asyncio.get_running_loop().call_later(
+            self._config.unbind_drain_seconds, self._answer_unbind
+        )
+
+    def _answer_unbind(self) -> None:
+        unbind, self._unbind = self._unbind, None
+        if self._unbind_timer is not None:
+            self._unbind_timer.cancel()
+            self._unbind_timer = None
+        if unbind is None:
+            return
+        self._reply(response_for(unbind, CommandStatus.ESME_ROK))
+        self._abort()
+
+    async def _deliver(self, pdu: Delivery) -> None:
         try:
             status = await self._on_deliver(pdu)
+        except SmppProtocolError as exc:  # the PDU cannot be understood: say so, for good
+            self._not_understood(pdu, exc)
+            return
         except Exception:
-            log.exception("%s: handling a deliver_sm failed", self.name)
+            log.exception("%s: handling a %s failed", self.name, type(pdu).__name__)
             status = CommandStatus.ESME_RX_T_APPN  # temporary: the SMSC will try again
         self._reply(response_for(pdu, status))
 
-    def _answer_deliver(self, pdu: DeliverSm, status: int) -> None:
+    def _answer_deliver(self, pdu: Delivery, status: int) -> None:
         self._reply(response_for(pdu, status))
 
     def _reply(self, response: Pdu) -> None:

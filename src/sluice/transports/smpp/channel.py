@@ -7,9 +7,15 @@ to outcomes: ESME_ROK → sent (the SMSC's message ids are kept for the receipts
 retried without counting the attempt; address and parameter errors → permanent; anything else,
 a timeout or a dropped link → transient.
 
-Each bind reconnects by itself with exponential backoff and jitter. Delivery receipts arriving
-on transceiver binds go to the journal (acknowledged once committed); mobile-originated
-messages are POSTed to `smpp.mo_webhook`.
+Each bind reconnects by itself with exponential backoff and jitter while binds fail; a bind
+that succeeded resets it to `reconnect_min_seconds`, the floor against bind storms (an SMSC
+that unbinds every 3 s costs 0.5 s per rebind, not a gap doubling to 30 s). Delivery receipts
+arriving on transceiver binds, as deliver_sm or data_sm, go to the journal (acknowledged once
+committed); mobile-originated messages are POSTed to `smpp.mo_webhook`. A message whose
+receipts have not all come `smpp.receipt_deadline_seconds` after it was sent is EXPIRED in the
+journal, saying so (swept every `smpp.receipt_sweep_seconds`). A submit_sm_resp that
+accepts a message without a usable message_id still means sent: the message is not sent again,
+and the attempt says that no receipt can be matched to it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -30,7 +36,7 @@ import msgspec
 from sluice.config import SmppConfig
 from sluice.flow.stage import Stage, StageClosed
 from sluice.journal.base import Receipt
-from sluice.model import IdGenerator, Message, Outcome, format_id
+from sluice.model import IdGenerator, Message, Outcome, format_id, now_ms
 from sluice.protocols.smpp import (
     CommandStatus,
     DeliverSm,
@@ -53,14 +59,38 @@ from sluice.protocols.smpp.receipt import merge, parse_receipt_text, receipt_fro
 from sluice.protocols.smpp.segmentation import Segment, TooLong, split
 from sluice.transports.base import OnReceipts, SendResult
 from sluice.transports.signing import MESSAGE_ID_HEADER
-from sluice.transports.smpp.bind import BindError, LinkLost, ResponseTimeout, SmppBind
+from sluice.transports.smpp.bind import (
+    BindError,
+    Delivery,
+    LinkLost,
+    ResponseTimeout,
+    SmppBind,
+    SmppFaults,
+)
 
 log = logging.getLogger("sluice.smpp")
 
 #: Receipts waiting for their commit before the binds stop reading more (backpressure).
 RECEIPT_QUEUE = 20_000
+#: Messages expired per journal call of the receipt sweep (one transaction each).
+RECEIPT_SWEEP_BATCH = 10_000
 _ACCEPTED = "1 segment accepted"
+_NO_MESSAGE_ID = "accepted without a message_id: no receipt can be matched to it"
 THROTTLING = frozenset({CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQFUL})
+
+
+class SmppStats(msgspec.Struct, frozen=True):
+    """What an SMPP channel tells of itself: binds up, receipts and MO messages taken, and the
+    SMSC's faults by kind since start (`SmppFaults.KINDS`)."""
+
+    binds: int
+    receipts: int
+    inbound: int
+    faults: dict[str, int]
+
+
+#: `Journal.expire_receipts`: (channel, sent_before, now, detail, limit) -> how many expired.
+ExpireReceipts = Callable[[str, int, int, str, int], Awaitable[int]]
 
 
 class InboundMessage(msgspec.Struct, omit_defaults=True):
@@ -81,10 +111,17 @@ class SmppTransport:
     #: Each bind finds and keeps its own rate under the SMSC's cap.
     paces_itself = True
 
-    def __init__(self, channel: str, config: SmppConfig, on_receipts: OnReceipts) -> None:
+    def __init__(
+        self,
+        channel: str,
+        config: SmppConfig,
+        on_receipts: OnReceipts,
+        expire_receipts: ExpireReceipts | None = None,
+    ) -> None:
         self._channel = channel
         self._config = config
         self._on_receipts = on_receipts
+        self._expire_receipts = expire_receipts
         self.binds: list[SmppBind] = []
         self._bind_up = asyncio.Event()
         self._closing = asyncio.Event()
@@ -103,6 +140,15 @@ class SmppTransport:
         )
         self.receipts = 0
         self.inbound = 0
+        self.faults = SmppFaults()
+
+    def stats(self) -> SmppStats:
+        return SmppStats(
+            binds=sum(1 for bind in self.binds if bind.bound),
+            receipts=self.receipts,
+            inbound=self.inbound,
+            faults=self.faults.counts(),
+        )
 
     # ------------------------------------------------------------------ life cycle
 
@@ -113,6 +159,8 @@ class SmppTransport:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             receipts = tg.create_task(self._receipts.run())
+            if self._expire_receipts is not None and self._config.receipts:
+                tg.create_task(self._sweep_receipts(self._expire_receipts))
             binds = [
                 tg.create_task(self._keep_bound(index, tg)) for index in range(self._config.binds)
             ]
@@ -132,8 +180,14 @@ class SmppTransport:
         name = f"{self._channel}#{index}"
         delay = self._config.reconnect_min_seconds
         while not self._closing.is_set():
-            bind = SmppBind(name, self._config, self._on_deliver, tg.create_task, self._receipt_now)
-            started = time.monotonic()
+            bind = SmppBind(
+                name,
+                self._config,
+                self._on_deliver,
+                tg.create_task,
+                self._receipt_now,
+                faults=self.faults,
+            )
             try:
                 await bind.open()
             except BindError as exc:
@@ -158,10 +212,38 @@ class SmppTransport:
                     await bind.close()
                     return
                 log.warning("%s: connection lost; reconnecting", name)
-                if time.monotonic() - started > self._config.reconnect_max_seconds:
-                    delay = self._config.reconnect_min_seconds  # it was up a good while
+                # The bind succeeded: the SMSC is there, only this link ended. Start the
+                # backoff again from its floor.
+                await self._pause(self._config.reconnect_min_seconds)
+                delay = self._config.reconnect_min_seconds
+                continue
             await self._pause(delay)
             delay = min(delay * 2, self._config.reconnect_max_seconds)
+
+    async def _sweep_receipts(self, expire: ExpireReceipts) -> None:
+        """Expire, every `receipt_sweep_seconds` until closed, the messages whose receipts
+        are overdue (several processes may sweep one journal: each takes its own rows)."""
+        config = self._config
+        deadline_ms = int(config.receipt_deadline_seconds * 1000)
+        detail = (
+            f"no delivery receipt within {config.receipt_deadline_seconds:g} s "
+            "(smpp.receipt_deadline_seconds)"
+        )
+        while not self._closing.is_set():
+            now = now_ms()
+            try:
+                while (
+                    await expire(self._channel, now - deadline_ms, now, detail, RECEIPT_SWEEP_BATCH)
+                    == RECEIPT_SWEEP_BATCH
+                ):
+                    pass
+            except Exception as exc:  # the journal retried already; so will we, next sweep
+                log.warning("%s: receipt deadline sweep failed: %s", self._channel, exc)
+            try:
+                async with asyncio.timeout(config.receipt_sweep_seconds):
+                    await self._closing.wait()
+            except TimeoutError:
+                pass
 
     async def _pause(self, seconds: float) -> None:
         jittered = seconds * self._rng.uniform(0.8, 1.2)
@@ -241,7 +323,7 @@ class SmppTransport:
     def _outcome(self, bind: SmppBind, responses: list[Pdu]) -> SendResult:
         """The message's outcome from the answers to its parts (submit_sm_resp, or a
         generic_nack from an SMSC that refused the PDU itself)."""
-        ids = []
+        ids: list[str] = []
         for response in responses:
             status = response.command_status
             if status == CommandStatus.ESME_ROK:
@@ -260,10 +342,15 @@ class SmppTransport:
                 return SendResult(Outcome.PERMANENT, detail=detail)
             return SendResult(Outcome.TRANSIENT, detail=detail)
         bind.on_accepted()
+        detail = _ACCEPTED if len(ids) == 1 else f"{len(ids)} segments accepted"
+        if not all(ids):  # the SMSC took it, but a receipt could never be matched
+            return SendResult(
+                Outcome.SENT, provider_id=ids[0] or None, detail=f"{detail}, {_NO_MESSAGE_ID}"
+            )
         return SendResult(
             Outcome.SENT,
             provider_id=ids[0],
-            detail=_ACCEPTED if len(ids) == 1 else f"{len(ids)} segments accepted",
+            detail=detail,
             parts=tuple(ids) if self._config.receipts else (),
         )
 
@@ -344,12 +431,12 @@ class SmppTransport:
 
     # ------------------------------------------------------------------ incoming
 
-    async def _on_deliver(self, pdu: DeliverSm) -> int:
+    async def _on_deliver(self, pdu: Delivery) -> int:
         if pdu.esm_class & ESM_CLASS_TYPE_MASK == ESM_CLASS_DELIVERY_RECEIPT:
             return await self._receipt(pdu)
         return await self._inbound(pdu)
 
-    def _receipt_now(self, pdu: DeliverSm, reply: Callable[[int], None]) -> bool:
+    def _receipt_now(self, pdu: Delivery, reply: Callable[[int], None]) -> bool:
         """The task-free path for receipts: parsed now, answered by `reply` once committed
         (in a batch). False for anything else, or when the receipt queue is full."""
         if pdu.esm_class & ESM_CLASS_TYPE_MASK != ESM_CLASS_DELIVERY_RECEIPT:
@@ -363,7 +450,7 @@ class SmppTransport:
         except StageClosed:
             return False  # shutting down: the task path answers "try again later"
 
-    async def _receipt(self, pdu: DeliverSm) -> int:
+    async def _receipt(self, pdu: Delivery) -> int:
         receipt = self._parse_receipt(pdu)
         if receipt is None:
             return CommandStatus.ESME_ROK
@@ -371,9 +458,13 @@ class SmppTransport:
         await self._receipts.put((receipt, answered.set_result))
         return await answered  # answered only once the receipt is committed
 
-    def _parse_receipt(self, pdu: DeliverSm) -> Receipt | None:
+    def _parse_receipt(self, pdu: Delivery) -> Receipt | None:
         """The final outcome a receipt reports, or None when there is nothing to record (not
-        final yet, or no id or state; logged)."""
+        final yet, or no id or state; logged).
+
+        Raises:
+            SmppProtocolError: a TLV of the receipt is malformed (the bind answers the error).
+        """
         from_tlvs = receipt_from_tlvs(
             tlv_cstring_value(pdu, Tag.receipted_message_id),
             tlv_u8_value(pdu, Tag.message_state),
@@ -381,11 +472,11 @@ class SmppTransport:
         )
         receipt = from_tlvs
         if from_tlvs is None or not from_tlvs.stat:  # the text is the only (or fuller) source
-            text = decode_short_message(pdu.short_message, 0)
+            text = decode_short_message(_payload(pdu), 0)
             receipt = merge(parse_receipt_text(text), from_tlvs)
         if receipt is None:
             log.warning("%s: a receipt without an id or state: %r", self._channel,
-                        pdu.short_message[:80])  # fmt: skip
+                        _payload(pdu)[:80])  # fmt: skip
             return None  # nothing to do with it; answered so that it does not come back
         self.receipts += 1
         if receipt.final is None:
@@ -404,11 +495,11 @@ class SmppTransport:
         for _, reply in batch:
             reply(status)
 
-    async def _inbound(self, pdu: DeliverSm) -> int:
+    async def _inbound(self, pdu: Delivery) -> int:
         if self._session is None or self._config.mo_webhook is None:
             log.warning("%s: mobile-originated message refused: no smpp.mo_webhook", self._channel)
             return CommandStatus.ESME_RX_R_APPN
-        data = pdu.short_message or (tlv_value(pdu, Tag.message_payload) or b"")
+        data = _payload(pdu)
         udh: bytes | None = None
         if pdu.esm_class & 0x40 and data:
             header_length = data[0] + 1
@@ -438,3 +529,10 @@ class SmppTransport:
             return CommandStatus.ESME_RX_T_APPN  # temporary: the SMSC will deliver it again
         self.inbound += 1
         return CommandStatus.ESME_ROK
+
+
+def _payload(pdu: Delivery) -> bytes:
+    """The text of a deliver_sm (short_message, else message_payload) or of a data_sm
+    (message_payload only)."""
+    short = pdu.short_message if isinstance(pdu, DeliverSm) else b""
+    return short or (tlv_value(pdu, Tag.message_payload) or b"")
