@@ -137,6 +137,9 @@ class JournalGateway:
     def ready(self) -> bool:
         return self.is_ready
 
+    def fault(self) -> str | None:
+        return self.journal.fault()
+
     def metrics(self) -> tuple[bytes, str]:
         return prometheus_client.generate_latest(
             self.registry

@@ -60,6 +60,9 @@ class FakeGateway:
     def ready(self) -> bool:
         return self.is_ready
 
+    def fault(self) -> str | None:
+        return None
+
     def backlog(self) -> int:
         return self.pending
 

@@ -128,7 +128,14 @@ async def test_a_disk_below_its_reserve_is_503_and_not_ready_until_space_returns
                 filler = disk / "filler"
                 fill(filler, leave=1 * MIB)
                 await eventually(lambda: not gw.gateway.ready(), what="the reserve noticed")
-                assert await readyz(gw) == 503
+                async with gw.client.get("/readyz") as resp:
+                    assert resp.status == 503
+                    error = (await resp.json())["error"]
+                # The balancer's probe says why, for whoever looks at it.
+                assert error["code"] == "not_ready"
+                assert "journal.free_space_reserve_bytes" in error["message"]
+                async with gw.client.get("/metrics") as resp:
+                    assert "sluice_journal_fault 1.0" in await resp.text()
                 assert await post_one(gw) == 503
                 filler.unlink()
                 await eventually(gw.gateway.ready, what="ready again")

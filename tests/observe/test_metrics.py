@@ -34,6 +34,15 @@ class Snapshot(Generic[S]):
         return self.value
 
 
+class FaultyJournal(Snapshot[JournalStats]):
+    """A journal's figures, and a fault the test sets."""
+
+    current: str | None = None
+
+    def fault(self) -> str | None:
+        return self.current
+
+
 def runner_stats(name: str, **latencies: LatencyHistogram) -> RunnerStats:
     return RunnerStats(
         name,
@@ -160,7 +169,8 @@ def test_journal_figures() -> None:
     journal = JournalStats(
         pending={"sms": 3, "web": 4}, commits=10, ops=25, busy_seconds=0.75, queue_depth=2
     )
-    metrics.watch_journal(Snapshot(journal), ["sms", "web", "email"])
+    observed = FaultyJournal(journal)
+    metrics.watch_journal(observed, ["sms", "web", "email"])
     text = render(metrics)
     for line in (
         'sluice_channel_pending{channel="sms"} 3.0',
@@ -170,8 +180,11 @@ def test_journal_figures() -> None:
         "sluice_journal_operations_total 25.0",
         "sluice_journal_busy_seconds_total 0.75",
         "sluice_journal_queue_depth 2.0",
+        "sluice_journal_fault 0.0",
     ):
         assert line in text, line
+    observed.current = "the disk is almost full"
+    assert "sluice_journal_fault 1.0" in render(metrics)
 
 
 def test_front_door_figures() -> None:

@@ -72,7 +72,13 @@ class Gateway(Protocol):
         ...
 
     def ready(self) -> bool:
-        """True once the journal is open and the channels run; False while shutting down."""
+        """True once the journal is open and the channels run; False while shutting down or
+        while the journal has a fault."""
+        ...
+
+    def fault(self) -> str | None:
+        """Why the journal cannot serve now (a damaged file, a disk below its reserve, a
+        server out of reach), or None."""
         ...
 
     def metrics(self) -> tuple[bytes, str]:

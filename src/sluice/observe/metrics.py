@@ -81,7 +81,7 @@ class GatewayMetrics:
     def watch_front_door(self, door: HasStats[FrontDoorStats]) -> None:
         self.registry.register(_FrontDoorCollector(door))
 
-    def watch_journal(self, journal: HasStats[JournalStats], channels: Iterable[str]) -> None:
+    def watch_journal(self, journal: ObservedJournal, channels: Iterable[str]) -> None:
         """The journal's figures: backlog, queue depth per channel, commits (every process)."""
         self.registry.register(_JournalCollector(journal, list(channels)))
 
@@ -271,8 +271,16 @@ class _FrontDoorCollector:
             )
 
 
+class ObservedJournal(Protocol):
+    """A journal's figures and whether it can serve now."""
+
+    def stats(self) -> JournalStats: ...
+
+    def fault(self) -> str | None: ...
+
+
 class _JournalCollector:
-    def __init__(self, journal: HasStats[JournalStats], channels: list[str]) -> None:
+    def __init__(self, journal: ObservedJournal, channels: list[str]) -> None:
         self._journal = journal
         self._channels = channels
 
@@ -306,6 +314,12 @@ class _JournalCollector:
             "sluice_journal_queue_depth",
             "Operations waiting for the journal writer.",
             value=stats.queue_depth,
+        )
+        yield GaugeMetricFamily(
+            "sluice_journal_fault",
+            "1 while the journal cannot serve (a damaged file, a disk below its reserve, "
+            "PostgreSQL out of reach; /readyz says which), else 0.",
+            value=0 if self._journal.fault() is None else 1,
         )
 
 

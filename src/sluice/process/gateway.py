@@ -174,6 +174,9 @@ class SluiceGateway:
         reserve, no server out of reach: `Journal.fault`)."""
         return self._ready and self.journal.fault() is None
 
+    def fault(self) -> str | None:
+        return self.journal.fault()
+
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.telemetry.registry), CONTENT_TYPE_LATEST
 

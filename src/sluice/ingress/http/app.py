@@ -229,9 +229,14 @@ class HttpApi:
             )
         except _ClientGone:
             return
-        except JournalError:
-            log.exception(
-                "journal failure on %s %s (request %s)", scope["method"], path, request_id.decode()
+        except JournalError as error:
+            # One line: during an outage (a full disk, PostgreSQL away) every request meets it.
+            log.warning(
+                "journal failure on %s %s (request %s): %s",
+                scope["method"],
+                path,
+                request_id.decode(),
+                error,
             )
             response = _Response(
                 503,

@@ -48,6 +48,8 @@ PRIORITY_HEADER = b"sluice-priority"
 #: Authorization headers remembered with their tenant (or None), so a refusal flood does not
 #: hash every key again; the memory is emptied when it reaches this size.
 MAX_REMEMBERED_KEYS = 4096
+#: Journal faults whose /readyz answer is kept (a fault's text may name a changing figure).
+MAX_REMEMBERED_FAULTS = 16
 
 #: A refused API key: the sentence and the challenge, in the gate's and the application's 401.
 UNAUTHORIZED_MESSAGE = (
@@ -187,6 +189,8 @@ class EdgeGate:
         self._rejections: dict[Rejection, FastAnswer] = {}
         self._counts: dict[str, int] = {}
         self._probes = 0
+        #: The /readyz answers naming a journal fault, by fault.
+        self._faults: dict[str, FastAnswer] = {}
         self._tenants: dict[bytes | None, str | None] = {}
         #: Paths under admission: exact ones, and the prefix of those with an id.
         self._paths = frozenset((b"/v1/messages", b"/v1/channels") if message_api else ())
@@ -215,7 +219,7 @@ class EdgeGate:
             return _HEALTHY
         if path == b"/readyz":
             self._probes += 1
-            return _READY if self.ready() else _NOT_READY
+            return _READY if self.ready() else self._not_ready()
         return None
 
     def ready(self) -> bool:
@@ -224,6 +228,20 @@ class EdgeGate:
             return False
         limit = self.limit
         return not (self._unready_while_shedding and limit is not None and limit.shedding())
+
+    def _not_ready(self) -> FastAnswer:
+        """503 saying why: the journal's fault when it has one."""
+        fault = self._gateway.fault()
+        if fault is None:
+            return _NOT_READY
+        answer = self._faults.get(fault)
+        if answer is None:
+            if len(self._faults) >= MAX_REMEMBERED_FAULTS:
+                self._faults.clear()
+            answer = self._faults[fault] = error_answer(
+                503, "not_ready", f"the journal cannot serve: {fault}"
+            )
+        return answer
 
     def release(self, ticket: Ticket) -> None:
         if self.limit is not None:

@@ -587,7 +587,12 @@ def _paths(config: Config) -> dict[str, Any]:
                 "security": public,
                 "responses": {
                     "200": {"description": "Ready.", "content": _json_content(_ref("Status"))},
-                    "503": _error_response("Starting or shutting down.", ["not_ready"]),
+                    "503": _error_response(
+                        "Starting or shutting down, or the journal cannot serve (the message "
+                        "says why: a damaged file, a disk below its reserve, PostgreSQL out of "
+                        "reach).",
+                        ["not_ready"],
+                    ),
                     **_common(),
                 },
             }
