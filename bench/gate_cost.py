@@ -23,6 +23,8 @@ from uvicorn.server import ServerState
 
 from sluice.config import Config, from_dict, hash_api_key
 from sluice.ingress.http.app import HttpApi
+from sluice.ingress.http.head_limits import HeadLimits
+from sluice.ingress.http.request_id import RequestIds
 from sluice.ingress.http.server import DateHeader, GatedProtocol
 
 KEY = "bench-key"
@@ -40,6 +42,9 @@ class _FullGateway:
 
     def ready(self) -> bool:
         return True
+
+    def fault(self) -> str | None:
+        return None
 
     def next_id(self) -> int:
         return 1
@@ -77,12 +82,19 @@ def _post(key: str) -> bytes:
     )  # fmt: skip
 
 
-def _protocol(app: HttpApi, transport: _CountingTransport) -> GatedProtocol:
+def _protocol(app: HttpApi, transport: _CountingTransport, config: Config) -> GatedProtocol:
     settings = uvicorn.Config(
         app, lifespan="off", http="httptools", interface="asgi3", proxy_headers=False
     )
     settings.load()
-    protocol = GatedProtocol(settings, ServerState(), app.gate, DateHeader())
+    protocol = GatedProtocol(
+        settings,
+        ServerState(),
+        app.gate,
+        DateHeader(),
+        limits=HeadLimits(config.server),
+        request_ids=RequestIds(),
+    )
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol
 
@@ -102,7 +114,7 @@ async def _measure(requests: int) -> None:
     }
     for name, data in cases.items():
         transport = _CountingTransport()
-        protocol = _protocol(app, transport)
+        protocol = _protocol(app, transport, config)
         for _ in range(1000):  # warm up
             protocol.data_received(data)
         started = time.perf_counter()

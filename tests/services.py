@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, NamedTuple, Self, TypedDict
@@ -221,6 +221,22 @@ class _Process:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 class _PrivateServer:
     """A server process of a test's own: a port, a directory, and start/stop/kill."""
 
@@ -274,6 +290,22 @@ class _PrivateServer:
     def kill(self) -> None:
         """SIGKILL the server, as in a crash; `start` brings it back on the same port."""
         self._process.kill()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server and its children stopped (SIGSTOP) for the block: a server that stops
+        answering and keeps its connections open, as behind a dead link or a hung host."""
+        popen = self._process.popen
+        assert popen is not None, "the server is not running"
+        pids = [popen.pid, *_children(popen.pid)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def close(self) -> None:
         """Kill the server if it runs and remove its directory; the object is done for."""

@@ -310,6 +310,24 @@ def test_the_health_port_and_the_smtp_port_must_differ_from_the_http_port() -> N
         )
 
 
+def test_the_admin_port_must_differ_from_the_others() -> None:
+    for other in ("listen", "health_listen"):
+        text = (
+            '[server]\nlisten = "127.0.0.1:8080"\nhealth_listen = "127.0.0.1:8081"\n'
+            f'admin_listen = "127.0.0.1:{8080 if other == "listen" else 8081}"'
+        )
+        assert config_error(text).startswith("server.admin_listen: '127.0.0.1:80")
+        assert f"is server.{other} too" in config_error(text)
+    with pytest.raises(ConfigError, match=r"smtp\.listen: '127\.0\.0\.1:9100' is already"):
+        from_dict(
+            {
+                "server": {"admin_listen": "127.0.0.1:9100"},
+                "tenants": {"acme": {"api_keys": [hash_api_key("k")]}},
+                "smtp": {"listen": "127.0.0.1:9100", "tenant": "acme"},
+            }
+        )
+
+
 def test_invalid_toml() -> None:
     message = config_error("[server\nlisten = 1")
     assert message.startswith("not valid TOML:")

@@ -540,12 +540,14 @@ def _check_server(server: ServerConfig) -> None:
         address = getattr(server, key)
         if address is None:
             continue
+        if not address.endswith(":0"):
+            for other, taken in addresses.items():
+                if address == taken:
+                    raise ConfigError(
+                        f"server.{key}: {address!r} is server.{other} too; "
+                        "give it a port of its own, or leave it unset"
+                    )
         addresses[key] = address
-        if address == server.listen and not server.listen.endswith(":0"):
-            raise ConfigError(
-                f"server.{key}: {address!r} is server.listen too; "
-                "give it a port of its own, or leave it unset"
-            )
     for key, address in addresses.items():
         host, sep, port = address.rpartition(":")
         valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
@@ -627,6 +629,7 @@ def _check_smtp(config: Config, smtp: SmtpConfig) -> None:
     if not smtp.listen.endswith(":0") and smtp.listen in (
         config.server.listen,
         config.server.health_listen,
+        config.server.admin_listen,
     ):
         raise ConfigError(f"smtp.listen: {smtp.listen!r} is already the HTTP server's address")
     for field in ("sms_channel", "email_channel"):

@@ -147,6 +147,12 @@ def id_time_ms(message_id: int) -> int:
     return (message_id >> (_NODE_BITS + _SEQ_BITS)) + EPOCH_MS
 
 
+def first_id_at(ms: int) -> int:
+    """The smallest id made at `ms` (ms since the Unix epoch): every id made before it is
+    smaller, so a time bound on creation is a range of ids."""
+    return max(0, ms - EPOCH_MS) << (_NODE_BITS + _SEQ_BITS)
+
+
 def id_node(message_id: int) -> int:
     """The node number of the process that made an id."""
     return (message_id >> _SEQ_BITS) & NODE_MAX

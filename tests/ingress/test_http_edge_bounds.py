@@ -332,3 +332,107 @@ def test_metrics_on_the_admin_port_only(tmp_path: Path) -> None:
             await task
 
     on_uvloop(scenario())
+
+
+def test_blank_lines_before_a_request_meet_the_header_deadline(tmp_path: Path) -> None:
+    """llhttp skips CRLFs before a request without a callback: a client sending them forever
+    was neither idle nor in a request, and never closed."""
+
+    async def scenario() -> None:
+        async with (
+            edge(tmp_path, header_timeout_seconds=0.3, keep_alive_seconds=0.3) as (address, _),
+            connected(address) as client,
+        ):
+            started = time.monotonic()
+            closed = False
+            while not closed and time.monotonic() - started < WAIT_SECONDS:
+                try:
+                    await client.send(b"\r\n")
+                except ConnectionError:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    closed = await asyncio.wait_for(client.closed_by_server(), 0.1)
+            assert closed or time.monotonic() - started < WAIT_SECONDS, "never closed"
+
+    on_uvloop(scenario())
+
+
+def test_a_metrics_token_with_any_bytes_is_refused_not_500(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = config_with(metrics_token="scrape-secret")
+        async with (
+            open_gateway(tmp_path, config) as gateway,
+            serving(HttpApi(gateway), config) as running,
+            connected(running.address) as client,
+        ):
+            await client.send(
+                b"GET /metrics HTTP/1.1\r\nhost: s\r\nauthorization: Bearer caf\xe9\r\n\r\n"
+            )
+            assert (await client.answer()).status == 401
+
+    on_uvloop(scenario())
+
+
+class _Transport:
+    """What the protocol writes, without a socket."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 8080) if name in ("peername", "sockname") else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_head_ending_where_a_read_is_cut_is_not_refused(tmp_path: Path) -> None:
+    """The head limit feeds a long read a head's room at a time: a request that began in an
+    earlier read and ends exactly where the slice does is no head too large."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from sluice.ingress.http.head_limits import HeadLimits
+    from sluice.ingress.http.request_id import RequestIds
+    from sluice.ingress.http.server import DateHeader, GatedProtocol
+
+    async def scenario() -> None:
+        config = config_with(max_request_line_bytes=64, max_header_bytes=256, max_headers=8)
+        limits = HeadLimits(config.server)
+        async with open_gateway(tmp_path, config) as gateway:
+            app = HttpApi(gateway)
+            settings = uvicorn.Config(app, lifespan="off", http="httptools", interface="asgi3")
+            settings.load()
+            protocol = GatedProtocol(
+                settings, ServerState(), app.gate, DateHeader(), limits=limits,
+                request_ids=RequestIds(),
+            )  # fmt: skip
+            transport = _Transport()
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            # A probe whose head takes every byte the limits allow: line and headers full.
+            line = b"GET /healthz?" + b"a" * 42 + b" HTTP/1.1\r\n"
+            assert len(line) == limits.max_line + 2
+            fields = [(b"host", b"sluice")] + [(b"x-%d" % i, b"") for i in range(7)]
+            spare = limits.max_headers_bytes - sum(len(n) + len(v) for n, v in fields)
+            fields[-1] = (fields[-1][0], b"v" * spare)
+            head = line + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+            assert len(head) == limits.head_bytes
+            protocol.data_received(head[:50])
+            protocol.data_received(head[50:] + b"GET /healthz HTTP/1.1\r\nhost: s\r\n\r\n")
+            assert transport.written.count(b"HTTP/1.1 200 OK") == 2, transport.written
+            assert not transport.closed
+
+    on_uvloop(scenario())

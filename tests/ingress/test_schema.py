@@ -254,6 +254,16 @@ def test_deep_nesting_is_refused_naming_the_limit(raw: bytes) -> None:
     assert "limits.max_json_depth" in error.message
 
 
+@pytest.mark.timeout(20)  # a hang guard: the backtracking scan took 29 s on this body
+def test_a_string_that_never_ends_is_scanned_in_linear_time() -> None:
+    """The depth scan takes strings out first; one that never closes, made of escaped
+    quotes, once sent the scan backtracking from every quote (80 KB: 29 s of the loop)."""
+    raw = b'{"messages": 1, "x": "' + b'\\"' * 40_000
+    assert json_depth(raw) == 1
+    error = refused(raw)
+    assert error.status in (400, 422)
+
+
 def test_nesting_within_the_limit_is_judged_on_its_fields() -> None:
     error = refused(b'{"channel": ' + b"[" * 30 + b"]" * 30 + b', "to": "+1", "body": "x"}')
     assert (error.code, error.field) == ("invalid_message", "channel")
@@ -264,11 +274,11 @@ def test_json_depth_ignores_brackets_in_strings() -> None:
     assert json_depth(b'"[[["') == 0
 
 
-@pytest.mark.parametrize("field", ["body", "to", "from"])
+@pytest.mark.parametrize("field", ["body", "to", "from", "callback_url"])
 def test_a_nul_character_is_refused_naming_its_field(field: str) -> None:
     """Both journals must treat it alike: PostgreSQL text cannot hold U+0000, so neither
     journal is given one."""
-    message = msg(**{field: "ab\0c"})
+    message = msg(**{field: "https://h.example/ab\0c" if field == "callback_url" else "ab\0c"})
     error = refused(message)
     assert (error.status, error.field) == (422, field)
     assert "NUL" in error.message

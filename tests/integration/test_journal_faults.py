@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,5 +173,38 @@ async def test_with_postgres_down_a_post_hears_503_within_its_wait_and_readyz_fo
             await eventually(lambda: not gw.gateway.ready(), what="unreachable noticed")
             assert await readyz(gw) == 503
             await asyncio.to_thread(private_postgres.start)
+            await eventually(gw.gateway.ready, within=60, what="ready again")
+            assert await post_one(gw) == 202
+
+
+async def test_with_postgres_not_answering_a_post_hears_503_within_its_wait(
+    private_postgres: PrivatePostgres,
+) -> None:
+    """A server that stops answering but keeps its connections (SIGSTOP): the statement under
+    way is given up at the edge's wait, not at the statement timeout (30 s), and a busy pool
+    is not mistaken for an unreachable server."""
+    journal = {
+        "backend": "postgres",
+        "url": private_postgres.url,
+        "schema": "sluice",
+        "reconnect_seconds": 120,
+        "ingress_wait_seconds": 1,
+    }
+    async with WebhookSink(SinkOptions()) as sink:
+        raw = gateway_config(journal, {"web": webhook_channel(f"{sink.url}/hook")})
+        async with running_gateway(raw) as gw:
+            assert await post_one(gw) == 202
+            with private_postgres.frozen():
+                started = time.monotonic()
+                timeout = aiohttp.ClientTimeout(total=25)
+                async with gw.client.post(
+                    "/v1/messages",
+                    json={"channel": "web", "to": "+1555", "body": "during"},
+                    headers=AUTH,
+                    timeout=timeout,
+                ) as resp:
+                    assert resp.status == 503
+                # Well before the statement timeout; generous for a loaded machine.
+                assert time.monotonic() - started < 15
             await eventually(gw.gateway.ready, within=60, what="ready again")
             assert await post_one(gw) == 202

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -244,6 +245,30 @@ async def test_the_wal_stays_bounded_under_sustained_ingest(tmp_path: Path) -> N
         await journal.close()
 
 
+async def test_truncating_the_wal_never_waits_for_a_reader(tmp_path: Path) -> None:
+    """A reader holding an old snapshot blocks the TRUNCATE checkpoint; the one writer must
+    not wait on it (the busy handler would hold every insert for up to 10 s): it tries again
+    after a later group."""
+    limit = 64 * 1024
+    path = tmp_path / "journal.db"
+    journal = SqliteJournal(path, synchronous="normal", wal_limit_bytes=limit)
+    await journal.open()
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        await journal.insert(TENANT, make(10))
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM messages").fetchone()  # holds its snapshot
+        for _ in range(20):  # well past the limit, each insert answered at once
+            await asyncio.wait_for(journal.insert(TENANT, make(200)), 5)
+        assert journal.wal_truncations_busy > 0
+        reader.execute("COMMIT")
+        await journal.insert(TENANT, make(200))  # the reader gone: truncated
+        assert journal.wal_truncations > 0
+    finally:
+        reader.close()
+        await journal.close()
+
+
 # ------------------------------------------------------------------ PostgreSQL out of reach
 
 
@@ -279,5 +304,33 @@ async def test_with_postgres_down_the_edges_fail_fast_while_delivery_keeps_tryin
         claimed = await asyncio.wait_for(claim, 60)
         assert sorted(m.id for m in claimed) == sorted(m.id for m in accepted)
         await until(lambda: journal.fault() is None)
+    finally:
+        await journal.close()
+
+
+@pytest.mark.integration
+async def test_a_busy_pool_is_not_taken_for_an_unreachable_server(
+    private_postgres: PrivatePostgres,
+) -> None:
+    """Every connection in use: an edge's call gives up at its wait (503), but the journal
+    is busy, not out of reach, so the process stays ready."""
+    journal = PostgresJournal(
+        private_postgres.url, schema="sluice", pool_size=2, ingress_wait_seconds=0.5
+    )
+    await journal.open()
+    try:
+        accepted = make(1)
+        await journal.insert(TENANT, accepted)
+        pool = journal._pool  # to hold every connection the pool has
+        assert pool is not None
+        held = [await pool.acquire() for _ in range(pool.get_max_size())]
+        try:
+            with pytest.raises(JournalError):
+                await journal.get(TENANT, accepted[0].id)
+            assert journal.fault() is None
+        finally:
+            for conn in held:
+                await pool.release(conn)
+        assert await journal.get(TENANT, accepted[0].id) is not None
     finally:
         await journal.close()

@@ -156,7 +156,8 @@ class HttpApi:
         self.gate = EdgeGate(config, gateway, self._admission, self._keys, message_api=message_api)
         self._openapi = _encode(openapi_document(config))
         self._request_ids = RequestIds()
-        self._metrics_token = config.server.metrics_token
+        token = config.server.metrics_token
+        self._metrics_token = token.encode() if token is not None else None
         self._routes: dict[str, dict[str, Callable[..., Awaitable[_Response]]]] = {
             "/healthz": {"GET": self._probe},
             "/readyz": {"GET": self._probe},
@@ -441,8 +442,9 @@ class HttpApi:
         token = self._metrics_token
         if token is not None:
             authorization = _headers(scope).authorization or b""
-            scheme, _, given = authorization.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+            scheme, _, given = authorization.partition(b" ")
+            # Bytes, not text: compare_digest takes only ASCII str, and a header may hold any.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
                 raise ApiError(
                     401,
                     "unauthorized",

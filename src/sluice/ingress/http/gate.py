@@ -103,8 +103,12 @@ class FastAnswer:
         """The bytes to write; `date_header` is ``b"date: ...\\r\\n"`` (or empty), and a
         `request_id` becomes the Request-Id header."""
         close = b"" if keep_alive else b"connection: close\r\n"
-        rid = b"request-id: " + request_id + b"\r\n" if request_id else b""
-        return b"".join((self._head, date_header, rid, self._tail, close, b"\r\n", self.body))
+        if not request_id:
+            return b"".join((self._head, date_header, self._tail, close, b"\r\n", self.body))
+        return b"".join(
+            (self._head, date_header, b"request-id: ", request_id, b"\r\n", self._tail, close,
+             b"\r\n", self.body)
+        )  # fmt: skip
 
 
 def error_answer(

@@ -41,11 +41,18 @@ class RequestIds:
     def draw(self) -> bytes:
         return b"%s%x" % (self._prefix, next(self._counter))
 
+    def chosen(self, client_id: bytes) -> bytes:
+        """`client_id` (what the client sent as ``X-Request-Id``, b"" for nothing) when it is
+        sound, else a fresh id."""
+        if client_id and _SOUND.fullmatch(client_id):
+            return client_id
+        return self.draw()
+
     def of(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The client's sound ``X-Request-Id``, else a fresh id."""
         for name, value in headers:
-            if name == CLIENT_HEADER and _SOUND.fullmatch(value):
-                return value
+            if name == CLIENT_HEADER:
+                return self.chosen(value)
         return self.draw()
 
     def in_scope(self, scope: MutableMapping[str, Any]) -> bytes:

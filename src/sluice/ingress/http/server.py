@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import httptools
 import msgspec
@@ -42,7 +42,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from sluice.config import Config, ServerConfig
+from sluice.config import Config
 from sluice.ingress.http.gate import (
     ANSWER_KEY,
     TICKET_KEY,
@@ -52,7 +52,8 @@ from sluice.ingress.http.gate import (
     error_answer,
     too_many_connections,
 )
-from sluice.ingress.http.request_id import REQUEST_ID_KEY, RequestIds
+from sluice.ingress.http.head_limits import HeadLimits
+from sluice.ingress.http.request_id import CLIENT_HEADER, REQUEST_ID_KEY, RequestIds
 
 if TYPE_CHECKING:
     from sluice.ingress.http.app import ASGIApp
@@ -128,76 +129,6 @@ _PENDING_KEY = "sluice.pending"
 DEFERRED_CODES = frozenset(("overloaded", "rate_limited", "backlog_full"))
 
 
-class HeadLimits(NamedTuple):
-    """The bounds on a request's head and the deadlines of a connection (`server.*`)."""
-
-    max_line: int
-    max_headers_bytes: int
-    max_headers: int
-    header_timeout: float
-    body_timeout: float
-    keep_alive: float
-
-    @classmethod
-    def of(cls, server: ServerConfig) -> HeadLimits:
-        return cls(
-            server.max_request_line_bytes,
-            server.max_header_bytes,
-            server.max_headers,
-            server.header_timeout_seconds,
-            server.body_timeout_seconds,
-            server.keep_alive_seconds,
-        )
-
-    @property
-    def head_bytes(self) -> int:
-        """The most bytes a head within both limits can take on the wire (CRLFs, ": ")."""
-        return self.max_line + self.max_headers_bytes + 4 * self.max_headers + 4
-
-
-def _line_too_long(limit: int) -> FastAnswer:
-    return error_answer(
-        414,
-        "request_line_too_long",
-        f"the request line is longer than {limit} bytes (server.max_request_line_bytes)",
-    )
-
-
-def _headers_too_large(limits: HeadLimits) -> FastAnswer:
-    return error_answer(
-        431,
-        "headers_too_large",
-        f"the headers are larger than {limits.max_headers_bytes} bytes "
-        f"(server.max_header_bytes) or more than {limits.max_headers} fields "
-        "(server.max_headers)",
-    )
-
-
-def _header_timeout(seconds: float) -> FastAnswer:
-    return error_answer(
-        408,
-        "request_timeout",
-        f"the request's headers did not arrive within {seconds:g} s "
-        "(server.header_timeout_seconds)",
-    )
-
-
-class _Answers(NamedTuple):
-    """The protocol-level refusals, composed once per server."""
-
-    line_too_long: FastAnswer
-    headers_too_large: FastAnswer
-    header_timeout: FastAnswer
-
-    @classmethod
-    def of(cls, limits: HeadLimits) -> _Answers:
-        return cls(
-            _line_too_long(limits.max_line),
-            _headers_too_large(limits),
-            _header_timeout(limits.header_timeout),
-        )
-
-
 class GatedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with the gate consulted when a request's headers are in.
 
@@ -225,7 +156,6 @@ class GatedProtocol(HttpToolsProtocol):
         pacer: _RefusalPacer | None = None,
         *,
         limits: HeadLimits,
-        answers: _Answers,
         request_ids: RequestIds,
     ) -> None:
         super().__init__(config=config, server_state=server_state, app_state={})
@@ -233,9 +163,10 @@ class GatedProtocol(HttpToolsProtocol):
         self._clock = clock
         self._pacer = pacer
         self._limits = limits
-        self._answers = answers
         self._request_ids = request_ids
         self._request_id = b""
+        #: The client's X-Request-Id, as sent (b"" when none).
+        self._client_id = b""
         self._started = 0.0
         self._answered = False
         #: Bytes of the current head: of its request line, of its header fields; and what a
@@ -263,45 +194,78 @@ class GatedProtocol(HttpToolsProtocol):
         take: httptools buffers a header field until it ends, so a 100 MB header would be
         held whole before any callback could count it."""
         self.idle_since = None
+        if self._in_head:
+            if self.head_since is None:
+                # The header deadline runs from the first byte of a head, whatever it is:
+                # llhttp skips blank lines before a request without a callback, so a client
+                # sending CRLFs would otherwise be neither idle nor in a request.
+                self.head_since = time.monotonic()
+            if len(data) <= self._limits.head_bytes - self._head_read:  # the common case
+                self._head_read += len(data)
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserUpgrade:
+                    self._upgrade()
+                except httptools.HttpParserError as exc:
+                    self._parse_failed(exc)
+                return
+            rest = self._feed_head(data)
+            if rest is None:
+                return
+            data = rest
+        self._feed(data)
+
+    def _feed_head(self, data: bytes) -> bytes | None:
+        """Feed `data` a head's room at a time while a head is open; what is left to feed,
+        or None when the connection was refused."""
         limit = self._limits.head_bytes
         while self._in_head and len(data) > limit - self._head_read:
             room = limit - self._head_read
             self._began = False
             if not self._feed(data[:room]):
-                return
+                return None
             data = data[room:]
             if not self._in_head:
-                break  # the head ended within the slice; what follows is its body, or more
+                return data  # the head ended within the slice; what follows is its body, or more
             if not self._began:  # the head began before the slice: `limit` bytes and open
-                self._refuse(self._answers.headers_too_large)
-                return
+                self._refuse(self._limits.headers_too_large)
+                return None
             # A head began within the slice, after requests that ended in it: it holds some
             # of the slice, at most `room` bytes, counted as none (never a refusal too many).
             self._head_read = 0
         if self._in_head:
             self._head_read += len(data)
-        self._feed(data)
+        return data
 
     def _feed(self, data: bytes) -> bool:
         """Parse `data`; False when the connection was refused and closed."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            self._upgrade()
             return False
         except httptools.HttpParserError as exc:
-            refusal = self._refusal
-            if refusal is None:
-                cause = exc.__context__ if exc.__context__ is not None else exc
-                refusal = error_answer(
-                    400, "bad_request", f"the request is not valid HTTP/1.1: {cause}"
-                )
-            self._refuse(refusal)
+            self._parse_failed(exc)
             return False
         return True
+
+    def _upgrade(self) -> None:
+        # uvicorn's: no WebSocket endpoint is served, so the warning and on as HTTP.
+        if self._should_upgrade():
+            self.handle_websocket_upgrade()
+        else:
+            self._unsupported_upgrade_warning()
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        """Refuse the request the parser gave up on: with what a callback decided (414,
+        431), else 400 naming what the parser found."""
+        refusal = self._refusal
+        if refusal is None:
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            refusal = error_answer(
+                400, "bad_request", f"the request is not valid HTTP/1.1: {cause}"
+            )
+        self._refuse(refusal)
 
     def _refuse(self, answer: FastAnswer) -> None:
         """Answer `answer` and close: the connection can carry no more requests."""
@@ -321,10 +285,12 @@ class GatedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._began = True
         self._started = time.monotonic()
-        self.head_since = self._started
+        if self.head_since is None:
+            self.head_since = self._started
         self._answered = False
         self._line_bytes = self._header_bytes = 0
         self._request_id = b""
+        self._client_id = b""
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -332,25 +298,34 @@ class GatedProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         self._line_bytes += len(url)
         if self._line_bytes > self._limits.max_line:
-            self._refusal = self._answers.line_too_long
+            self._refusal = self._limits.line_too_long
             raise ValueError("request line too long")
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
+        # uvicorn's, inlined (one call a header fewer), with the limits and the client's id.
+        size = self._header_bytes = self._header_bytes + len(name) + len(value)
+        headers = self.headers
         limits = self._limits
-        if self._header_bytes > limits.max_headers_bytes or len(self.headers) >= limits.max_headers:
-            self._refusal = self._answers.headers_too_large
+        if size > limits.max_headers_bytes or len(headers) >= limits.max_headers:
+            self._refusal = limits.headers_too_large
             raise ValueError("headers too large")
-        super().on_header(name, value)
+        name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 5.5)
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        elif name == CLIENT_HEADER:
+            self._client_id = value
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self.head_since = None
-        self.body_since = self._started
+        self.body_since = time.monotonic()
         gate = self._gate
         path = httptools.parse_url(self.url).path
-        request_id = self._request_id = self._request_ids.of(self.headers)
+        ids, client_id = self._request_ids, self._client_id
+        request_id = self._request_id = ids.chosen(client_id) if client_id else ids.draw()
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             # Pipelined behind a request still being served: the gate is asked when this one's
             # turn comes (`_start_asgi_task`), so that a request waiting in the queue holds no
@@ -422,6 +397,7 @@ class GatedProtocol(HttpToolsProtocol):
         self.body_since = None
         self._in_head = True
         self._head_read = 0
+        self._began = True  # what follows in the read may be the next head: counted afresh
         if self._answered:
             # The answered request is in whole (its body, if any, dropped): nothing is owed.
             self.idle_since = self.loop.time()
@@ -446,7 +422,7 @@ class GatedProtocol(HttpToolsProtocol):
         limits = self._limits
         head_since = self.head_since
         if head_since is not None and now - head_since > limits.header_timeout:
-            self._refuse(self._answers.header_timeout)
+            self._refuse(self._limits.header_timeout_answer)
             return True
         body_since = self.body_since
         if body_since is not None and now - body_since > limits.body_timeout:
@@ -494,8 +470,7 @@ class HttpServer:
         self._clock = DateHeader()
         self._tick_date()
         self._refusal = too_many_connections(config.server.max_connections)
-        self._limits = HeadLimits.of(config.server)
-        self._answers = _Answers.of(self._limits)
+        self._limits = HeadLimits(config.server)
         self._request_ids = RequestIds()
         self._pacer: _RefusalPacer | None = None
         self._stop = asyncio.Event()
@@ -550,7 +525,6 @@ class HttpServer:
             self._clock,
             self._pacer,
             limits=self._limits,
-            answers=self._answers,
             request_ids=self._request_ids,
         )
 

@@ -139,11 +139,13 @@ class MailHandler:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             return "554 5.6.0 Message must be 7-bit ASCII or UTF-8"
-        if "\0" in text:  # RFC 5322 forbids it, and the PostgreSQL journal cannot store it
-            return "554 5.6.0 Message must not contain NUL characters"
         tenant = session.auth_data if session.authenticated else self._config.tenant
         assert isinstance(tenant, str)
         sms = _sms_text(raw) if any(self._is_sms(a) for a in envelope.rcpt_tos) else ""
+        # RFC 5322 forbids NUL, and the PostgreSQL journal cannot store one: refused for good
+        # (not 451 for ever), in the mail or in the text its transfer encoding decodes to.
+        if "\0" in text or "\0" in sms:
+            return "554 5.6.0 Message must not contain NUL characters"
         refusal = self._sms_refusal(sms) if sms else None
         if refusal is not None:
             self._event(

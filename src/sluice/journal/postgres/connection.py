@@ -43,6 +43,13 @@ UNREACHABLE: tuple[type[BaseException], ...] = tuple(
     for error in RETRYABLE
     if error not in (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 )
+
+
+class PoolExhausted(asyncio.TimeoutError):
+    """No connection came free within the call's wait, every one of the pool's being in use:
+    the journal is busy, not out of reach (retried like a timeout, but /readyz stays true)."""
+
+
 #: Every fault of the server or of the way to it: what a background loop outlives.
 SERVER_FAULTS: tuple[type[BaseException], ...] = (*RETRYABLE, asyncpg.PostgresError)
 

@@ -50,6 +50,8 @@ from sluice.journal.postgres.connection import (
     RECONNECT_SECONDS,
     RETRYABLE,
     UNREACHABLE,
+    PoolConnection,
+    PoolExhausted,
     close_pool,
     create_pool,
     describe,
@@ -190,7 +192,7 @@ class PostgresJournal:
             if self._unreachable is not None:
                 log.warning("journal: %s answers again", safe_url(self._url))
             self._unreachable = None
-        elif isinstance(error, UNREACHABLE):
+        elif isinstance(error, UNREACHABLE) and not isinstance(error, PoolExhausted):
             if self._unreachable is None:
                 log.warning("journal: %s out of reach: %s", safe_url(self._url), describe(error))
             self._unreachable = f"journal {safe_url(self._url)} unreachable: {describe(error)}"
@@ -266,35 +268,65 @@ class PostgresJournal:
             # An edge's call waits for a connection (a free one, or a new one from a server
             # that may not answer) no longer than its deadline.
             timeout = None if deadline is None else max(0.01, deadline - time.monotonic())
-            conn = await pool.acquire(timeout=timeout)
+            try:
+                conn = await pool.acquire(timeout=timeout)
+            except TimeoutError:
+                if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+                    raise PoolExhausted("every connection of the pool is in use") from None
+                raise
         finally:
             self._waiting -= 1
         try:
-            if read:
-                return await op(conn, tx, *args)
-            # Claims and outcomes need not wait for the WAL flush (as journal.fsync_outcomes
-            # = false in SQLite): losing one to a server crash only sends a message again.
-            relaxed = self._relax_outcomes and op in _RELAXED_OPS
-            await conn.execute(_BEGIN_RELAXED if relaxed else "BEGIN")
-            try:
-                result = await op(conn, tx, *args)
-                if tx.deltas:
-                    await add_pending(conn, tx.deltas)
-                if tx.due:
-                    await conn.execute(
-                        NOTIFY_DUE,
-                        DUE_CHANNEL,
-                        [c + (" urgent" if urgent else "") for c, urgent in tx.due.items()],
-                    )
-                await conn.execute("COMMIT")
-            except BaseException:
-                if not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK")
-                raise
-            return result
+            if deadline is None:
+                return await self._statements(conn, op, tx, args, read)
+            # An edge's call gets no more than its deadline from a server that stopped
+            # answering (the statement timeout would hold a client for 30 s).
+            async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                return await self._statements(conn, op, tx, args, read)
         finally:
             await pool.release(conn)
+
+    async def _statements(
+        self,
+        conn: PoolConnection,
+        op: Callable[..., Awaitable[T]],
+        tx: Tx,
+        args: tuple[Any, ...],
+        read: bool,
+    ) -> T:
+        """`op` in its transaction on `conn` (a read: on its own)."""
+        if read:
+            try:
+                return await op(conn, tx, *args)
+            except asyncio.CancelledError:
+                conn.terminate()  # a statement under way: the pool must not wait to reset it
+                raise
+        # Claims and outcomes need not wait for the WAL flush (as journal.fsync_outcomes
+        # = false in SQLite): losing one to a server crash only sends a message again.
+        relaxed = self._relax_outcomes and op in _RELAXED_OPS
+        await conn.execute(_BEGIN_RELAXED if relaxed else "BEGIN")
+        try:
+            result = await op(conn, tx, *args)
+            if tx.deltas:
+                await add_pending(conn, tx.deltas)
+            if tx.due:
+                await conn.execute(
+                    NOTIFY_DUE,
+                    DUE_CHANNEL,
+                    [c + (" urgent" if urgent else "") for c, urgent in tx.due.items()],
+                )
+            await conn.execute("COMMIT")
+        except asyncio.CancelledError:
+            # Out of time (or stopping) mid-transaction: a ROLLBACK would wait on the
+            # server that did not answer; closing the connection rolls it back.
+            conn.terminate()
+            raise
+        except BaseException:
+            if not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+            raise
+        return result
 
     # ---------------------------------------------------------------- the contract
 

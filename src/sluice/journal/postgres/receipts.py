@@ -14,7 +14,7 @@ from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
 from sluice.journal.postgres.events import insert_events
 from sluice.journal.rows import CallbackRow, callback_payload
-from sluice.model import Outcome, State, now_ms
+from sluice.model import Outcome, State, first_id_at, now_ms
 
 # A part's SENT and its receipt meet in one row of `provider_parts`, keyed by (channel,
 # provider id), whichever comes first: the SENT commit sets message_id, the receipt sets
@@ -201,7 +201,7 @@ async def op_expire_receipts(
     expired = await conn.fetch(
         "WITH due AS (SELECT m.id FROM messages m WHERE m.state = 3 AND m.updated_at < $2 "
         "AND m.id IN (SELECT p.message_id FROM provider_parts p WHERE p.channel = $1 "
-        "AND p.message_id IS NOT NULL) LIMIT $3 FOR UPDATE SKIP LOCKED) "
+        "AND p.message_id < $6) LIMIT $3 FOR UPDATE SKIP LOCKED) "
         "UPDATE messages m SET state = $4, updated_at = $5 FROM due WHERE m.id = due.id "
         "RETURNING m.id, m.tenant, m.channel, m.recipient, m.attempts, m.callback_url, "
         "m.metadata, m.provider_id",
@@ -210,6 +210,8 @@ async def op_expire_receipts(
         limit,
         int(State.EXPIRED),
         now,
+        # Made before it was sent: only parts of messages made before `sent_before` are read.
+        first_id_at(sent_before),
     )
     if not expired:
         return 0

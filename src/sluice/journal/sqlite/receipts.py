@@ -21,7 +21,7 @@ from sluice.journal.sqlite.json_rows import (
     json_encoder,
     provider_part_rows,
 )
-from sluice.model import Outcome, State, now_ms
+from sluice.model import Outcome, State, first_id_at, now_ms
 
 if TYPE_CHECKING:
     from sluice.journal.sqlite.writer import Transaction
@@ -202,8 +202,11 @@ def op_expire_receipts(
     this deadline exists for."""
     found = conn.execute(
         "SELECT DISTINCT p.message_id FROM provider_parts p JOIN messages m ON m.id = p.message_id "
-        "WHERE p.channel = ?1 AND m.state = 3 AND m.updated_at < ?2 LIMIT ?3",
-        (channel, sent_before, limit),
+        "WHERE p.message_id < ?4 AND p.channel = ?1 AND m.state = 3 AND m.updated_at < ?2 "
+        "LIMIT ?3",
+        # Made before it was sent: only the parts of messages made before `sent_before` are
+        # read (a range of provider_parts_message), not every receipt awaited.
+        (channel, sent_before, limit, first_id_at(sent_before)),
     ).fetchall()
     done = 0
     for (mid,) in found:

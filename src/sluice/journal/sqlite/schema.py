@@ -105,6 +105,10 @@ CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due_at);
 """
 
 
+#: Milliseconds a connection waits for another one's lock before SQLITE_BUSY.
+BUSY_TIMEOUT_MS = 10_000
+
+
 def connect(
     path: Path,
     synchronous: str,
@@ -122,7 +126,7 @@ def connect(
     if wal_limit_bytes is not None:
         conn.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA cache_size=-{cache_kib}")
     conn.execute("PRAGMA temp_store=MEMORY")
     # Checkpoints run in their own thread (`SqliteJournal._checkpoint_loop`); the writer only

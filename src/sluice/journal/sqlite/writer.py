@@ -47,7 +47,7 @@ from sluice.journal.sqlite.health import (
     is_full,
     storage_error,
 )
-from sluice.journal.sqlite.schema import connect, install
+from sluice.journal.sqlite.schema import BUSY_TIMEOUT_MS, connect, install
 
 log = logging.getLogger("sluice.journal")
 
@@ -274,11 +274,21 @@ class GroupCommitWriter:
             return
         if size <= self._wal_limit:
             return
+        # The one writer must not wait on readers here (the busy handler would hold every
+        # insert and outcome for up to busy_timeout): a checkpoint a reader blocks is tried
+        # again after a later group.
+        conn.execute("PRAGMA busy_timeout=0")
         try:
             busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                self._failure(exc)
+            busy = 1
         except sqlite3.Error as exc:
             self._failure(exc)
             return
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if busy:
             self.wal_truncations_busy += 1  # a reader or the checkpoint thread: next group
         else:
