@@ -91,8 +91,8 @@ class ServerConfig(_Base, frozen=True):
     max_headers: Annotated[int, msgspec.Meta(ge=8)] = 100
     #: Seconds from a request's first byte until its headers are in; then 408 and close.
     header_timeout_seconds: Seconds = 10.0
-    #: Seconds from the end of a request's headers until its whole body is in; then the
-    #: connection is closed (the request was not stored).
+    #: Seconds from a request's first byte until its whole body is in; then the connection
+    #: is closed (the request was not stored).
     body_timeout_seconds: Seconds = 30.0
     #: Seconds a connection may stay open with nothing asked and nothing owed: between
     #: requests, and before the first one.

@@ -284,9 +284,10 @@ class GatedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._began = True
-        self._started = time.monotonic()
-        if self.head_since is None:
-            self.head_since = self._started
+        started = self.head_since  # the head's first byte (data_received)
+        if started is None:  # the request began in the read that ended the one before
+            started = self.head_since = time.monotonic()
+        self._started = started
         self._answered = False
         self._line_bytes = self._header_bytes = 0
         self._request_id = b""
@@ -321,7 +322,7 @@ class GatedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self.head_since = None
-        self.body_since = time.monotonic()
+        self.body_since = self._started
         gate = self._gate
         path = httptools.parse_url(self.url).path
         ids, client_id = self._request_ids, self._client_id
