@@ -483,6 +483,25 @@ class SmtpConfig(_Base, frozen=True):
     greylist: GreylistConfig = GreylistConfig()
 
 
+class AudienceConfig(_Base, frozen=True):
+    """Subscribers and topics (audience/, `/v1/subscribers`, `/v1/topics`)."""
+
+    #: Longest address (phone, email, webhook URL, push key) of a subscriber.
+    max_address_length: Positive = 320
+    #: Largest `attributes` of a subscriber, as JSON.
+    max_attributes_bytes: Positive = 4096
+    #: Most topics one subscriber record may name.
+    max_topics: Positive = 100
+    #: Most lines (subscribers) in one `POST /v1/subscribers/import`: one transaction. The
+    #: CLI (`sluice subscribers import`) sends a file in requests of this many.
+    max_import_lines: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000
+    #: Errors an import's answer lists (the count of the others is given).
+    max_import_errors: Positive = 1000
+    #: Page size of `GET /v1/topics` when the request names none, and the most it may name.
+    page_size: Positive = 100
+    max_page_size: Positive = 1000
+
+
 class RedisConfig(_Base, frozen=True):
     """Redis, for what processes share: global channel rates. Unset: every limit is local."""
 
@@ -503,6 +522,7 @@ class Config(_Base, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     admission: AdmissionConfig = AdmissionConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
+    audience: AudienceConfig = AudienceConfig()
     channels: dict[str, ChannelConfig] = {}
     tenants: dict[str, TenantConfig] = {}
     #: The SMTP front door; absent: no SMTP listener.

@@ -18,6 +18,7 @@ from sluice.config import Config
 from sluice.ingress.contract import ChannelStatus
 from sluice.ingress.http.app import build_app
 from sluice.ingress.http.server import HttpServer
+from sluice.journal.audience import AudienceStore
 from sluice.journal.base import CancelResult, Journal, MessageRecord, SubmitResult
 from sluice.model import IdGenerator, Message, now_ms
 from sluice.process.listeners import bind_tcp
@@ -139,6 +140,10 @@ class JournalGateway:
 
     def fault(self) -> str | None:
         return self.journal.fault()
+
+    @property
+    def audience(self) -> AudienceStore:
+        return self.journal
 
     def metrics(self) -> tuple[bytes, str]:
         return prometheus_client.generate_latest(

@@ -554,6 +554,16 @@ async def test_openapi_document_describes_every_route(api: Api) -> None:
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/subscribers/{id}", "put"),
+        ("/v1/subscribers/{id}", "get"),
+        ("/v1/subscribers/{id}", "delete"),
+        ("/v1/subscribers/import", "post"),
+        ("/v1/topics", "post"),
+        ("/v1/topics", "get"),
+        ("/v1/topics/{name}", "get"),
+        ("/v1/topics/{name}", "delete"),
+        ("/v1/topics/{name}/subscribers", "post"),
+        ("/v1/topics/{name}/unsubscribe", "post"),
     }
     scheme = doc["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")

@@ -92,3 +92,46 @@ async def test_sim_webhook_refuses_a_bad_option() -> None:
     code, _, err = await sluice("sim", "webhook", "--error-ratio", "3")
     assert code == 2
     assert "error" in err and "ratio" in err
+
+
+async def test_subscribers_import_streams_a_file_and_names_the_bad_lines(tmp_path: Path) -> None:
+    """`sluice subscribers import` against a running gateway: requests of --batch lines, the
+    bad lines reported by their line in the file, the good ones stored; importing the file
+    again updates, and stores nobody twice."""
+    port = free_port()
+    raw = gateway_config(
+        tmp_path,
+        {"web": webhook_channel("http://127.0.0.1:9/hook")},
+        server={"listen": f"127.0.0.1:{port}"},
+    )
+    config = tmp_path / "sluice.toml"
+    config.write_text(dump_toml(raw))
+    people = tmp_path / "people.csv"
+    lines = ["id,phone,timezone,topics"]
+    lines += [f"u{i},+4477009{i:05d},Europe/London,news;offers" for i in range(250)]
+    lines[101] = "u100,+447700900100,Mars/Olympus,news"  # file line 102
+    lines[202] = "bad id!,+447700900201,UTC,news"  # file line 203
+    people.write_text("\n".join(lines) + "\n")
+    serve = ServeProcess(config, port, tmp_path / "serve.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await serve.start()
+        args = ("subscribers", "import", str(people), "--url", url, "--key", KEY, "--batch", "40")
+        code, out, err = await sluice(*args)
+        assert code == 1, (out, err)  # some lines refused
+        assert "248 created" in out and "2 refused" in out
+        assert "line 102 (timezone)" in err
+        assert "line 203 (id)" in err
+        code, out, _ = await sluice(*args)
+        assert "0 created, 248 updated" in out
+        code, out, _ = await sluice("status", "--url", url, "--key", KEY)
+        assert code == 0
+        assert await serve.terminate() == 0
+    finally:
+        await serve.stop_quietly()
+
+
+async def test_subscribers_import_of_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    code, _, err = await sluice("subscribers", "import", str(tmp_path / "none.csv"), "--key", KEY)
+    assert code == 2
+    assert "none.csv" in err and "Traceback" not in err

@@ -237,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     smtp_sink.add_arguments(smtp)
     smtp.set_defaults(handler=_sim_smtp)
 
+    subscribers = commands.add_parser("subscribers", help="manage a tenant's subscribers")
+    subscriber_commands = subscribers.add_subparsers(dest="subscribers_command", required=True)
+    importing = subscriber_commands.add_parser(
+        "import", help="stream a CSV or NDJSON file of subscribers into the gateway"
+    )
+    client_options(importing)
+    from sluice.cli import subscribers as subscribers_cli
+
+    subscribers_cli.add_arguments(importing)
+    importing.set_defaults(handler=subscribers_cli.import_file)
+
     hash_key = commands.add_parser("hash-key", help="print the config form of an API key")
     hash_key.add_argument("key")
     hash_key.set_defaults(handler=None)

@@ -11,6 +11,7 @@ from typing import Protocol
 import msgspec
 
 from sluice.config import Config
+from sluice.journal.audience import AudienceStore
 from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
 from sluice.model import Message
 
@@ -74,6 +75,11 @@ class Gateway(Protocol):
     def ready(self) -> bool:
         """True once the journal is open and the channels run; False while shutting down or
         while the journal has a fault."""
+        ...
+
+    @property
+    def audience(self) -> AudienceStore:
+        """Subscribers and topics (the journal keeps them)."""
         ...
 
     def fault(self) -> str | None:

@@ -31,6 +31,7 @@ from sluice.delivery.callbacks import CallbackSender
 from sluice.delivery.engine import Delivery, channel_statuses
 from sluice.delivery.runner import ChannelRunner
 from sluice.ingress.contract import ChannelStatus
+from sluice.journal.audience import AudienceStore
 from sluice.journal.backends import build_journal
 from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
 from sluice.model import IdGenerator, Message, Priority, now_ms
@@ -176,6 +177,10 @@ class SluiceGateway:
 
     def fault(self) -> str | None:
         return self.journal.fault()
+
+    @property
+    def audience(self) -> AudienceStore:
+        return self.journal
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.telemetry.registry), CONTENT_TYPE_LATEST

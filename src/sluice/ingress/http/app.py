@@ -24,7 +24,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 import msgspec
@@ -63,6 +63,9 @@ from sluice.journal.base import (
     JournalError,
 )
 from sluice.model import Priority, State, format_id, now_ms, parse_id
+
+if TYPE_CHECKING:
+    from sluice.ingress.http.audience_api import AudienceApi
 
 Scope = MutableMapping[str, Any]
 ASGIMessage = MutableMapping[str, Any]
@@ -164,6 +167,7 @@ class HttpApi:
         }
         self._routes["/metrics"] = {"GET": self._metrics if metrics else self._metrics_elsewhere}
         self._message_routes: dict[str, Callable[..., Awaitable[_Response]]] = {}
+        self._audience: AudienceApi | None = None
         self._not_found = _NOT_FOUND_WORKER
         if message_api:
             self._routes |= {
@@ -173,6 +177,11 @@ class HttpApi:
             }
             self._message_routes = {"GET": self._get, "DELETE": self._cancel}
             self._not_found = _NOT_FOUND
+            # Imported here: the audience endpoints build on this module's request helpers.
+            from sluice.ingress.http.audience_api import AudienceApi
+
+            self._audience = AudienceApi(config, gateway.audience, self._tenant, self._read_body)
+            self._routes |= self._audience.routes()
 
     @property
     def admission(self) -> Admission:
@@ -209,6 +218,8 @@ class HttpApi:
             args: tuple[str, ...] = ()
             if routes is None and self._message_routes and path.startswith(_MESSAGES_PREFIX):
                 routes, args = self._message_routes, (path[len(_MESSAGES_PREFIX) :],)
+            if routes is None and self._audience is not None:
+                routes, args = self._audience.route(path)
             if routes is None:
                 raise ApiError(404, "not_found", self._not_found.format(path=path))
             handler = routes.get(scope["method"])

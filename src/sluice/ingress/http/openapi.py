@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sluice.audience.subscriber import CHANNEL_TYPES
 from sluice.config import Config
 from sluice.model import ID_LENGTH, Outcome, Priority, State
 
@@ -633,6 +634,401 @@ def _paths(config: Config) -> dict[str, Any]:
     }
 
 
+_ID_SCHEMA_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$"
+
+
+def _audience_schemas(config: Config) -> dict[str, Any]:
+    audience = config.audience
+    name = {
+        "type": "string",
+        "pattern": _ID_SCHEMA_PATTERN,
+        "description": "1 to 128 of A-Z a-z 0-9 . _ : @ + = -, starting with a letter or digit.",
+    }
+    address = {"type": "string", "minLength": 1, "maxLength": audience.max_address_length}
+    channel_type = {"type": "string", "enum": list(CHANNEL_TYPES)}
+    time_of_day = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
+    timestamp_out = {
+        "type": "string",
+        "format": "date-time",
+        "description": "RFC 3339, UTC, milliseconds: 2025-01-01T00:00:00.000Z",
+    }
+    topics = {
+        "type": "array",
+        "items": _ref("Name"),
+        "maxItems": audience.max_topics,
+        "description": "Topics to subscribe to (added to those followed; never removed by a "
+        "write of the subscriber). A topic not there yet is created.",
+    }
+    fields: dict[str, Any] = {
+        "id": {**name, "description": "The tenant's own id for the subscriber."},
+        "phone": {**address, "description": "Address for SMS channels."},
+        "email": {**address, "description": "Address for email channels."},
+        "webhook": {**address, "description": "URL for webhook channels."},
+        "push": {**address, "description": "Key for the live push channel."},
+        "attributes": {
+            "type": "object",
+            "description": f"For templates; at most {audience.max_attributes_bytes} bytes "
+            "as JSON (audience.max_attributes_bytes).",
+        },
+        "timezone": {"type": "string", "default": "UTC", "description": "An IANA time zone."},
+        "locale": {"type": "string", "maxLength": 35, "description": "A BCP 47 tag."},
+        "quiet_hours": _ref("QuietHours"),
+        "opt_out": _ref("OptOut"),
+    }
+    return {
+        "Name": name,
+        "QuietHours": {
+            "type": "object",
+            "description": "Local times between which nothing is sent; end before start spans "
+            "midnight.",
+            "required": ["start", "end"],
+            "additionalProperties": False,
+            "properties": {"start": time_of_day, "end": time_of_day},
+        },
+        "OptOut": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "all": {"type": "boolean", "default": False},
+                "channels": {"type": "array", "items": channel_type},
+                "topics": {"type": "array", "items": _ref("Name")},
+                "topic_channels": {
+                    "type": "object",
+                    "description": "Topic name to the channel types opted out of on it.",
+                    "additionalProperties": {"type": "array", "items": channel_type},
+                },
+            },
+        },
+        "SubscriberIn": {
+            "type": "object",
+            "description": "A subscriber to create or replace. Unknown fields are refused "
+            "(422). In PUT /v1/subscribers/{id} the id may be left out (the path's is used).",
+            "required": ["id"],
+            "additionalProperties": False,
+            "properties": {**fields, "topics": topics},
+        },
+        "Subscriber": {
+            "type": "object",
+            "description": "A stored subscriber; fields at their default are omitted.",
+            "required": ["id", "topics", "updated_at"],
+            "properties": {
+                **fields,
+                "topics": {
+                    "type": "array",
+                    "items": _ref("Name"),
+                    "description": "Topics followed, by name.",
+                },
+                "updated_at": timestamp_out,
+            },
+        },
+        "SubscriberDeleted": {
+            "type": "object",
+            "required": ["id", "deleted"],
+            "properties": {"id": _ref("Name"), "deleted": {"const": True}},
+        },
+        "ImportError": {
+            "type": "object",
+            "required": ["line", "message"],
+            "properties": {
+                "line": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Line within the request where the record starts (a CSV's "
+                    "header is line 1).",
+                },
+                "field": {"type": "string", "description": "The field or CSV column at fault."},
+                "message": {"type": "string"},
+            },
+        },
+        "ImportResult": {
+            "type": "object",
+            "required": [
+                "lines",
+                "created",
+                "updated",
+                "subscribed",
+                "errors",
+                "errors_not_listed",
+            ],
+            "properties": {
+                "lines": {"type": "integer", "description": "Records read (blank lines not)."},
+                "created": {"type": "integer"},
+                "updated": {"type": "integer"},
+                "subscribed": {
+                    "type": "integer",
+                    "description": "Subscriptions added (not those there already).",
+                },
+                "errors": {
+                    "type": "array",
+                    "items": _ref("ImportError"),
+                    "maxItems": audience.max_import_errors,
+                    "description": "The records refused (the others were stored), at most "
+                    "audience.max_import_errors.",
+                },
+                "errors_not_listed": {
+                    "type": "integer",
+                    "description": "Records refused beyond those listed.",
+                },
+            },
+        },
+        "TopicIn": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {"name": _ref("Name")},
+        },
+        "Topic": {
+            "type": "object",
+            "required": ["name", "subscribers", "created_at"],
+            "properties": {
+                "name": _ref("Name"),
+                "subscribers": {"type": "integer", "minimum": 0},
+                "created_at": timestamp_out,
+            },
+        },
+        "TopicPage": {
+            "type": "object",
+            "required": ["topics", "next"],
+            "properties": {
+                "topics": {"type": "array", "items": _ref("Topic"), "description": "By name."},
+                "next": _nullable(
+                    {"type": "string", "description": "Pass as `after` for the next page."}
+                ),
+            },
+        },
+        "TopicDeleted": {
+            "type": "object",
+            "required": ["name", "deleted"],
+            "properties": {"name": _ref("Name"), "deleted": {"const": True}},
+        },
+        "SubscriberIds": {
+            "type": "object",
+            "required": ["ids"],
+            "additionalProperties": False,
+            "properties": {
+                "ids": {
+                    "type": "array",
+                    "items": _ref("Name"),
+                    "maxItems": audience.max_import_lines,
+                }
+            },
+        },
+        "SubscribeResult": {
+            "type": "object",
+            "required": ["added", "already", "unknown"],
+            "properties": {
+                "added": {"type": "integer"},
+                "already": {"type": "integer", "description": "Subscribed before."},
+                "unknown": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Ids that name no subscriber of the tenant.",
+                },
+            },
+        },
+        "UnsubscribeResult": {
+            "type": "object",
+            "required": ["removed"],
+            "properties": {"removed": {"type": "integer"}},
+        },
+    }
+
+
+_AUDIENCE_RESPONSES: dict[str, Any] = {
+    "AudienceNotFound": _error_response(
+        "No such subscriber or topic for this API key's tenant.", ["not_found"]
+    ),
+    "AudienceUnprocessable": _error_response(
+        "A field is missing, mistyped, unknown or out of its limits; `field` names it. For an "
+        "import: the CSV header names an unknown column (all of them in the message, the "
+        "first as `field`), a column twice, or no `id`; nothing was stored.",
+        ["invalid_subscriber", "invalid_topic", "invalid_request", "invalid_csv", "too_deep"],
+    ),
+    "ImportTooLarge": _error_response(
+        "The body is over limits.max_request_bytes, or holds more records (or ids) than "
+        "audience.max_import_lines; nothing was stored.",
+        ["request_too_large", "import_too_large"],
+    ),
+}
+
+
+def _audience_paths(config: Config) -> dict[str, Any]:
+    audience = config.audience
+    json_body = {
+        "400": _response_ref("BadRequest"),
+        "415": _response_ref("UnsupportedMediaType"),
+        "422": _response_ref("AudienceUnprocessable"),
+    }
+    failures = _common(*_AUTH, ("503", "Unavailable"))
+    not_found = {"404": _response_ref("AudienceNotFound")}
+    ids_body = {"required": True, "content": _json_content(_ref("SubscriberIds"))}
+
+    def answer(description: str, schema: str) -> dict[str, Any]:
+        return {"description": description, "content": _json_content(_ref(schema))}
+
+    def name_param(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": _ref("Name")}
+
+    return {
+        "/v1/subscribers/{id}": {
+            "parameters": [name_param("id")],
+            "put": {
+                "operationId": "putSubscriber",
+                "summary": "Create or replace a subscriber, and subscribe it to topics",
+                "description": "The path's id is the subscriber's; an `id` in the body must "
+                "be the same (422 otherwise). Topics are added, never removed.",
+                "requestBody": {"required": True, "content": _json_content(_ref("SubscriberIn"))},
+                "responses": {
+                    "201": answer("Created.", "Subscriber"),
+                    "200": answer("Replaced.", "Subscriber"),
+                    "413": _response_ref("TooLarge"),
+                    **json_body,
+                    **failures,
+                },
+            },
+            "get": {
+                "operationId": "getSubscriber",
+                "summary": "A subscriber and the topics it follows",
+                "responses": {
+                    "200": answer("The subscriber.", "Subscriber"),
+                    **not_found,
+                    **failures,
+                },
+            },
+            "delete": {
+                "operationId": "deleteSubscriber",
+                "summary": "Delete a subscriber and its subscriptions",
+                "responses": {
+                    "200": answer("Deleted.", "SubscriberDeleted"),
+                    **not_found,
+                    **failures,
+                },
+            },
+        },
+        "/v1/subscribers/import": {
+            "post": {
+                "operationId": "importSubscribers",
+                "summary": "Create or replace many subscribers: NDJSON or CSV",
+                "description": "At most audience.max_import_lines "
+                f"({audience.max_import_lines}) records, stored in one transaction; blank "
+                "lines are skipped. A bad record is reported (its line and field) and the "
+                "others are stored; a later record with the same id wins. NDJSON "
+                "(`application/x-ndjson`): one SubscriberIn object a line. CSV (`text/csv`, "
+                "UTF-8, a byte order mark allowed): a header row, then one subscriber a record, "
+                "an empty cell a field not given. Columns: id, phone, email, webhook, push, "
+                "timezone, locale, quiet_start, quiet_end, topics (;-separated), opt_out "
+                '("all" or ;-separated channel types), opt_out_topics (;-separated), '
+                "attributes (a JSON object), and attr.NAME (attribute NAME, a string).",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {
+                    "200": answer("Read; the good records stored.", "ImportResult"),
+                    "400": _response_ref("BadRequest"),
+                    "413": _response_ref("ImportTooLarge"),
+                    "415": _response_ref("UnsupportedMediaType"),
+                    "422": _response_ref("AudienceUnprocessable"),
+                    **failures,
+                },
+            }
+        },
+        "/v1/topics": {
+            "post": {
+                "operationId": "createTopic",
+                "summary": "Create a topic",
+                "requestBody": {"required": True, "content": _json_content(_ref("TopicIn"))},
+                "responses": {
+                    "201": answer("Created.", "Topic"),
+                    "200": answer("It existed.", "Topic"),
+                    "413": _response_ref("TooLarge"),
+                    **json_body,
+                    **failures,
+                },
+            },
+            "get": {
+                "operationId": "listTopics",
+                "summary": "The tenant's topics, by name",
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "`next` of the previous page.",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": audience.max_page_size,
+                            "default": audience.page_size,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": answer("One page.", "TopicPage"),
+                    "422": _response_ref("Unprocessable"),
+                    **failures,
+                },
+            },
+        },
+        "/v1/topics/{name}": {
+            "parameters": [name_param("name")],
+            "get": {
+                "operationId": "getTopic",
+                "summary": "A topic and its count of subscribers",
+                "responses": {"200": answer("The topic.", "Topic"), **not_found, **failures},
+            },
+            "delete": {
+                "operationId": "deleteTopic",
+                "summary": "Delete a topic and its subscriptions (not the subscribers)",
+                "responses": {
+                    "200": answer("Deleted.", "TopicDeleted"),
+                    **not_found,
+                    **failures,
+                },
+            },
+        },
+        "/v1/topics/{name}/subscribers": {
+            "parameters": [name_param("name")],
+            "post": {
+                "operationId": "subscribe",
+                "summary": "Subscribe existing subscribers to a topic, by id",
+                "requestBody": ids_body,
+                "responses": {
+                    "200": answer("Subscribed.", "SubscribeResult"),
+                    "413": _response_ref("ImportTooLarge"),
+                    **json_body,
+                    **not_found,
+                    **failures,
+                },
+            },
+        },
+        "/v1/topics/{name}/unsubscribe": {
+            "parameters": [name_param("name")],
+            "post": {
+                "operationId": "unsubscribe",
+                "summary": "Take subscribers off a topic, by id",
+                "requestBody": ids_body,
+                "responses": {
+                    "200": answer("Unsubscribed.", "UnsubscribeResult"),
+                    "413": _response_ref("ImportTooLarge"),
+                    **json_body,
+                    **not_found,
+                    **failures,
+                },
+            },
+        },
+    }
+
+
 def openapi_document(config: Config) -> dict[str, Any]:
     """The OpenAPI document for an app running with `config` (its limits appear in it)."""
     return {
@@ -649,7 +1045,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "security": [{"bearerAuth": []}],
-        "paths": _paths(config),
+        "paths": {**_paths(config), **_audience_paths(config)},
         "components": {
             "securitySchemes": {
                 "bearerAuth": {
@@ -663,7 +1059,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "description": "server.metrics_token, for /metrics.",
                 },
             },
-            "schemas": _schemas(config),
-            "responses": _RESPONSES,
+            "schemas": {**_schemas(config), **_audience_schemas(config)},
+            "responses": {**_RESPONSES, **_AUDIENCE_RESPONSES},
         },
     }

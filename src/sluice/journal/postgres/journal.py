@@ -2,16 +2,17 @@
 operation of the contract run as one transaction with retries.
 
 The operations themselves live beside it (`inserts`, `leases`, `outcomes`, `receipts`,
-`callbacks`, `reads`); each is a function `op(conn, tx, *args)` that this class runs in a
-transaction on a connection of its pool, again on a fresh one after a lost connection
-(`connection`), applying at commit what the transaction changed besides its rows (`changes`:
-the pending counts, the wake-ups of other processes).
+`callbacks`, `reads`, `audience`); each is a function `op(conn, tx, *args)` that this class
+runs in a transaction on a connection of its pool, again on a fresh one after a lost
+connection (`connection`), applying at commit what the transaction changed besides its rows
+(`changes`: the pending counts, the wake-ups of other processes).
 
-The edges' calls (insert, get, by_recipient, cancel) stop trying after `ingress_wait_seconds`,
-the delivery side's after `reconnect_seconds`: with the server down a POST hears 503 within a
-few seconds while runners go on asking. While the server is out of reach (an operation or the
-pending counts' read met a lost or refused connection, and none has worked since) `fault()`
-says so, and the process is not ready.
+The edges' calls (insert, get, by_recipient, cancel, and those of audiences but
+topic_members) stop trying after `ingress_wait_seconds`, the delivery side's after
+`reconnect_seconds`: with the server down a POST hears 503 within a few seconds while
+runners go on asking. While the server is out of reach (an operation or the pending counts'
+read met a lost or refused connection, and none has worked since) `fault()` says so, and the
+process is not ready.
 
 Examples:
     journal = PostgresJournal("postgresql://127.0.0.1:5432/postgres", schema="sluice")
@@ -32,6 +33,14 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from sluice.journal.audience import (
+    Member,
+    StoredSubscriber,
+    SubscribeCounts,
+    SubscriberRow,
+    TopicInfo,
+    UpsertCounts,
+)
 from sluice.journal.base import (
     CallbackJob,
     CancelResult,
@@ -43,6 +52,7 @@ from sluice.journal.base import (
     SubmitResult,
     SweepResult,
 )
+from sluice.journal.postgres import audience
 from sluice.journal.postgres.callbacks import op_claim_callbacks, op_finish_callbacks
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import (
@@ -382,6 +392,45 @@ class PostgresJournal:
 
     async def cancel(self, tenant: str, message_id: int, now: int) -> CancelResult:
         return await self._run(op_cancel, tenant, message_id, now, edge=True)
+
+    # ---------------------------------------------------------------- audiences
+
+    async def upsert_subscribers(
+        self, tenant: str, rows: list[SubscriberRow], now: int
+    ) -> UpsertCounts:
+        return await self._run(audience.op_upsert_subscribers, tenant, rows, now, edge=True)
+
+    async def subscriber(self, tenant: str, external_id: str) -> StoredSubscriber | None:
+        return await self._run(audience.read_subscriber, tenant, external_id, read=True, edge=True)
+
+    async def delete_subscriber(self, tenant: str, external_id: str) -> bool:
+        return await self._run(audience.op_delete_subscriber, tenant, external_id, edge=True)
+
+    async def create_topic(self, tenant: str, name: str, now: int) -> bool:
+        return await self._run(audience.op_create_topic, tenant, name, now, edge=True)
+
+    async def topic(self, tenant: str, name: str) -> TopicInfo | None:
+        return await self._run(audience.read_topic, tenant, name, read=True, edge=True)
+
+    async def topics(self, tenant: str, after: str | None, limit: int) -> list[TopicInfo]:
+        return await self._run(audience.read_topics, tenant, after, limit, read=True, edge=True)
+
+    async def delete_topic(self, tenant: str, name: str) -> bool:
+        return await self._run(audience.op_delete_topic, tenant, name, edge=True)
+
+    async def subscribe(
+        self, tenant: str, topic: str, external_ids: list[str], now: int
+    ) -> SubscribeCounts | None:
+        return await self._run(audience.op_subscribe, tenant, topic, external_ids, now, edge=True)
+
+    async def unsubscribe(self, tenant: str, topic: str, external_ids: list[str]) -> int | None:
+        return await self._run(audience.op_unsubscribe, tenant, topic, external_ids, edge=True)
+
+    async def topic_members(
+        self, tenant: str, topic: str, after: int, limit: int
+    ) -> list[Member] | None:
+        """Read by the delivery side (a broadcast's pages): it keeps trying as runners do."""
+        return await self._run(audience.read_topic_members, tenant, topic, after, limit, read=True)
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
         records = await self._run(

@@ -103,6 +103,32 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (channel, backend)
     );
     """,
+    # Audiences (journal/audience.py): a topic's count of subscribers is a counter kept in
+    # the transaction of every change. Names sort by code point, as in SQLite.
+    """
+    CREATE TABLE subscribers (
+        key bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tenant text NOT NULL,
+        external_id text NOT NULL,
+        data bytea NOT NULL,
+        updated_at bigint NOT NULL,
+        UNIQUE (tenant, external_id)
+    );
+    CREATE TABLE topics (
+        key bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tenant text NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        subscribers bigint NOT NULL DEFAULT 0,
+        created_at bigint NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    CREATE TABLE subscriptions (
+        topic bigint NOT NULL,
+        subscriber bigint NOT NULL,
+        PRIMARY KEY (topic, subscriber)
+    );
+    CREATE INDEX subscriptions_subscriber ON subscriptions (subscriber, topic);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -25,6 +25,14 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from sluice.journal.audience import (
+    Member,
+    StoredSubscriber,
+    SubscribeCounts,
+    SubscriberRow,
+    TopicInfo,
+    UpsertCounts,
+)
 from sluice.journal.base import (
     CallbackJob,
     CancelResult,
@@ -39,6 +47,7 @@ from sluice.journal.base import (
     SweepResult,
 )
 from sluice.journal.recipient_index import LOOKUP_SQL, recipient_key
+from sluice.journal.sqlite import audience
 from sluice.journal.sqlite.callbacks import op_claim_callbacks, op_finish_callbacks
 from sluice.journal.sqlite.claims import op_claim, op_complete
 from sluice.journal.sqlite.health import FreeSpace, free_bytes
@@ -306,6 +315,62 @@ class SqliteJournal(GroupCommitWriter):
     async def cancel(self, tenant: str, message_id: int, now: int) -> CancelResult:
         result: CancelResult = await self._write(op_cancel, tenant, message_id, now)
         return result
+
+    # ------------------------------------------------------------- audiences
+
+    async def upsert_subscribers(
+        self, tenant: str, rows: list[SubscriberRow], now: int
+    ) -> UpsertCounts:
+        counts: UpsertCounts = await self._write(audience.op_upsert_subscribers, tenant, rows, now)
+        return counts
+
+    async def subscriber(self, tenant: str, external_id: str) -> StoredSubscriber | None:
+        found: StoredSubscriber | None = await self._read(
+            audience.read_subscriber, tenant, external_id
+        )
+        return found
+
+    async def delete_subscriber(self, tenant: str, external_id: str) -> bool:
+        deleted: bool = await self._write(audience.op_delete_subscriber, tenant, external_id)
+        return deleted
+
+    async def create_topic(self, tenant: str, name: str, now: int) -> bool:
+        created: bool = await self._write(audience.op_create_topic, tenant, name, now)
+        return created
+
+    async def topic(self, tenant: str, name: str) -> TopicInfo | None:
+        found: TopicInfo | None = await self._read(audience.read_topic, tenant, name)
+        return found
+
+    async def topics(self, tenant: str, after: str | None, limit: int) -> list[TopicInfo]:
+        found: list[TopicInfo] = await self._read(audience.read_topics, tenant, after, limit)
+        return found
+
+    async def delete_topic(self, tenant: str, name: str) -> bool:
+        deleted: bool = await self._write(audience.op_delete_topic, tenant, name)
+        return deleted
+
+    async def subscribe(
+        self, tenant: str, topic: str, external_ids: list[str], now: int
+    ) -> SubscribeCounts | None:
+        counts: SubscribeCounts | None = await self._write(
+            audience.op_subscribe, tenant, topic, external_ids, now
+        )
+        return counts
+
+    async def unsubscribe(self, tenant: str, topic: str, external_ids: list[str]) -> int | None:
+        removed: int | None = await self._write(
+            audience.op_unsubscribe, tenant, topic, external_ids
+        )
+        return removed
+
+    async def topic_members(
+        self, tenant: str, topic: str, after: int, limit: int
+    ) -> list[Member] | None:
+        found: list[Member] | None = await self._read(
+            audience.read_topic_members, tenant, topic, after, limit
+        )
+        return found
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
         records: list[MessageRecord] = await self._read(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sluice.journal import recipient_index
 from sluice.journal.base import JournalError
+from sluice.journal.sqlite import audience
 
 SCHEMA_VERSION = 2
 #: SQLite page cache per connection: the writer's holds the hot ends of the indexes.
@@ -137,7 +138,7 @@ def connect(
 
 def install(conn: sqlite3.Connection) -> None:
     """Create what a new journal lacks and bring an older one up to `SCHEMA_VERSION`."""
-    conn.executescript(SCHEMA + recipient_index.SCHEMA)
+    conn.executescript(SCHEMA + recipient_index.SCHEMA + audience.SCHEMA)
     migrate(conn)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
