@@ -52,3 +52,17 @@ def test_the_format_comes_from_the_suffix_unless_given() -> None:
     assert file_format(Path("a.txt"), "csv") == "csv"
     with pytest.raises(ImportFailed, match="--format"):
         file_format(Path("a.txt"), None)
+
+
+def test_a_quote_inside_an_unquoted_field_is_a_character() -> None:
+    """As Python's csv module reads it: only a field that starts with a quote is quoted. A
+    stray quote once glued the rest of the file into one record."""
+    text = b'id,note\nu1,5" screen\nu2,"quoted, with a comma"\nu3,"two\nlines"\nu4,x\n'
+    [part] = cut(text, "csv", 10)
+    assert part.lines == {2: 2, 3: 3, 4: 4, 6: 6}
+
+
+def test_a_quote_never_closed_stops_the_import_naming_its_line() -> None:
+    text = b'id,note\nu1,"never closed\n' + b"more\n" * 300_000
+    with pytest.raises(ImportFailed, match="line 2"):
+        cut(text, "csv", 10)

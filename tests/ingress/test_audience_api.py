@@ -468,7 +468,62 @@ async def test_a_later_record_with_the_same_id_wins(api: Api) -> None:
     assert (status, result["lines"], result["created"], result["errors"]) == (200, 2, 1, [])
     _, u1, _ = await api.call("GET", "/v1/subscribers/u1")
     assert u1["phone"] == "+2"
-    assert "b" in u1["topics"]
+    # The later record, and the topics of both: whatever the requests' boundaries.
+    assert u1["topics"] == ["a", "b"]
+
+
+async def test_values_msgpack_cannot_hold_refuse_the_line_not_the_import(api: Api) -> None:
+    huge = 123456789012345678901234567890
+    lines = [
+        json.dumps({"id": "big", "attributes": {"n": huge}}),
+        json.dumps({"id": "fine"}),
+    ]
+    status, result, _ = await import_(api, "\n".join(lines), NDJSON)
+    assert status == 200
+    assert [(e["line"], e["field"]) for e in result["errors"]] == [(1, "attributes")]
+    assert result["created"] == 1
+    status, body, _ = await put(api, "big", {"attributes": {"n": huge}})
+    assert (status, *error(body)) == (422, "invalid_subscriber", "attributes")
+    deep = '"' + "[" * 5000 + "]" * 5000 + '"'
+    status, result, _ = await import_(api, f"id,attributes\ndeep,{deep}\nok,\n", CSV)
+    assert status == 200
+    assert [(e["line"], e["field"]) for e in result["errors"]] == [(2, "attributes")]
+    assert result["created"] == 1
+
+
+async def test_names_that_are_no_ids_name_nothing_on_either_journal(api: Api) -> None:
+    """PostgreSQL text cannot hold U+0000: such a name never reaches a journal."""
+    for method, path in (
+        ("GET", "/v1/subscribers/a%00b"),
+        ("DELETE", "/v1/subscribers/a%00b"),
+        ("GET", "/v1/topics/x%00"),
+        ("DELETE", "/v1/topics/x%00"),
+    ):
+        status, body, _ = await api.call(method, path)
+        assert (status, error(body)[0]) == (404, "not_found"), (method, path)
+    status, body, _ = await api.call("POST", "/v1/topics/x%00/subscribers", json={"ids": ["u1"]})
+    assert status == 404
+    status, body, _ = await api.call("GET", "/v1/topics?after=%00")
+    assert (status, *error(body)) == (422, "invalid_parameter", "after")
+
+
+async def test_opt_out_lists_are_bounded(tmp_path: Path) -> None:
+    async with running_api(tmp_path, audience_config(max_topics=3)) as api:
+        status, body, _ = await put(api, "u1", {"opt_out": {"topics": ["a", "b", "c", "d"]}})
+        assert (status, *error(body)) == (422, "invalid_subscriber", "opt_out.topics")
+        status, body, _ = await put(api, "u1", {"opt_out": {"topics": ["a", "b", "c"]}})
+        assert status == 201
+
+
+async def test_an_import_of_far_too_many_lines_is_refused_before_it_is_parsed(
+    tmp_path: Path,
+) -> None:
+    async with running_api(tmp_path, audience_config(max_import_lines=10)) as api:
+        status, body, _ = await import_(api, "\n" * 100 + '{"id": "u1"}', NDJSON)
+        assert (status, error(body)[0]) == (413, "import_too_large")
+        assert "audience.max_import_lines" in body["error"]["message"]
+        status, _, _ = await api.call("GET", "/v1/subscribers/u1")
+        assert status == 404
 
 
 async def test_a_csv_with_an_open_quote_is_400_naming_the_line(api: Api) -> None:

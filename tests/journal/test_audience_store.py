@@ -315,3 +315,24 @@ async def test_a_subscriber_deleted_while_being_subscribed_keeps_no_subscription
             assert (await api.topic("acme", "news")).subscribers == 4
             assert await stored_subscriptions(lock) == 4
             assert tuple(await lock.fetchrow(_ORPHANS_AND_WRONG_COUNTS)) == (0, 0)
+
+
+async def test_a_cursor_past_the_last_member_misses_no_newcomer(store: Any) -> None:
+    """Keys are never given again: a subscriber created after the highest-key one was
+    deleted gets a key past every cursor, on both journals."""
+    await store.upsert_subscribers("acme", [row("u1", "news"), row("u2", "news")], NOW)
+    [*_, last] = await store.topic_members("acme", "news", 0, 10)
+    assert last.external_id == "u2"
+    await store.delete_subscriber("acme", "u2")
+    await store.upsert_subscribers("acme", [row("u3", "news")], NOW)
+    after = await store.topic_members("acme", "news", last.key, 10)
+    assert [m.external_id for m in after] == ["u3"]
+
+
+async def test_an_id_twice_in_one_upsert_keeps_both_rows_topics(store: Any) -> None:
+    counts = await store.upsert_subscribers(
+        "acme", [row("u1", "a", data=b"first"), row("u1", "b", data=b"second")], NOW
+    )
+    assert counts == (1, 0, 2)
+    found = await store.subscriber("acme", "u1")
+    assert (found.data, found.topics) == (b"second", ["a", "b"])

@@ -112,6 +112,8 @@ class SubscriberIn(Subscriber, frozen=True):
 class Checked(NamedTuple):
     subscriber: Subscriber
     topics: tuple[str, ...]
+    #: The record as the journal keeps it (`encode`).
+    data: bytes
 
 
 class SubscriberRules:
@@ -150,7 +152,7 @@ class SubscriberRules:
                     raise InvalidSubscriber(f"quiet_hours.{name}", "expected HH:MM, 00:00 to 23:59")
         opt_out = given.opt_out
         if opt_out is not _NO_OPT_OUT and opt_out != _NO_OPT_OUT:
-            _check_opt_out(opt_out)
+            _check_opt_out(opt_out, self.max_topics)
         topics = given.topics
         if topics:
             if len(topics) > 1:
@@ -165,7 +167,13 @@ class SubscriberRules:
                     check_id(topic, "topics")
             # The record is kept without its topics (the journal keeps those apart).
             given = msgspec.structs.replace(given, topics=())
-        return Checked(given, topics)
+        try:
+            data = _encoder.encode(given)
+        except OverflowError:  # JSON holds any integer, msgpack 64 bits
+            raise InvalidSubscriber(
+                "attributes", "an integer outside -2**63 to 2**64 - 1; send it as a string"
+            ) from None
+        return Checked(given, topics, data)
 
     def _address_error(self, given: SubscriberIn) -> None:
         for field in ADDRESS_FIELDS.values():
@@ -195,7 +203,18 @@ class SubscriberRules:
 _NO_OPT_OUT = OptOut()
 
 
-def _check_opt_out(opt_out: OptOut) -> None:
+def _check_opt_out(opt_out: OptOut, max_topics: int) -> None:
+    """Known channel types and topic ids, at most `max_topics` topics in each list (so that a
+    record stays small: a broadcast reads it once a recipient)."""
+    for name, count in (
+        ("opt_out.channels", len(opt_out.channels)),
+        ("opt_out.topics", len(opt_out.topics)),
+        ("opt_out.topic_channels", len(opt_out.topic_channels)),
+    ):
+        limit = len(CHANNEL_TYPES) if name == "opt_out.channels" else max_topics
+        if count > limit:
+            which = "the channel types" if limit == len(CHANNEL_TYPES) else "audience.max_topics"
+            raise InvalidSubscriber(name, f"{count} entries, more than {limit} ({which})")
     for kind in opt_out.channels:
         _check_channel_type(kind, "opt_out.channels")
     for topic in opt_out.topics:
@@ -354,6 +373,8 @@ class CsvLayout:
                 attributes = _decode_attributes(text)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise InvalidSubscriber("attributes", f"expected a JSON object: {exc}") from None
+            except RecursionError:
+                raise InvalidSubscriber("attributes", "the JSON nests too deep") from None
         for name, i in self._attr:
             if cells[i]:
                 attributes[name] = cells[i]

@@ -30,6 +30,8 @@ import msgspec
 IN_FLIGHT = 2
 #: Attempts for one request refused for load or cut off, before the import gives up.
 MAX_ATTEMPTS = 20
+#: The longest record the CLI joins across lines for a quoted field.
+MAX_RECORD_BYTES = 1 << 20
 #: Errors printed at the end (all are counted).
 MAX_PRINTED_ERRORS = 50
 
@@ -72,6 +74,27 @@ def file_format(path: Path, given: str | None) -> str:
     raise ImportFailed(f"{path}: cannot tell the format from {suffix!r}; give --format csv|ndjson")
 
 
+def _quoting(line: bytes, quoted: bool) -> bool:
+    """Whether a CSV record is inside a quoted field after `line`, given whether it was
+    before it. As Python's csv module reads it, a quote opens quoting only at the start of a
+    field (elsewhere it is a character), and two quotes inside quoting are one."""
+    start = not quoted  # a line begins a field unless it goes on with a quoted one
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if quoted:
+            if c == 0x22:  # '"'
+                if i + 1 < n and line[i + 1] == 0x22:
+                    i += 1  # an escaped quote
+                else:
+                    quoted = False
+        elif c == 0x22 and start:
+            quoted = True
+        start = c == 0x2C and not quoted  # after a ','
+        i += 1
+    return quoted
+
+
 def chunks(stream: IO[bytes], fmt: str, batch: int) -> Iterator[Chunk]:
     """The file's records, `batch` at a time. A CSV's header goes first in every request; a
     CSV record whose quotes are open goes on to the next line (a quoted newline)."""
@@ -92,6 +115,7 @@ def chunks(stream: IO[bytes], fmt: str, batch: int) -> Iterator[Chunk]:
     at = first_line
     size = len(header)  # bytes of the file read for this request (the progress bar's)
     record = b""
+    quoted = False  # the record is inside a quoted field
     first = 0
     for raw in stream:
         number += 1
@@ -101,8 +125,15 @@ def chunks(stream: IO[bytes], fmt: str, batch: int) -> Iterator[Chunk]:
                 continue  # blank lines are skipped
             first = number
         record += raw
-        if fmt == "csv" and record.count(b'"') % 2:
-            continue  # inside a quoted field
+        if fmt == "csv" and (quoted or b'"' in raw):
+            quoted = _quoting(raw, quoted)  # each line scanned once
+            if quoted:
+                if len(record) > MAX_RECORD_BYTES:
+                    raise ImportFailed(
+                        f"line {first}: a quoted field runs on for more than "
+                        f"{MAX_RECORD_BYTES} bytes (a quote never closed?)"
+                    )
+                continue  # inside a quoted field
         parts.append(record if record.endswith(b"\n") else record + b"\n")
         lines[at] = first
         at += record.count(b"\n") or 1
@@ -125,7 +156,7 @@ async def _post(session: Any, url: str, headers: dict[str, str], chunk: Chunk) -
             async with session.post(url, data=chunk.body, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status in (429, 503):
-                    await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                    await asyncio.sleep(_retry_after(resp.headers.get("Retry-After")))
                     continue
                 answer: dict[str, Any] = msgspec.json.decode(body) if body else {}
                 if resp.status != 200:
@@ -140,6 +171,14 @@ async def _post(session: Any, url: str, headers: dict[str, str], chunk: Chunk) -
                 raise ImportFailed(f"cannot reach the gateway at {url}: {exc}") from None
             await asyncio.sleep(min(5.0, 0.2 * attempt))
     raise ImportFailed(f"the gateway kept refusing for load after {MAX_ATTEMPTS} attempts")
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a Retry-After asks for (an HTTP date, or nonsense, counts as one)."""
+    try:
+        return min(60.0, max(0.0, float(value or 1)))
+    except ValueError:
+        return 1.0
 
 
 def _account(totals: Totals, chunk: Chunk, answer: dict[str, Any]) -> None:
@@ -191,38 +230,35 @@ async def import_file(args: argparse.Namespace) -> int:
     )
     task = progress.add_task("import", total=total_bytes, counts="")
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    failed = False
     try:
         with stream, progress:
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                pending: set[asyncio.Task[tuple[Chunk, dict[str, Any]]]] = set()
+                slots = asyncio.Semaphore(IN_FLIGHT)
 
-                async def send(chunk: Chunk) -> tuple[Chunk, dict[str, Any]]:
-                    return chunk, await _post(session, url, headers, chunk)
-
-                def settle(done: set[asyncio.Task[tuple[Chunk, dict[str, Any]]]]) -> None:
-                    for finished in done:
-                        chunk, answer = finished.result()
-                        _account(totals, chunk, answer)
-                        progress.update(
-                            task,
-                            advance=chunk.size,
-                            counts=f"{totals.records:,} lines, {totals.refused:,} refused",
-                        )
+                async def send(chunk: Chunk) -> None:
+                    try:
+                        answer = await _post(session, url, headers, chunk)
+                    finally:
+                        slots.release()
+                    _account(totals, chunk, answer)
+                    progress.update(
+                        task,
+                        advance=chunk.size,
+                        counts=f"{totals.records:,} lines, {totals.refused:,} refused",
+                    )
 
                 records = chunks(stream, fmt, args.batch)
-                # The file is read on a thread: the requests in flight go on meanwhile.
-                while (chunk := await asyncio.to_thread(next, records, None)) is not None:
-                    if len(pending) >= IN_FLIGHT:
-                        done, pending = await asyncio.wait(
-                            pending, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        settle(done)
-                    pending.add(asyncio.create_task(send(chunk)))
-                if pending:
-                    done, _ = await asyncio.wait(pending)
-                    settle(done)
-    except ImportFailed as exc:
-        print(f"sluice: {exc} (after {totals.records:,} lines)", file=sys.stderr)
+                async with asyncio.TaskGroup() as tg:
+                    # The file is read on a thread: the requests in flight go on meanwhile.
+                    while (chunk := await asyncio.to_thread(next, records, None)) is not None:
+                        await slots.acquire()
+                        tg.create_task(send(chunk))
+    except* ImportFailed as failures:
+        for failure in failures.exceptions:
+            print(f"sluice: {failure} (after {totals.records:,} lines)", file=sys.stderr)
+        failed = True
+    if failed:
         return 2
     for line in totals.errors:
         print(line, file=sys.stderr)
@@ -235,12 +271,19 @@ async def import_file(args: argparse.Namespace) -> int:
     return 1 if totals.refused else 0
 
 
+def _batch(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError("--batch takes 1 to 10,000 records a request")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a .csv (with a header row) or .ndjson file")
     parser.add_argument("--format", choices=sorted(_CONTENT_TYPES), help="default: by suffix")
     parser.add_argument(
         "--batch",
-        type=int,
+        type=_batch,
         default=10_000,
         help="records a request (at most the gateway's audience.max_import_lines)",
     )

@@ -35,6 +35,18 @@ class SubscriberRow(NamedTuple):
     topics: tuple[str, ...] = ()
 
 
+def merged(rows: list[SubscriberRow]) -> dict[str, SubscriberRow]:
+    """The rows of one upsert by id: for an id given twice, the later record and the topics
+    of both (each row's topics are added, whatever the rows around it)."""
+    by_id: dict[str, SubscriberRow] = {}
+    for row in rows:
+        earlier = by_id.get(row.external_id)
+        if earlier is not None and earlier.topics:
+            row = row._replace(topics=tuple(dict.fromkeys(earlier.topics + row.topics)))
+        by_id[row.external_id] = row
+    return by_id
+
+
 class StoredSubscriber(NamedTuple):
     """A subscriber as stored: its encoded record and the topics it follows (by name, sorted)."""
 
@@ -78,7 +90,8 @@ class AudienceStore(Protocol):
         self, tenant: str, rows: list[SubscriberRow], now: int
     ) -> UpsertCounts:
         """Create or replace each subscriber and add its topics, all in one transaction (at
-        most `MAX_UPSERT_ROWS`; a later row with the same id wins)."""
+        most `MAX_UPSERT_ROWS`; for an id given twice, the later record and both rows'
+        topics: `merged`)."""
         ...
 
     async def subscriber(self, tenant: str, external_id: str) -> StoredSubscriber | None: ...

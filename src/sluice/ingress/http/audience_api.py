@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,6 +36,7 @@ import msgspec
 
 from sluice.audience.subscriber import (
     CSV_FIELD_COLUMNS,
+    ID_PATTERN,
     CsvLayout,
     InvalidSubscriber,
     Subscriber,
@@ -42,7 +44,6 @@ from sluice.audience.subscriber import (
     SubscriberRules,
     check_id,
     decode,
-    encode,
     unknown_csv_columns,
 )
 from sluice.config import Config
@@ -73,6 +74,11 @@ _NO_TOPIC = "no topic with this name"
 
 _encode = msgspec.json.Encoder().encode
 _T = TypeVar("_T")
+
+
+#: Lines a record may take on average before an import is refused unparsed: blank lines and
+#: quoted newlines aside, a request this many times longer than its limit is not an import.
+LINES_PER_RECORD = 4
 
 
 class _SubscriberBody(SubscriberIn, frozen=True):
@@ -228,7 +234,7 @@ class AudienceApi:
             checked = self._rules.check(SubscriberIn(**fields))
         except InvalidSubscriber as exc:
             raise _invalid(exc) from None
-        row = SubscriberRow(external_id, encode(checked.subscriber), checked.topics)
+        row = SubscriberRow(external_id, checked.data, checked.topics)
         counts = await self._store.upsert_subscribers(tenant, [row], now_ms())
         view = await self._subscriber_view(tenant, external_id)
         return _Response(201 if counts.created else 200, _encode(view))
@@ -241,11 +247,15 @@ class AudienceApi:
         self, scope: Scope, receive: Receive, external_id: str
     ) -> _Response:
         tenant = self._tenant(_headers(scope))
-        if not await self._store.delete_subscriber(tenant, external_id):
+        if not ID_PATTERN.fullmatch(external_id) or not await self._store.delete_subscriber(
+            tenant, external_id
+        ):
             raise ApiError(404, "not_found", _NO_SUBSCRIBER)
         return _Response(200, _encode({"id": external_id, "deleted": True}))
 
     async def _subscriber_view(self, tenant: str, external_id: str) -> SubscriberView:
+        if not ID_PATTERN.fullmatch(external_id):  # names nobody (and no journal is asked)
+            raise ApiError(404, "not_found", _NO_SUBSCRIBER)
         stored = await self._store.subscriber(tenant, external_id)
         if stored is None:
             raise ApiError(404, "not_found", _NO_SUBSCRIBER)
@@ -270,7 +280,18 @@ class AudienceApi:
         raw = await self._read_body(receive, self._max_body)
         if raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
-        parsed = self._parse_csv(raw) if kind == _CSV else self._parse_ndjson(raw)
+        lines = raw.count(b"\n") + 1
+        if lines > self._max_lines * LINES_PER_RECORD:  # judged before anything is parsed
+            raise ApiError(
+                413,
+                "import_too_large",
+                f"{lines} lines in one request, more than {self._max_lines} subscribers "
+                "(audience.max_import_lines) could take; nothing was stored: send them in "
+                "smaller requests",
+            )
+        # Parsed on a thread: the event loop (urgent messages, probes) takes its turns between.
+        parse = self._parse_csv if kind == _CSV else self._parse_ndjson
+        parsed = await asyncio.to_thread(parse, raw)
         if parsed.rows:
             counts = await self._store.upsert_subscribers(tenant, parsed.rows, now_ms())
             created, updated, subscribed = counts
@@ -307,7 +328,7 @@ class AudienceApi:
                 errors.append(LineError(number, exc.reason, exc.field))
             else:
                 subscriber = checked.subscriber
-                rows.append(SubscriberRow(subscriber.id, encode(subscriber), checked.topics))
+                rows.append(SubscriberRow(subscriber.id, checked.data, checked.topics))
         return _Parsed(rows, errors, len(lines))
 
     def _parse_csv(self, raw: bytes) -> _Parsed:
@@ -342,7 +363,7 @@ class AudienceApi:
                 errors.append(LineError(number, exc.reason, field))
             else:
                 subscriber = checked.subscriber
-                rows.append(SubscriberRow(subscriber.id, encode(subscriber), checked.topics))
+                rows.append(SubscriberRow(subscriber.id, checked.data, checked.topics))
         return _Parsed(rows, errors, len(records) - 1)
 
     # ------------------------------------------------------------------------------ topics
@@ -363,6 +384,8 @@ class AudienceApi:
         tenant = self._tenant(_headers(scope))
         query = _query(scope["query_string"])
         after = _single(query, "after") or None
+        if after is not None and not ID_PATTERN.fullmatch(after):
+            raise ApiError(422, "invalid_parameter", "after must be a topic's name", "after")
         limit = self._page_size
         text = _single(query, "limit")
         if text is not None:
@@ -390,7 +413,7 @@ class AudienceApi:
 
     async def _delete_topic(self, scope: Scope, receive: Receive, name: str) -> _Response:
         tenant = self._tenant(_headers(scope))
-        if not await self._store.delete_topic(tenant, name):
+        if not ID_PATTERN.fullmatch(name) or not await self._store.delete_topic(tenant, name):
             raise ApiError(404, "not_found", _NO_TOPIC)
         return _Response(200, _encode({"name": name, "deleted": True}))
 
@@ -398,7 +421,9 @@ class AudienceApi:
         headers = _headers(scope)
         tenant = self._tenant(headers)
         ids = await self._ids(headers, receive)
-        counts = await self._store.subscribe(tenant, name, ids, now_ms())
+        counts = None
+        if ID_PATTERN.fullmatch(name):
+            counts = await self._store.subscribe(tenant, name, ids, now_ms())
         if counts is None:
             raise ApiError(404, "not_found", _NO_TOPIC)
         body = {"added": counts.added, "already": counts.already, "unknown": counts.unknown}
@@ -408,13 +433,15 @@ class AudienceApi:
         headers = _headers(scope)
         tenant = self._tenant(headers)
         ids = await self._ids(headers, receive)
-        removed = await self._store.unsubscribe(tenant, name, ids)
+        removed = None
+        if ID_PATTERN.fullmatch(name):
+            removed = await self._store.unsubscribe(tenant, name, ids)
         if removed is None:
             raise ApiError(404, "not_found", _NO_TOPIC)
         return _Response(200, _encode({"removed": removed}))
 
     async def _topic_view(self, tenant: str, name: str) -> TopicView:
-        info = await self._store.topic(tenant, name)
+        info = await self._store.topic(tenant, name) if ID_PATTERN.fullmatch(name) else None
         if info is None:
             raise ApiError(404, "not_found", _NO_TOPIC)
         return _topic(info)

@@ -24,6 +24,7 @@ from sluice.journal.audience import (
     SubscriberRow,
     TopicInfo,
     UpsertCounts,
+    merged,
 )
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
@@ -87,7 +88,7 @@ async def _add_subscriptions(conn: PoolConnection, pairs: list[tuple[int, int]])
 async def op_upsert_subscribers(
     conn: PoolConnection, tx: Tx, tenant: str, rows: list[SubscriberRow], now: int
 ) -> UpsertCounts:
-    latest = {row.external_id: row for row in rows}  # a later row with the same id wins
+    latest = merged(rows)
     if not latest:
         return UpsertCounts(0, 0, 0)
     topics = await _topic_keys(

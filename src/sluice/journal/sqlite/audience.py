@@ -21,6 +21,7 @@ from sluice.journal.audience import (
     SubscriberRow,
     TopicInfo,
     UpsertCounts,
+    merged,
 )
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscribers (
-    key INTEGER PRIMARY KEY,
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
     external_id TEXT NOT NULL,
     data BLOB NOT NULL,
@@ -100,7 +101,7 @@ def _add_subscriptions(conn: sqlite3.Connection, pairs: dict[int, list[int]]) ->
 def op_upsert_subscribers(
     conn: sqlite3.Connection, tx: Transaction, tenant: str, rows: list[SubscriberRow], now: int
 ) -> UpsertCounts:
-    latest = {row.external_id: row for row in rows}  # a later row with the same id wins
+    latest = merged(rows)
     existing = _subscriber_keys(conn, tenant, list(latest))
     # Set-wise, a statement a kind of row (executemany), not a statement a row.
     conn.executemany(
@@ -108,9 +109,11 @@ def op_upsert_subscribers(
         [(latest[i].data, now, key) for i, key in existing.items()],
     )
     new = [row for i, row in latest.items() if i not in existing]
-    # The journal's one writer gives the new rows their keys itself (the next after the
-    # largest), so that no second lookup is needed to learn them.
-    (largest,) = conn.execute("SELECT coalesce(max(key), 0) FROM subscribers").fetchone()
+    # The journal's one writer gives the new rows their keys itself, so that no second
+    # lookup is needed to learn them: the next after the largest ever given (AUTOINCREMENT's
+    # high-water mark), never a deleted subscriber's, so a cursor past it misses nobody new.
+    found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'subscribers'").fetchone()
+    largest = found[0] if found is not None else 0
     keys = dict(existing)
     for offset, row in enumerate(new, largest + 1):
         keys[row.external_id] = offset

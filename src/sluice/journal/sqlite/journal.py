@@ -95,7 +95,15 @@ RELAXED_OPS: frozenset[Op] = frozenset(
 )
 
 #: Operations that bring new data, refused while the disk is below its reserve.
-INGEST_OPS: frozenset[Op] = frozenset({op_insert, op_save_state})
+INGEST_OPS: frozenset[Op] = frozenset(
+    {
+        op_insert,
+        op_save_state,
+        audience.op_upsert_subscribers,
+        audience.op_subscribe,
+        audience.op_create_topic,
+    }
+)
 
 
 class SqliteJournal(GroupCommitWriter):
