@@ -495,6 +495,8 @@ class AudienceConfig(_Base, frozen=True):
     #: Most lines (subscribers) in one `POST /v1/subscribers/import`: one transaction. The
     #: CLI (`sluice subscribers import`) sends a file in requests of this many.
     max_import_lines: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000
+    #: Distinct topics one import may name (each new one is created in its transaction).
+    max_import_topics: Positive = 1000
     #: Errors an import's answer lists (the count of the others is given).
     max_import_errors: Positive = 1000
     #: Page size of `GET /v1/topics` when the request names none, and the most it may name.

@@ -560,3 +560,24 @@ async def test_a_worker_process_serves_no_audience_endpoints(tmp_path: Path) -> 
         for method, path in [("GET", "/v1/subscribers/u1"), ("GET", "/v1/topics")]:
             status, body, _ = await api.call(method, path)
             assert (status, error(body)[0]) == (404, "not_found")
+
+
+async def test_an_import_naming_too_many_topics_is_refused_whole(tmp_path: Path) -> None:
+    async with running_api(tmp_path, audience_config(max_import_topics=3)) as api:
+        body = "id,topics\nu1,a;b\nu2,c;d\n"
+        status, result, _ = await import_(api, body, CSV)
+        assert (status, error(result)[0]) == (422, "too_many_topics")
+        assert "audience.max_import_topics" in result["error"]["message"]
+        status, _, _ = await api.call("GET", "/v1/subscribers/u1")
+        assert status == 404
+        status, result, _ = await import_(api, "id,topics\nu1,a;b\nu2,b;c\n", CSV)
+        assert (status, result["created"], result["subscribed"]) == (200, 2, 4)
+
+
+async def test_webhook_addresses_and_quiet_hours_are_checked(api: Api) -> None:
+    status, body, _ = await put(api, "u1", {"webhook": "ftp://files.example.com/x"})
+    assert (status, *error(body)) == (422, "invalid_subscriber", "webhook")
+    status, body, _ = await put(api, "u1", {"quiet_hours": {"start": "22:00", "end": "22:00"}})
+    assert (status, *error(body)) == (422, "invalid_subscriber", "quiet_hours.end")
+    status, _, _ = await put(api, "u1", {"webhook": "https://hooks.example.com/in"})
+    assert status == 201

@@ -32,6 +32,7 @@ import re
 import zoneinfo
 from functools import lru_cache
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -150,6 +151,12 @@ class SubscriberRules:
             for name in ("start", "end"):
                 if not _TIME.fullmatch(getattr(given.quiet_hours, name)):
                     raise InvalidSubscriber(f"quiet_hours.{name}", "expected HH:MM, 00:00 to 23:59")
+            if given.quiet_hours.start == given.quiet_hours.end:
+                raise InvalidSubscriber(
+                    "quiet_hours.end", "the same time as start: quiet all day, or never?"
+                )
+        if given.webhook is not None and not _is_web_url(given.webhook):
+            raise InvalidSubscriber("webhook", "expected an absolute http:// or https:// URL")
         opt_out = given.opt_out
         if opt_out is not _NO_OPT_OUT and opt_out != _NO_OPT_OUT:
             _check_opt_out(opt_out, self.max_topics)
@@ -201,6 +208,14 @@ class SubscriberRules:
 
 
 _NO_OPT_OUT = OptOut()
+
+
+def _is_web_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
 
 
 def _check_opt_out(opt_out: OptOut, max_topics: int) -> None:

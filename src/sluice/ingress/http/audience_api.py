@@ -161,6 +161,7 @@ class AudienceApi:
         self._read_body = read_body
         self._max_body = config.limits.max_request_bytes
         self._max_lines = audience.max_import_lines
+        self._max_topics = audience.max_import_topics
         self._max_errors = audience.max_import_errors
         self._page_size = audience.page_size
         self._max_page = audience.max_page_size
@@ -292,6 +293,14 @@ class AudienceApi:
         # Parsed on a thread: the event loop (urgent messages, probes) takes its turns between.
         parse = self._parse_csv if kind == _CSV else self._parse_ndjson
         parsed = await asyncio.to_thread(parse, raw)
+        topics = {topic for row in parsed.rows for topic in row.topics}
+        if len(topics) > self._max_topics:
+            raise ApiError(
+                422,
+                "too_many_topics",
+                f"the import names {len(topics)} topics, more than {self._max_topics} "
+                "(audience.max_import_topics); nothing was stored",
+            )
         if parsed.rows:
             counts = await self._store.upsert_subscribers(tenant, parsed.rows, now_ms())
             created, updated, subscribed = counts

@@ -842,7 +842,14 @@ _AUDIENCE_RESPONSES: dict[str, Any] = {
         "A field is missing, mistyped, unknown or out of its limits; `field` names it. For an "
         "import: the CSV header names an unknown column (all of them in the message, the "
         "first as `field`), a column twice, or no `id`; nothing was stored.",
-        ["invalid_subscriber", "invalid_topic", "invalid_request", "invalid_csv", "too_deep"],
+        [
+            "invalid_subscriber",
+            "invalid_topic",
+            "invalid_request",
+            "invalid_csv",
+            "too_deep",
+            "too_many_topics",
+        ],
     ),
     "ImportTooLarge": _error_response(
         "The body is over limits.max_request_bytes, or holds more records (or ids) than "

@@ -70,13 +70,13 @@ def _topic_keys(
             (tenant, *chunk),
         ):
             keys[name] = key
-    if create:
-        for name in ordered:
-            if name not in keys:
-                (keys[name],) = conn.execute(
-                    "INSERT INTO topics (tenant, name, created_at) VALUES (?, ?, ?) RETURNING key",
-                    (tenant, name, now),
-                ).fetchone()
+    missing = [name for name in ordered if name not in keys]
+    if create and missing:  # set-wise: one statement for all of them, one to learn their keys
+        conn.executemany(
+            "INSERT INTO topics (tenant, name, created_at) VALUES (?, ?, ?)",
+            [(tenant, name, now) for name in missing],
+        )
+        keys |= _topic_keys(conn, tenant, set(missing), now, create=False)
     return keys
 
 
