@@ -144,16 +144,21 @@ async def test_a_disk_below_its_reserve_is_503_and_not_ready_until_space_returns
                 assert await post_one(gw) == 202
 
 
-async def test_with_postgres_down_a_post_hears_503_within_its_wait_and_readyz_follows(
-    private_postgres: PrivatePostgres,
-) -> None:
-    journal = {
+def failing_fast(server: PrivatePostgres) -> dict[str, Any]:
+    """A PostgreSQL journal whose edges give up after 1 s while delivery keeps trying 120 s."""
+    return {
         "backend": "postgres",
-        "url": private_postgres.url,
+        "url": server.url,
         "schema": "sluice",
         "reconnect_seconds": 120,
         "ingress_wait_seconds": 1,
     }
+
+
+async def test_with_postgres_down_a_post_hears_503_within_its_wait_and_readyz_follows(
+    private_postgres: PrivatePostgres,
+) -> None:
+    journal = failing_fast(private_postgres)
     async with WebhookSink(SinkOptions()) as sink:
         raw = gateway_config(journal, {"web": webhook_channel(f"{sink.url}/hook")})
         async with running_gateway(raw) as gw:
@@ -183,13 +188,7 @@ async def test_with_postgres_not_answering_a_post_hears_503_within_its_wait(
     """A server that stops answering but keeps its connections (SIGSTOP): the statement under
     way is given up at the edge's wait, not at the statement timeout (30 s), and a busy pool
     is not mistaken for an unreachable server."""
-    journal = {
-        "backend": "postgres",
-        "url": private_postgres.url,
-        "schema": "sluice",
-        "reconnect_seconds": 120,
-        "ingress_wait_seconds": 1,
-    }
+    journal = failing_fast(private_postgres)
     async with WebhookSink(SinkOptions()) as sink:
         raw = gateway_config(journal, {"web": webhook_channel(f"{sink.url}/hook")})
         async with running_gateway(raw) as gw:

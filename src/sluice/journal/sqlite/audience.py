@@ -60,16 +60,8 @@ def _topic_keys(
     conn: sqlite3.Connection, tenant: str, names: set[str], now: int, *, create: bool
 ) -> dict[str, int]:
     """The keys of the tenant's topics named `names`, created first when `create`."""
-    keys: dict[str, int] = {}
     ordered = sorted(names)
-    for start in range(0, len(ordered), _CHUNK):
-        chunk = ordered[start : start + _CHUNK]
-        marks = ",".join("?" * len(chunk))
-        for key, name in conn.execute(
-            f"SELECT key, name FROM topics WHERE tenant = ? AND name IN ({marks})",
-            (tenant, *chunk),
-        ):
-            keys[name] = key
+    keys = _keys(conn, "SELECT name, key FROM topics WHERE tenant = ? AND name", tenant, ordered)
     missing = [name for name in ordered if name not in keys]
     if create and missing:  # set-wise: one statement for all of them, one to learn their keys
         conn.executemany(
@@ -176,18 +168,18 @@ def op_delete_topic(conn: sqlite3.Connection, tx: Transaction, tenant: str, name
 def _subscriber_keys(
     conn: sqlite3.Connection, tenant: str, external_ids: list[str]
 ) -> dict[str, int]:
+    select = "SELECT external_id, key FROM subscribers WHERE tenant = ? AND external_id"
+    return _keys(conn, select, tenant, list(dict.fromkeys(external_ids)))
+
+
+def _keys(conn: sqlite3.Connection, select: str, tenant: str, names: list[str]) -> dict[str, int]:
+    """name → key for `names`, by `select` ("SELECT name, key … AND column") + " IN (…)",
+    `_CHUNK` names a statement."""
     keys: dict[str, int] = {}
-    ids = list(dict.fromkeys(external_ids))
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
+    for start in range(0, len(names), _CHUNK):
+        chunk = names[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        keys.update(
-            conn.execute(
-                f"SELECT external_id, key FROM subscribers "
-                f"WHERE tenant = ? AND external_id IN ({marks})",
-                (tenant, *chunk),
-            ).fetchall()
-        )
+        keys.update(conn.execute(f"{select} IN ({marks})", (tenant, *chunk)).fetchall())
     return keys
 
 
