@@ -14,6 +14,7 @@ from typing import Protocol
 import msgspec
 
 from sluice.journal.audience import AudienceStore
+from sluice.journal.broadcasts import BroadcastStore
 from sluice.model import Message, Outcome, State
 
 #: How long a receipt for an unknown provider id waits for its SENT commit, in ms.
@@ -131,7 +132,7 @@ class JournalStats(msgspec.Struct, frozen=True):
     queue_depth: int
 
 
-class Journal(AudienceStore, Protocol):
+class Journal(AudienceStore, BroadcastStore, Protocol):
     """What every journal backend provides. Times are integer ms since the Unix epoch."""
 
     #: Transactions committed, operations in them, and seconds spent in them (for metrics).

@@ -42,6 +42,12 @@ _FULL_ROWS = (
     "(?3,?1,?4,?5,?6,?7,?8,1,?9,?10,?11,?12,?13,?2)",
     "(?,?1,?,?,?,?,?,1,?,?,?,?,?,?2)",
 )
+#: A broadcast's messages: the full shape, and ?3 the broadcast's id on every row.
+_BROADCAST_HEAD = _INSERT_HEAD.replace("updated_at)", "updated_at, broadcast)")
+_BROADCAST_ROWS = (
+    "(?4,?1,?5,?6,?7,?8,?9,1,?10,?11,?12,?13,?14,?2,?3)",
+    "(?,?1,?,?,?,?,?,1,?,?,?,?,?,?2,?3)",
+)
 
 
 class PreparedInsert(msgspec.Struct):
@@ -57,10 +63,15 @@ class PreparedInsert(msgspec.Struct):
 
 
 def prepare_insert(
-    tenant: str, messages: list[Message], deadline: float | None = None
+    tenant: str,
+    messages: list[Message],
+    deadline: float | None = None,
+    *,
+    broadcast: int | None = None,
 ) -> PreparedInsert:
+    """The statements inserting `messages` (those of `broadcast`, when given)."""
     now = now_ms()
-    plain = not any(
+    plain = broadcast is None and not any(
         m.sender is not None
         or m.not_before is not None
         or m.expires_at is not None
@@ -89,12 +100,15 @@ def prepare_insert(
                 encode_metadata(m.metadata),
             )
         width, (first, row) = _FULL_WIDTH, _FULL_ROWS
+    head, fixed = _INSERT_HEAD, [tenant, now]
+    if broadcast is not None:
+        (first, row), head, fixed = _BROADCAST_ROWS, _BROADCAST_HEAD, [tenant, now, broadcast]
     statements = []
     start = 0
     for rows in chunk_sizes(len(messages), _MAX_CHUNK_ROWS):
         end = start + rows * width
-        sql = insert_sql(_INSERT_HEAD, first, row, rows)
-        statements.append((sql, [tenant, now, *values[start:end]]))
+        sql = insert_sql(head, first, row, rows)
+        statements.append((sql, [*fixed, *values[start:end]]))
         start = end
     counts: Counter[str] = Counter(m.channel for m in messages)
     pairs = [(recipient_key(tenant, m.recipient), m.id) for m in messages]

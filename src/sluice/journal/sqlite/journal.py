@@ -46,8 +46,16 @@ from sluice.journal.base import (
     SubmitResult,
     SweepResult,
 )
+from sluice.journal.broadcasts import (
+    BroadcastMember,
+    BroadcastRecord,
+    BroadcastStatus,
+    ExpansionChunk,
+    NewBroadcast,
+    StatusChange,
+)
 from sluice.journal.recipient_index import LOOKUP_SQL, recipient_key
-from sluice.journal.sqlite import audience
+from sluice.journal.sqlite import audience, broadcasts
 from sluice.journal.sqlite.callbacks import op_claim_callbacks, op_finish_callbacks
 from sluice.journal.sqlite.claims import op_claim, op_complete
 from sluice.journal.sqlite.health import FreeSpace, free_bytes
@@ -102,6 +110,8 @@ INGEST_OPS: frozenset[Op] = frozenset(
         audience.op_upsert_subscribers,
         audience.op_subscribe,
         audience.op_create_topic,
+        broadcasts.op_create_broadcast,
+        broadcasts.op_expand_broadcast,
     }
 )
 
@@ -379,6 +389,68 @@ class SqliteJournal(GroupCommitWriter):
             audience.read_topic_members, tenant, topic, after, limit
         )
         return found
+
+    # ------------------------------------------------------------- broadcasts
+
+    async def create_broadcast(
+        self, new: NewBroadcast, idempotency_key: str | None, digest: bytes | None, now: int
+    ) -> tuple[int, bool]:
+        self._refuse_if_low()
+        created: tuple[int, bool] = await self._write(
+            broadcasts.op_create_broadcast, new, idempotency_key, digest, now
+        )
+        return created
+
+    async def broadcast(self, tenant: str, broadcast_id: int) -> BroadcastRecord | None:
+        found: BroadcastRecord | None = await self._read(
+            broadcasts.read_broadcast, tenant, broadcast_id
+        )
+        return found
+
+    async def broadcasts(
+        self, tenant: str, before_id: int | None, limit: int
+    ) -> list[BroadcastRecord]:
+        found: list[BroadcastRecord] = await self._read(
+            broadcasts.read_broadcasts, tenant, before_id, limit
+        )
+        return found
+
+    async def lease_broadcasts(
+        self, owner: int, now: int, lease_ms: int, limit: int
+    ) -> list[BroadcastRecord]:
+        ids: list[int] = await self._write(
+            broadcasts.op_lease_broadcasts, owner, now, lease_ms, limit
+        )
+        found = [await self._read(broadcasts.read_broadcast, None, i) for i in ids]
+        return [record for record in found if record is not None]
+
+    async def expand_broadcast(self, owner: int, chunk: ExpansionChunk, now: int) -> bool:
+        self._refuse_if_low()
+        tenant = chunk.messages[0].tenant if chunk.messages else ""
+        prepared = prepare_insert(tenant, chunk.messages, broadcast=chunk.broadcast)
+        applied: bool = await self._write(
+            broadcasts.op_expand_broadcast, owner, chunk, prepared, now
+        )
+        return applied
+
+    async def broadcast_members(
+        self, topic_keys: tuple[int, ...], index: int, after: int, limit: int
+    ) -> list[BroadcastMember]:
+        found: list[BroadcastMember] = await self._read(
+            broadcasts.read_broadcast_members, topic_keys, index, after, limit
+        )
+        return found
+
+    async def release_broadcasts(self, owner: int) -> None:
+        await self._write(broadcasts.op_release_broadcasts, owner)
+
+    async def change_broadcast(
+        self, tenant: str, broadcast_id: int, status: BroadcastStatus, now: int
+    ) -> StatusChange | None:
+        change: StatusChange | None = await self._write(
+            broadcasts.op_change_broadcast, tenant, broadcast_id, status, now
+        )
+        return change
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
         records: list[MessageRecord] = await self._read(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from sluice.journal import recipient_index
 from sluice.journal.base import JournalError
-from sluice.journal.sqlite import audience
+from sluice.journal.sqlite import audience, broadcasts
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: SQLite page cache per connection: the writer's holds the hot ends of the indexes.
 WRITER_CACHE_KIB = 64 * 1024
 READER_CACHE_KIB = 16 * 1024
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_owner INTEGER,
     lease_until INTEGER,
     provider_id TEXT,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    broadcast INTEGER
 );
 CREATE INDEX IF NOT EXISTS messages_due
     ON messages (channel, priority, due_at) WHERE state = 1;
@@ -138,8 +139,9 @@ def connect(
 
 def install(conn: sqlite3.Connection) -> None:
     """Create what a new journal lacks and bring an older one up to `SCHEMA_VERSION`."""
-    conn.executescript(SCHEMA + recipient_index.SCHEMA + audience.SCHEMA)
+    conn.executescript(SCHEMA + recipient_index.SCHEMA + audience.SCHEMA + broadcasts.SCHEMA)
     migrate(conn)
+    conn.executescript(broadcasts.ON_MESSAGES)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -153,3 +155,5 @@ def migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
     if "not_before" not in columns:  # version 1 → 2
         conn.execute("ALTER TABLE messages ADD COLUMN not_before INTEGER")
+    if "broadcast" not in columns:  # version 2 → 3
+        conn.execute("ALTER TABLE messages ADD COLUMN broadcast INTEGER")
