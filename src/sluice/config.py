@@ -502,6 +502,25 @@ class AudienceConfig(_Base, frozen=True):
     #: Page size of `GET /v1/topics` when the request names none, and the most it may name.
     page_size: Positive = 100
     max_page_size: Positive = 1000
+    #: Most topics one broadcast may name (its recipients are deduplicated across them).
+    max_broadcast_topics: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20
+    #: Largest template (one field of a broadcast's content), in bytes.
+    max_template_bytes: Positive = 16 * 1024
+    #: Members read, planned and committed in one expansion step (one transaction).
+    expansion_chunk: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    #: How far expansion runs ahead of the channels: the messages a broadcast keeps queued
+    #: or in flight are at most this many seconds of what its channels carried lately ...
+    lookahead_seconds: Seconds = 5.0
+    #: ... and never fewer than `min_lookahead` (enough to keep wide channels full from the
+    #: start) nor more than `max_lookahead`.
+    min_lookahead: Positive = 5000
+    max_lookahead: Positive = 200_000
+    #: The lease of a broadcast's expander; another process takes over once it lapses.
+    expander_lease_seconds: Seconds = 30.0
+    #: How often an expander looks for broadcasts to expand (a local submit wakes it at once).
+    expander_poll_seconds: Seconds = 1.0
+    #: Broadcasts one process expands at once.
+    max_expanding: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
 
 
 class RedisConfig(_Base, frozen=True):

@@ -173,6 +173,16 @@ def format_id(message_id: int) -> str:
     )
 
 
+def format_time(ms: int) -> str:
+    """RFC 3339 in UTC with milliseconds: ``2025-01-01T00:00:00.000Z``."""
+    seconds, milli = divmod(ms, 1000)
+    t = time.gmtime(seconds)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{milli:03d}Z"
+    )
+
+
 def parse_id(text: str) -> int:
     """Parse an id printed by `format_id`; raise ValueError naming the problem."""
     if len(text) != ID_LENGTH:

@@ -20,6 +20,7 @@ from sluice.ingress.http.app import build_app
 from sluice.ingress.http.server import HttpServer
 from sluice.journal.audience import AudienceStore
 from sluice.journal.base import CancelResult, Journal, MessageRecord, SubmitResult
+from sluice.journal.broadcasts import BroadcastStore
 from sluice.model import IdGenerator, Message, now_ms
 from sluice.process.listeners import bind_tcp
 
@@ -69,6 +70,8 @@ class JournalGateway:
         self.config = config
         self.journal = journal
         self.ids = IdGenerator(node=1)
+        #: Times a broadcast was created or resumed (the expander would have been poked).
+        self.broadcast_pokes = 0
         self.refusals: dict[str, int] = {}
         self.is_ready = True
         self.submits = 0
@@ -144,6 +147,13 @@ class JournalGateway:
     @property
     def audience(self) -> AudienceStore:
         return self.journal
+
+    @property
+    def broadcasts(self) -> BroadcastStore:
+        return self.journal
+
+    def broadcast_changed(self) -> None:
+        self.broadcast_pokes += 1
 
     def metrics(self) -> tuple[bytes, str]:
         return prometheus_client.generate_latest(

@@ -25,13 +25,14 @@ import logging
 import os
 from collections.abc import Mapping
 
+from sluice.audience.expander import Expander
 from sluice.config import ChannelConfig, Config
 from sluice.delivery.callbacks import CallbackSender
 from sluice.delivery.runner import ChannelRunner
 from sluice.flow.stage import Stage
 from sluice.ingress.contract import ChannelStatus
 from sluice.journal.base import Completion, Journal, JournalError, Receipt
-from sluice.model import now_ms
+from sluice.model import IdGenerator, now_ms
 from sluice.sharing.build import Sharing
 from sluice.transports.base import OnReceipts, Transport
 from sluice.transports.webhook import WebhookTransport
@@ -72,6 +73,7 @@ class Delivery:
         journal: Journal,
         transports: Mapping[str, Transport] | None = None,
         sharing: Sharing | None = None,
+        ids: IdGenerator | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -100,6 +102,15 @@ class Delivery:
             )
             sharing.watch_breaker(name, runner.breaker)
         journal.watch_due(self.wake)
+        #: Broadcasts' expansion (their messages are ids of this process: `ids` is the
+        #: process's one generator, shared with its ingress).
+        self.expander = Expander(
+            journal,
+            config.audience,
+            ids or IdGenerator(config.server.node),
+            self.owner,
+            wake=self.wake,
+        )
         self._stop = asyncio.Event()
 
     def wake(self, channel: str, urgent: bool = False) -> None:
@@ -125,7 +136,10 @@ class Delivery:
             links = [tg.create_task(t.run()) for t in transports]
             runners = [tg.create_task(r.run()) for r in self.runners.values()]
             upkeep = tg.create_task(self._upkeep())
+            expander = tg.create_task(self.expander.run())
             await self._stop.wait()
+            self.expander.stop()  # its chunk in progress commits or not at all
+            await expander
             for runner in self.runners.values():
                 runner.stop()
             _, late = await asyncio.wait(runners, timeout=self.config.server.shutdown_grace_seconds)

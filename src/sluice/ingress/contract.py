@@ -13,6 +13,7 @@ import msgspec
 from sluice.config import Config
 from sluice.journal.audience import AudienceStore
 from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
+from sluice.journal.broadcasts import BroadcastStore
 from sluice.model import Message
 
 
@@ -80,6 +81,15 @@ class Gateway(Protocol):
     @property
     def audience(self) -> AudienceStore:
         """Subscribers and topics (the journal keeps them)."""
+        ...
+
+    @property
+    def broadcasts(self) -> BroadcastStore:
+        """Broadcasts, their cursors and counters (the journal keeps them)."""
+        ...
+
+    def broadcast_changed(self) -> None:
+        """A broadcast was created or resumed here: expand it, and claim its messages, now."""
         ...
 
     def fault(self) -> str | None:

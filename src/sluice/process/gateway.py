@@ -34,6 +34,7 @@ from sluice.ingress.contract import ChannelStatus
 from sluice.journal.audience import AudienceStore
 from sluice.journal.backends import build_journal
 from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
+from sluice.journal.broadcasts import BroadcastStore
 from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.observe.metrics import GatewayMetrics
 from sluice.process.front_door import FrontDoorPart
@@ -75,7 +76,7 @@ class SluiceGateway:
         #: The delivery side, in a process that delivers (role "all" or "worker").
         self.delivery: Delivery | None = None
         if self.role.delivers:
-            self.delivery = Delivery(config, self.journal, transports, self.sharing)
+            self.delivery = Delivery(config, self.journal, transports, self.sharing, self._ids)
             self.telemetry.watch_delivery(
                 self.delivery.runners.values(),
                 [self.delivery.completions],
@@ -181,6 +182,16 @@ class SluiceGateway:
     @property
     def audience(self) -> AudienceStore:
         return self.journal
+
+    @property
+    def broadcasts(self) -> BroadcastStore:
+        return self.journal
+
+    def broadcast_changed(self) -> None:
+        if self.delivery is not None:
+            self.delivery.expander.poke()
+            for runner in self.runners.values():
+                runner.wake()
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.telemetry.registry), CONTENT_TYPE_LATEST

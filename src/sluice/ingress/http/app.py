@@ -66,6 +66,7 @@ from sluice.model import Priority, State, format_id, now_ms, parse_id
 
 if TYPE_CHECKING:
     from sluice.ingress.http.audience_api import AudienceApi
+    from sluice.ingress.http.broadcast_api import BroadcastApi
 
 Scope = MutableMapping[str, Any]
 ASGIMessage = MutableMapping[str, Any]
@@ -168,6 +169,7 @@ class HttpApi:
         self._routes["/metrics"] = {"GET": self._metrics if metrics else self._metrics_elsewhere}
         self._message_routes: dict[str, Callable[..., Awaitable[_Response]]] = {}
         self._audience: AudienceApi | None = None
+        self._broadcasts: BroadcastApi | None = None
         self._not_found = _NOT_FOUND_WORKER
         if message_api:
             self._routes |= {
@@ -182,6 +184,18 @@ class HttpApi:
 
             self._audience = AudienceApi(config, gateway.audience, self._tenant, self._read_body)
             self._routes |= self._audience.routes()
+            from sluice.ingress.http.broadcast_api import BroadcastApi
+
+            max_key = self._limits.max_idempotency_key_length
+            self._broadcasts = BroadcastApi(
+                config,
+                gateway,
+                self._tenant,
+                self._read_body,
+                _headers,
+                lambda headers: _idempotency_key(headers.idempotency_key, max_key),
+            )
+            self._routes |= self._broadcasts.routes()
 
     @property
     def admission(self) -> Admission:
@@ -220,6 +234,8 @@ class HttpApi:
                 routes, args = self._message_routes, (path[len(_MESSAGES_PREFIX) :],)
             if routes is None and self._audience is not None:
                 routes, args = self._audience.route(path)
+            if routes is None and self._broadcasts is not None:
+                routes, args = self._broadcasts.route(path)
             if routes is None:
                 raise ApiError(404, "not_found", self._not_found.format(path=path))
             handler = routes.get(scope["method"])

@@ -57,9 +57,9 @@ from sluice.ingress.http.app import (
     _single,
     _too_large,
 )
-from sluice.ingress.http.schema import ApiError, field_of, format_time
+from sluice.ingress.http.schema import ApiError, field_of
 from sluice.journal.audience import AudienceStore, SubscriberRow, TopicInfo
-from sluice.model import now_ms
+from sluice.model import format_time, now_ms
 
 Handler = Callable[..., Awaitable[_Response]]
 

@@ -26,7 +26,6 @@ import datetime
 import hashlib
 import itertools
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -44,6 +43,7 @@ from sluice.model import (
     Outcome,
     Priority,
     format_id,
+    format_time,
 )
 
 #: Latest time accepted, in ms since the Unix epoch: 9999-12-31T23:59:59.999Z, the last instant
@@ -560,16 +560,6 @@ class MessagePage(msgspec.Struct):
 class CancelResponse(msgspec.Struct):
     id: str
     state: str
-
-
-def format_time(ms: int) -> str:
-    """RFC 3339 in UTC with milliseconds: ``2025-01-01T00:00:00.000Z``."""
-    seconds, milli = divmod(ms, 1000)
-    t = time.gmtime(seconds)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{milli:03d}Z"
-    )
 
 
 def _timeline_view(entry: TimelineEntry) -> TimelineView:

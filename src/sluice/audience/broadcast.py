@@ -1,0 +1,277 @@
+"""A broadcast: what to send to everyone on some topics, and the planner that turns members
+of those topics into messages.
+
+`BroadcastIn` is the body of `POST /v1/broadcasts`; `BroadcastSpec` is what the journal keeps
+(times in ms, names resolved) and `Planner` what expansion runs on each member, in order:
+
+1. a member already reached through an earlier topic of the broadcast is skipped
+   (suppressed "duplicate"), so a subscriber of several topics gets it once;
+2. the channel: the first of the preference order for which the subscriber has an address
+   and has not opted out (of everything, of the channel type, of the topic, or of the type on
+   the topic); none: suppressed "no_address" or "opted_out";
+3. the time: the broadcast's start, or with `local_time` the next such time in the
+   subscriber's zone (waves); then, unless `respect_quiet_hours` is off, the end of the
+   subscriber's quiet hours if it falls in them; past the expiry: suppressed "quiet_hours";
+4. the content: the channel type's templates rendered with the broadcast's `data`, then the
+   subscriber's attributes, then `subscriber` (id, locale, timezone); a missing variable
+   fails the recipient (suppressed "missing_variable") or takes its default, as chosen.
+
+Examples:
+    >>> spec = BroadcastSpec(tenant="acme", topics=("news",), channels=(("sms", "sms"),),
+    ...     content={"sms": Content(body="Hi {{ name }}")}, start_at=0)
+    >>> planner = Planner(spec, IdGenerator(node=1))
+    >>> member = BroadcastMember(1, "u1", encode(Subscriber(id="u1", phone="+4477",
+    ...     attributes={"name": "Ann"})), False)
+    >>> messages, suppressed = planner.plan([member], topic="news", now=0)
+    >>> messages[0].channel, messages[0].recipient, messages[0].body, dict(suppressed)
+    ('sms', '+4477', 'Hi Ann', {})
+"""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+from collections import Counter
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from sluice.audience.subscriber import Subscriber, decode, encode  # noqa: F401 (doctest)
+from sluice.audience.templates import MissingVariable, Policy, Template, compile_template
+from sluice.journal.broadcasts import BroadcastMember
+from sluice.model import IdGenerator, Message, Priority
+
+#: Why a member got no message (the keys of a broadcast's `suppressed` counts).
+SUPPRESSION_REASONS = ("duplicate", "no_address", "opted_out", "quiet_hours", "missing_variable")
+_MINUTE_MS = 60_000
+
+
+class Content(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A channel type's templates: the body, and for email the subject."""
+
+    body: str
+    subject: str | None = None
+
+
+class BroadcastIn(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"sender": "from"}
+):
+    """`POST /v1/broadcasts` as a producer writes it."""
+
+    topics: list[str]
+    #: Channel names, in order of preference.
+    channels: list[str]
+    #: Templates per channel type ("sms", "email", "webhook", "push").
+    content: dict[str, Content]
+    missing_variable: Policy = "fail"
+    defaults: dict[str, Any] = {}
+    #: Template variables shared by every recipient (a subscriber's attributes come first).
+    data: dict[str, Any] = {}
+    sender: str | None = None
+    priority: Literal["urgent", "high", "normal", "bulk"] = "bulk"
+    #: When to begin (RFC 3339, or ms since the epoch); absent: now.
+    send_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)] | int | None = None
+    #: "HH:MM": deliver at this time in each subscriber's zone, the first on or after send_at.
+    local_time: str | None = None
+    respect_quiet_hours: bool = True
+    expires_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)] | int | None = None
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    #: Messages per second at most for this broadcast (0: as fast as the channels carry).
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    metadata: dict[str, str] | None = None
+
+
+class BroadcastSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A broadcast as the journal keeps it (`encode_spec`): checked and resolved."""
+
+    tenant: str
+    topics: tuple[str, ...]
+    #: (channel name, channel type), in order of preference.
+    channels: tuple[tuple[str, str], ...]
+    content: dict[str, Content]
+    start_at: int
+    missing_variable: Policy = "fail"
+    defaults: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    sender: str | None = None
+    priority: int = int(Priority.BULK)
+    local_time: str | None = None
+    respect_quiet_hours: bool = True
+    expires_at: int | None = None
+    rate: float = 0.0
+    metadata: dict[str, str] | None = None
+
+
+_spec_encoder = msgspec.msgpack.Encoder()
+_spec_decoder = msgspec.msgpack.Decoder(BroadcastSpec)
+
+
+def encode_spec(spec: BroadcastSpec) -> bytes:
+    return _spec_encoder.encode(spec)
+
+
+def decode_spec(data: bytes) -> BroadcastSpec:
+    return _spec_decoder.decode(data)
+
+
+def compile_content(spec: BroadcastSpec) -> dict[str, tuple[Template, Template | None]]:
+    """The spec's templates compiled (TemplateError naming `content.<type>.<field>`)."""
+    compiled = {}
+    for kind, content in spec.content.items():
+        options: dict[str, Any] = {"policy": spec.missing_variable, "defaults": spec.defaults}
+        body = compile_template(content.body, f"content.{kind}.body", **options)
+        subject = None
+        if content.subject is not None:
+            subject = compile_template(content.subject, f"content.{kind}.subject", **options)
+        compiled[kind] = (body, subject)
+    return compiled
+
+
+class Planner:
+    """Members of a broadcast's topics → its messages (the module says how)."""
+
+    def __init__(self, spec: BroadcastSpec, ids: IdGenerator) -> None:
+        self.spec = spec
+        self._ids = ids
+        self._content = compile_content(spec)
+        self._channels = spec.channels
+        self._local = _minutes(spec.local_time) if spec.local_time else None
+
+    def plan(
+        self, members: list[BroadcastMember], *, topic: str, now: int
+    ) -> tuple[list[Message], Counter[str]]:
+        """The messages for `members` of `topic` and the count of those suppressed by reason."""
+        spec = self.spec
+        start = max(spec.start_at, now)
+        expires_at = spec.expires_at
+        messages: list[Message] = []
+        suppressed: Counter[str] = Counter()
+        for member in members:
+            if member.duplicate:
+                suppressed["duplicate"] += 1
+                continue
+            subscriber = decode(member.data)
+            chosen = self._channel(subscriber, topic)
+            if isinstance(chosen, str):
+                suppressed[chosen] += 1
+                continue
+            name, kind, address = chosen
+            due = self._due(subscriber, start)
+            if due is not None and expires_at is not None and due >= expires_at:
+                suppressed["quiet_hours"] += 1
+                continue
+            body_template, subject_template = self._content[kind]
+            variables = self._variables(subscriber)
+            try:
+                body = body_template.render(variables)
+                subject = subject_template.render(variables) if subject_template else None
+            except MissingVariable:
+                suppressed["missing_variable"] += 1
+                continue
+            metadata = spec.metadata
+            if subject is not None:
+                metadata = {**(metadata or {}), "subject": subject}
+            messages.append(
+                Message(
+                    self._ids.next(),
+                    spec.tenant,
+                    name,
+                    address,
+                    body,
+                    spec.sender,
+                    spec.priority,
+                    due,
+                    expires_at,
+                    None,
+                    metadata,
+                )
+            )
+        return messages, suppressed
+
+    def _channel(self, subscriber: Subscriber, topic: str) -> tuple[str, str, str] | str:
+        """(channel, type, address) of the first channel that reaches the subscriber, or why
+        none does."""
+        opted = False
+        opt_out = subscriber.opt_out
+        for name, kind in self._channels:
+            address = subscriber.address(kind)
+            if address is None:
+                continue
+            if opt_out.excludes(topic, kind):
+                opted = True
+                continue
+            return name, kind, address
+        return "opted_out" if opted else "no_address"
+
+    def _due(self, subscriber: Subscriber, start: int) -> int | None:
+        """When the subscriber's message is due, or None: at once (`start`, no later)."""
+        quiet = subscriber.quiet_hours if self.spec.respect_quiet_hours else None
+        if self._local is None and quiet is None:
+            return None  # expansion begins once the start has come: due at once
+        zone = _zone(subscriber.timezone)
+        due = start
+        if self._local is not None:
+            due = _next_local(due, self._local, zone)
+        if quiet is not None:
+            due = _after_quiet(due, *quiet.minutes(), zone)
+        return due
+
+    def _variables(self, subscriber: Subscriber) -> dict[str, Any]:
+        variables = (
+            {**self.spec.data, **subscriber.attributes}
+            if subscriber.attributes
+            else dict(self.spec.data)
+        )
+        variables["subscriber"] = {
+            "id": subscriber.id,
+            "locale": subscriber.locale,
+            "timezone": subscriber.timezone,
+        }
+        return variables
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def _local_minute(ms: int, zone: zoneinfo.ZoneInfo) -> tuple[datetime.datetime, int]:
+    local = datetime.datetime.fromtimestamp(ms / 1000, zone)
+    return local, local.hour * 60 + local.minute
+
+
+def _at_local(local: datetime.datetime, minute: int, days: int) -> int:
+    """ms of `minute` past local midnight, `days` after `local`'s date, in its zone."""
+    day = local.date() + datetime.timedelta(days=days)
+    wall = datetime.datetime(
+        day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=local.tzinfo
+    )
+    return int(wall.timestamp() * 1000)
+
+
+def _next_local(ms: int, minute: int, zone: zoneinfo.ZoneInfo) -> int:
+    """The first instant at or after `ms` whose local time in `zone` is `minute` past midnight."""
+    local, _ = _local_minute(ms, zone)
+    at = _at_local(local, minute, 0)
+    if at + _MINUTE_MS > ms:  # later today, or this very minute
+        return max(at, ms)
+    return _at_local(local, minute, 1)
+
+
+def _after_quiet(ms: int, start: int, end: int, zone: zoneinfo.ZoneInfo) -> int:
+    """`ms`, or the end of the quiet hours [start, end) (local minutes) it falls in."""
+    local, minute = _local_minute(ms, zone)
+    if start < end:
+        return _at_local(local, end, 0) if start <= minute < end else ms
+    # Spanning midnight: quiet from `start` to the end of the day, and until `end` after it.
+    if minute >= start:
+        return _at_local(local, end, 1)
+    if minute < end:
+        return _at_local(local, end, 0)
+    return ms

@@ -1,0 +1,233 @@
+"""Broadcast expansion: topic members → messages, a chunk at a time, durably, just ahead of
+the channels.
+
+A process that delivers runs one `Expander`. It leases running broadcasts whose start has
+come (`BroadcastStore.lease_broadcasts`; on PostgreSQL the lease is what keeps a broadcast
+to one expander among the processes, and another takes over once it lapses) and runs each in
+a task: read `expansion_chunk` members after the cursor, plan them (`Planner`), and commit
+the messages with the cursor moved past them (`expand_broadcast`): all or nothing, so a
+crash at any point resumes where the last commit left the cursor — no member skipped, none
+planned twice.
+
+**The bound on lookahead.** A broadcast keeps at most `lookahead` of its messages queued or
+in flight: `lookahead_seconds` (5 s) of what its messages have lately been finished at, but
+never fewer than `min_lookahead` (5,000: the windows of wide channels stay full from the
+first second, before any rate is known) nor more than `max_lookahead`. Five seconds because
+that keeps the channels fed across a planning step (a 1,000-member chunk takes ~10 ms) and a
+slow commit, while a pause or cancel acts on at most five seconds of queued messages (held or
+cancelled in one statement) and the journal holds a few thousand rows of a million-recipient
+broadcast rather than all of them. A channel that slows (a throttling peer) lowers the rate
+and so the lookahead: back-pressure, never failure. Messages planned for later (quiet hours,
+local-time waves) do not count against the bound until they are due; the expander remembers
+them by the minute they fall due (after a restart it forgets them, and plans at most that
+many more ahead).
+
+A broadcast's `rate` caps its planning, and so its sending, below what the channels carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from sluice.audience.broadcast import Planner, decode_spec
+from sluice.config import AudienceConfig
+from sluice.journal.base import JournalError
+from sluice.journal.broadcasts import (
+    BroadcastRecord,
+    BroadcastStatus,
+    BroadcastStore,
+    ExpansionChunk,
+)
+from sluice.model import IdGenerator, State, now_ms
+
+log = logging.getLogger("sluice.broadcasts")
+
+#: States a broadcast's message counts against the lookahead in.
+_AHEAD = (State.ACCEPTED, State.QUEUED, State.SENDING)
+#: States after which a message no longer occupies a channel (its rate is what they grow by).
+_DONE = (State.SENT, State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED)
+#: How often a broadcast whose lookahead is full looks again (its counters, a cheap read).
+_FULL_WAIT_SECONDS = 0.05
+_MINUTE_MS = 60_000
+
+
+class Expander:
+    """Examples:
+    expander = Expander(journal, config.audience, ids, owner, wake=delivery.wake)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(expander.run())
+        expander.poke()          # a broadcast was created here: look now
+        expander.stop()
+    """
+
+    def __init__(
+        self,
+        journal: BroadcastStore,
+        config: AudienceConfig,
+        ids: IdGenerator,
+        owner: int,
+        *,
+        wake: Callable[[str], None],
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._journal = journal
+        self._config = config
+        self._ids = ids
+        self._owner = owner
+        self._wake = wake
+        self._clock = clock
+        self._poke = asyncio.Event()
+        self._stopping = False
+        self._runs: set[int] = set()
+        #: Chunks committed and messages planned by this process.
+        self.chunks = 0
+        self.planned = 0
+        #: Set after each committed chunk (whoever waits clears it).
+        self.progressed = asyncio.Event()
+
+    def poke(self) -> None:
+        """Look for broadcasts to expand now (one was created or resumed)."""
+        self._poke.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._poke.set()
+
+    async def run(self) -> None:
+        config = self._config
+        lease_ms = int(config.expander_lease_seconds * 1000)
+        # Leases are renewed well before they lapse, whatever the poll interval.
+        interval = min(config.expander_poll_seconds, config.expander_lease_seconds / 3)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while not self._stopping:
+                    self._poke.clear()
+                    try:
+                        leased = await self._journal.lease_broadcasts(
+                            self._owner, self._clock(), lease_ms, config.max_expanding
+                        )
+                    except JournalError as exc:
+                        log.warning("broadcasts: cannot lease: %s", exc)
+                        leased = []
+                    for record in leased:
+                        if record.id not in self._runs:
+                            self._runs.add(record.id)
+                            tg.create_task(self._expand(record))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._poke.wait(), interval)
+        finally:
+            try:
+                await self._journal.release_broadcasts(self._owner)
+            except JournalError as exc:  # the leases lapse by themselves
+                log.warning("broadcasts: cannot release leases: %s", exc)
+
+    async def _expand(self, record: BroadcastRecord) -> None:
+        try:
+            await _Run(self, record).run()
+        except JournalError as exc:
+            log.warning("broadcast %d: expansion stopped: %s; it resumes", record.id, exc)
+        finally:
+            self._runs.discard(record.id)
+
+
+class _Run:
+    """The expansion of one broadcast by this process, while it holds the lease."""
+
+    def __init__(self, expander: Expander, record: BroadcastRecord) -> None:
+        self.x = expander
+        self.record = record
+        self.spec = decode_spec(record.spec)
+        self.planner = Planner(self.spec, expander._ids)
+        #: Messages planned for later, by the minute they fall due.
+        self.later: Counter[int] = Counter()
+        self.rate = 0.0
+        self._sample: tuple[float, int] | None = None
+        self._started = time.monotonic()
+        self._planned_here = 0
+
+    async def run(self) -> None:
+        x, config = self.x, self.x._config
+        while not x._stopping:
+            record = await x._journal.broadcast(self.record.tenant, self.record.id)
+            if record is None or record.status is not BroadcastStatus.RUNNING or record.expanded:
+                return
+            self.record = record
+            room = min(self._lookahead() - self._ahead(), self._allowance())
+            if room <= 0:
+                await asyncio.sleep(_FULL_WAIT_SECONDS)
+                continue
+            if not await self._step(min(room, config.expansion_chunk)):
+                return
+
+    async def _step(self, limit: int) -> bool:
+        """Plan and commit the next `limit` members; False when the broadcast is no longer
+        this run's to expand (finished, paused, cancelled, taken over)."""
+        x, record = self.x, self.record
+        index, cursor = record.topic_index, record.cursor
+        members = await x._journal.broadcast_members(record.topic_keys, index, cursor, limit)
+        now = x._clock()
+        topic = self.spec.topics[index]
+        messages, suppressed = self.planner.plan(members, topic=topic, now=now)
+        if len(members) < limit:  # this topic is read to its end
+            next_index, next_cursor = index + 1, 0
+        else:
+            next_index, next_cursor = index, members[-1].key
+        finished = next_index >= len(record.topic_keys)
+        chunk = ExpansionChunk(
+            record.id,
+            index,
+            cursor,
+            next_index,
+            next_cursor,
+            finished,
+            messages,
+            len(members),
+            dict(suppressed),
+        )
+        if not await x._journal.expand_broadcast(x._owner, chunk, now):
+            return False
+        x.chunks += 1
+        x.planned += len(messages)
+        x.progressed.set()
+        self._planned_here += len(messages)
+        for m in messages:
+            if m.not_before is not None and m.not_before > now:
+                self.later[m.not_before // _MINUTE_MS] += 1
+        for channel in {m.channel for m in messages}:
+            x._wake(channel)
+        return not finished
+
+    def _ahead(self) -> int:
+        """Messages of the broadcast queued or in flight now, less those planned for later."""
+        minute = self.x._clock() // _MINUTE_MS
+        for due in [m for m in self.later if m <= minute]:
+            del self.later[due]
+        return max(0, self.record.in_state(*_AHEAD) - sum(self.later.values()))
+
+    def _lookahead(self) -> int:
+        """`lookahead_seconds` of the rate its messages were finished at lately, bounded."""
+        config = self.x._config
+        done = self.record.in_state(*_DONE)
+        now = time.monotonic()
+        if self._sample is None:
+            self._sample = (now, done)
+        elif now - self._sample[0] >= 0.5:
+            then, before = self._sample
+            current = (done - before) / (now - then)
+            self.rate = current if self.rate == 0 else 0.7 * self.rate + 0.3 * current
+            self._sample = (now, done)
+        wanted = int(self.rate * config.lookahead_seconds)
+        return max(config.min_lookahead, min(config.max_lookahead, wanted))
+
+    def _allowance(self) -> int:
+        """Members this run may still plan under the broadcast's rate (a second's burst)."""
+        rate = self.spec.rate
+        if not rate:
+            return 1 << 62
+        elapsed = time.monotonic() - self._started
+        return int(rate * elapsed + max(1.0, rate)) - self._planned_here

@@ -1,0 +1,183 @@
+"""Templates of a broadcast's content: Jinja2's sandboxed environment, and a fast path.
+
+A template is compiled once, when the broadcast is submitted (a syntax error is refused then,
+with its line), and rendered once per recipient. Jinja2's `render` costs ~17 µs even for a
+template with no variables (a new context each call; measured here), a tenth of the budget
+of a planner meant to plan 150,000 recipients a second: a template made only of text,
+variables (`{{ name }}`, `{{ a.b }}`) and `default` filters is therefore rendered by joining
+its parts (~1 µs), which is what Jinja2 would print for it; anything else (loops, conditions,
+other filters) is rendered by the sandbox, which keeps a template from reaching Python's
+internals.
+
+A variable the recipient lacks follows the broadcast's policy: "fail" the recipient (the
+template raises MissingVariable) or "default": the value given in `defaults`, else nothing.
+
+Examples:
+    >>> t = compile_template("Hi {{ name }}, {{ city | default('here') }}", "sms.body")
+    >>> t.render({"name": "Ann"})
+    'Hi Ann, here'
+    >>> t.render({})
+    Traceback (most recent call last):
+    ...
+    sluice.audience.templates.MissingVariable: name
+    >>> compile_template("Hi {{ name }", "sms.body")
+    Traceback (most recent call last):
+    ...
+    sluice.audience.templates.TemplateError: sms.body: line 1: unexpected '}'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+Policy = Literal["fail", "default"]
+#: A part of a fast template: text, or (variable path, value when missing or None).
+_Part = str | tuple[tuple[str, ...], str | None]
+
+
+class TemplateError(ValueError):
+    """A template that does not compile; the message names where and why."""
+
+
+class MissingVariable(KeyError):
+    """A recipient lacks a variable its template needs (policy "fail")."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Template:
+    """One compiled template: `render(variables)`."""
+
+    __slots__ = ("render", "source")
+
+    def __init__(self, source: str, render: Callable[[Mapping[str, Any]], str]) -> None:
+        self.source = source
+        self.render = render
+
+
+def compile_template(
+    source: str,
+    where: str,
+    *,
+    policy: Policy = "fail",
+    defaults: Mapping[str, Any] | None = None,
+) -> Template:
+    """Compile `source`; TemplateError names `where` (the field) and the line at fault."""
+    defaults = dict(defaults or {})
+    env = _environment(policy, defaults)
+    try:
+        tree = env.parse(source)
+        compiled = env.from_string(tree)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{where}: line {exc.lineno}: {exc.message}") from None
+    parts = _fast_parts(tree)
+    if parts is not None:
+        return Template(source, _joiner(parts, policy, defaults))
+
+    def render(variables: Mapping[str, Any]) -> str:
+        try:
+            return compiled.render(variables)
+        except jinja2.UndefinedError as exc:
+            raise MissingVariable(_undefined_name(exc)) from None
+        except jinja2.TemplateError as exc:  # a sandbox refusal, a filter's error
+            raise TemplateError(f"{where}: {exc}") from None
+
+    return Template(source, render)
+
+
+def _environment(policy: Policy, defaults: dict[str, Any]) -> jinja2.Environment:
+    if policy == "fail":
+        undefined: type[jinja2.Undefined] = jinja2.StrictUndefined
+    else:
+
+        class Defaulted(jinja2.Undefined):
+            __slots__ = ()
+
+            def __str__(self) -> str:
+                value = defaults.get(self._undefined_name or "", "")
+                return str(value)
+
+        undefined = Defaulted
+    return ImmutableSandboxedEnvironment(undefined=undefined, autoescape=False)
+
+
+def _undefined_name(exc: jinja2.UndefinedError) -> str:
+    # "'name' is undefined" / "'dict object' has no attribute 'x'"
+    text = str(exc.message or "")
+    if text.endswith(" is undefined"):
+        return text[: -len(" is undefined")].strip("'")
+    return text
+
+
+def _fast_parts(tree: nodes.Template) -> list[_Part] | None:
+    """The template as text and variable parts, or None if it needs Jinja2 to render."""
+    parts: list[_Part] = []
+    for statement in tree.body:
+        if not isinstance(statement, nodes.Output):
+            return None
+        for output in statement.nodes:
+            node: nodes.Node | None = output
+            if isinstance(node, nodes.TemplateData):
+                parts.append(node.data)
+                continue
+            fallback: str | None = None
+            if isinstance(node, nodes.Filter):
+                if node.name != "default" or node.kwargs or node.dyn_args or node.dyn_kwargs:
+                    return None
+                if len(node.args) != 1 or not isinstance(node.args[0], nodes.Const):
+                    return None
+                fallback = str(node.args[0].value)
+                node = node.node
+            path = _path(node)
+            if path is None:
+                return None
+            parts.append((path, fallback))
+    return parts
+
+
+def _path(node: nodes.Node | None) -> tuple[str, ...] | None:
+    if isinstance(node, nodes.Name) and node.ctx == "load":
+        return (node.name,)
+    if isinstance(node, nodes.Getattr):
+        head = _path(node.node)
+        return None if head is None else (*head, node.attr)
+    return None
+
+
+_MISSING = object()
+
+
+def _joiner(
+    parts: list[_Part], policy: Policy, defaults: dict[str, Any]
+) -> Callable[[Mapping[str, Any]], str]:
+    if all(isinstance(part, str) for part in parts):
+        text = "".join(part for part in parts if isinstance(part, str))
+        return lambda variables: text
+
+    def render(variables: Mapping[str, Any]) -> str:
+        out = []
+        for part in parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            path, fallback = part
+            value: Any = variables.get(path[0], _MISSING)
+            for name in path[1:]:
+                value = value.get(name, _MISSING) if isinstance(value, dict) else _MISSING
+            if value is _MISSING:
+                if fallback is not None:
+                    value = fallback
+                elif policy == "fail":
+                    raise MissingVariable(".".join(path))
+                else:
+                    value = defaults.get(path[0], "")
+            out.append(value if isinstance(value, str) else str(value))
+        return "".join(out)
+
+    return render
