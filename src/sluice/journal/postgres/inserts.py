@@ -2,7 +2,8 @@
 
 A batch travels as arrays (`unnest`), so an insert of 1,000 messages is one statement. An
 insert is safe to run twice: one whose first commit did land finds its own ids and reports
-success.
+success. A broadcast's expansion inserts its chunks with `insert_messages` too, each row
+naming its broadcast.
 """
 
 from __future__ import annotations
@@ -54,13 +55,40 @@ def insert_columns(messages: list[Message], now: int) -> Columns:
 
 _INSERT = (
     "INSERT INTO messages (id, tenant, channel, recipient, sender, body, priority, state, due_at, "
-    "not_before, expires_at, callback_url, metadata, updated_at) "
+    "not_before, expires_at, callback_url, metadata, updated_at{column}) "
     "SELECT id, $1, channel, recipient, sender, body, priority, 1, due_at, not_before, "
-    "expires_at, callback_url, metadata, $2 FROM unnest($3::bigint[], $4::text[], $5::text[], "
-    "$6::text[], $7::text[], $8::smallint[], $9::bigint[], $10::bigint[], $11::bigint[], "
-    "$12::text[], $13::bytea[]) AS m(id, channel, recipient, sender, body, priority, due_at, "
-    "not_before, expires_at, callback_url, metadata)"
+    "expires_at, callback_url, metadata, $2{value} FROM unnest($3::bigint[], $4::text[], "
+    "$5::text[], $6::text[], $7::text[], $8::smallint[], $9::bigint[], $10::bigint[], "
+    "$11::bigint[], $12::text[], $13::bytea[]) AS m(id, channel, recipient, sender, body, "
+    "priority, due_at, not_before, expires_at, callback_url, metadata)"
 )
+_INSERT_PLAIN = _INSERT.format(column="", value="")
+#: A broadcast's messages: $14 is the broadcast's id on every row.
+_INSERT_BROADCAST = _INSERT.format(column=", broadcast", value=", $14::bigint")
+
+
+async def insert_messages(
+    conn: PoolConnection,
+    tx: Tx,
+    tenant: str,
+    messages: list[Message],
+    c: Columns,
+    broadcast: int | None = None,
+) -> None:
+    """Insert the rows (those of `broadcast`, when given), counted as pending and waking the
+    runners of their channels when due now."""
+    values = (
+        tenant, c.now, c.ids, c.channels, c.recipients, c.senders, c.bodies, c.priorities,
+        c.due, c.not_before, c.expires, c.callbacks, c.metadata,
+    )  # fmt: skip
+    if broadcast is None:
+        await conn.execute(_INSERT_PLAIN, *values)
+    else:
+        await conn.execute(_INSERT_BROADCAST, *values, broadcast)
+    for m in messages:
+        tx.deltas[m.channel] += 1
+        if m.not_before is None or m.not_before <= c.now:
+            tx.due[m.channel] = tx.due.get(m.channel, False) or m.priority == Priority.URGENT
 
 
 async def op_insert(
@@ -99,14 +127,7 @@ async def op_insert(
         )
         if inserted is None:  # waited for the other request's commit: the deadline still holds
             return await op_insert(conn, tx, tenant, messages, c, key, digest, deadline)
-    await conn.execute(
-        _INSERT, tenant, c.now, c.ids, c.channels, c.recipients, c.senders, c.bodies,
-        c.priorities, c.due, c.not_before, c.expires, c.callbacks, c.metadata,
-    )  # fmt: skip
-    for m in messages:
-        tx.deltas[m.channel] += 1
-        if m.not_before is None or m.not_before <= c.now:
-            tx.due[m.channel] = tx.due.get(m.channel, False) or m.priority == Priority.URGENT
+    await insert_messages(conn, tx, tenant, messages, c)
     return SubmitResult(c.ids, False)
 
 

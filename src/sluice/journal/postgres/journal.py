@@ -2,17 +2,17 @@
 operation of the contract run as one transaction with retries.
 
 The operations themselves live beside it (`inserts`, `leases`, `outcomes`, `receipts`,
-`callbacks`, `reads`, `audience`); each is a function `op(conn, tx, *args)` that this class
-runs in a transaction on a connection of its pool, again on a fresh one after a lost
-connection (`connection`), applying at commit what the transaction changed besides its rows
-(`changes`: the pending counts, the wake-ups of other processes).
+`callbacks`, `reads`, `audience`, `broadcasts`); each is a function `op(conn, tx, *args)`
+that this class runs in a transaction on a connection of its pool, again on a fresh one after
+a lost connection (`connection`), applying at commit what the transaction changed besides its
+rows (`changes`: the pending counts, the wake-ups of other processes).
 
-The edges' calls (insert, get, by_recipient, cancel, and those of audiences but
-topic_members) stop trying after `ingress_wait_seconds`, the delivery side's after
-`reconnect_seconds`: with the server down a POST hears 503 within a few seconds while
-runners go on asking. While the server is out of reach (an operation or the pending counts'
-read met a lost or refused connection, and none has worked since) `fault()` says so, and the
-process is not ready.
+The edges' calls (insert, get, by_recipient, cancel, those of audiences but topic_members,
+and the producers' ones of broadcasts: create, read, list, change) stop trying after
+`ingress_wait_seconds`, the delivery side's after `reconnect_seconds`: with the server down a
+POST hears 503 within a few seconds while runners go on asking. While the server is out of
+reach (an operation or the pending counts' read met a lost or refused connection, and none
+has worked since) `fault()` says so, and the process is not ready.
 
 Examples:
     journal = PostgresJournal("postgresql://127.0.0.1:5432/postgres", schema="sluice")
@@ -52,7 +52,15 @@ from sluice.journal.base import (
     SubmitResult,
     SweepResult,
 )
-from sluice.journal.postgres import audience
+from sluice.journal.broadcasts import (
+    BroadcastMember,
+    BroadcastRecord,
+    BroadcastStatus,
+    ExpansionChunk,
+    NewBroadcast,
+    StatusChange,
+)
+from sluice.journal.postgres import audience, broadcasts
 from sluice.journal.postgres.callbacks import op_claim_callbacks, op_finish_callbacks
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import (
@@ -431,6 +439,58 @@ class PostgresJournal:
     ) -> list[Member] | None:
         """Read by the delivery side (a broadcast's pages): it keeps trying as runners do."""
         return await self._run(audience.read_topic_members, tenant, topic, after, limit, read=True)
+
+    # ---------------------------------------------------------------- broadcasts
+
+    async def create_broadcast(
+        self, new: NewBroadcast, idempotency_key: str | None, digest: bytes | None, now: int
+    ) -> tuple[int, bool]:
+        return await self._run(
+            broadcasts.op_create_broadcast, new, idempotency_key, digest, now,
+            retried=broadcasts.op_create_again, edge=True,
+        )  # fmt: skip
+
+    async def broadcast(self, tenant: str, broadcast_id: int) -> BroadcastRecord | None:
+        return await self._run(
+            broadcasts.read_broadcast, tenant, broadcast_id, read=True, edge=True
+        )
+
+    async def broadcasts(
+        self, tenant: str, before_id: int | None, limit: int
+    ) -> list[BroadcastRecord]:
+        return await self._run(
+            broadcasts.read_broadcasts, tenant, before_id, limit, read=True, edge=True
+        )
+
+    async def lease_broadcasts(
+        self, owner: int, now: int, lease_ms: int, limit: int
+    ) -> list[BroadcastRecord]:
+        return await self._run(broadcasts.op_lease_broadcasts, owner, now, lease_ms, limit)
+
+    async def expand_broadcast(self, owner: int, chunk: ExpansionChunk, now: int) -> bool:
+        columns = insert_columns(chunk.messages, now_ms())
+        return await self._run(
+            broadcasts.op_expand_broadcast, owner, chunk, columns, now,
+            retried=broadcasts.op_expand_again,
+        )  # fmt: skip
+
+    async def broadcast_members(
+        self, topic_keys: tuple[int, ...], index: int, after: int, limit: int
+    ) -> list[BroadcastMember]:
+        """Read by the delivery side (the expander): it keeps trying as runners do."""
+        return await self._run(
+            broadcasts.read_broadcast_members, topic_keys, index, after, limit, read=True
+        )
+
+    async def release_broadcasts(self, owner: int) -> None:
+        await self._run(broadcasts.op_release_broadcasts, owner)
+
+    async def change_broadcast(
+        self, tenant: str, broadcast_id: int, status: BroadcastStatus, now: int
+    ) -> StatusChange | None:
+        return await self._run(
+            broadcasts.op_change_broadcast, tenant, broadcast_id, status, now, edge=True
+        )
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
         records = await self._run(

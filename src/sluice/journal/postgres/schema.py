@@ -129,6 +129,76 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX subscriptions_subscriber ON subscriptions (subscriber, topic);
     """,
+    # Broadcasts (journal/broadcasts.py, as sqlite/broadcasts.py): one row each, and their
+    # messages' counts per channel and state, which a trigger keeps with every change of a
+    # broadcast message, whichever statement makes it. The trigger runs once a statement
+    # over its transition tables: a claim of 1,000 ordinary messages pays one scan of them.
+    # Counter rows are spread over 16 slots (the server process id modulo 16), so that the
+    # processes claiming and completing one broadcast's messages seldom wait for each other's
+    # row; reads sum the slots.
+    """
+    ALTER TABLE messages ADD COLUMN broadcast bigint;
+    CREATE INDEX messages_broadcast_queued ON messages (broadcast)
+        WHERE state = 1 AND broadcast IS NOT NULL;
+    CREATE TABLE broadcasts (
+        id bigint PRIMARY KEY,
+        tenant text NOT NULL,
+        spec bytea NOT NULL,
+        topic_keys bigint[] NOT NULL,
+        status text NOT NULL,
+        created_at bigint NOT NULL,
+        updated_at bigint NOT NULL,
+        start_at bigint NOT NULL,
+        audience bigint NOT NULL,
+        topic_index integer NOT NULL DEFAULT 0,
+        cursor bigint NOT NULL DEFAULT 0,
+        expanded boolean NOT NULL DEFAULT false,
+        examined bigint NOT NULL DEFAULT 0,
+        planned bigint NOT NULL DEFAULT 0,
+        suppressed jsonb NOT NULL DEFAULT '{}',
+        started_at bigint NOT NULL DEFAULT 0,
+        expanded_at bigint NOT NULL DEFAULT 0,
+        lease_owner bigint,
+        lease_until bigint
+    );
+    CREATE INDEX broadcasts_tenant ON broadcasts (tenant, id);
+    CREATE INDEX broadcasts_to_expand ON broadcasts (start_at)
+        WHERE NOT expanded AND status = 'running';
+    CREATE TABLE broadcast_counts (
+        broadcast bigint NOT NULL,
+        channel text NOT NULL,
+        state smallint NOT NULL,
+        slot smallint NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (broadcast, channel, state, slot)
+    );
+    -- The search path of the migration (the journal's schema) is the function's whatever
+    -- the session that updates messages has.
+    CREATE FUNCTION count_broadcast_messages() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+    BEGIN
+        -- Ordinary traffic stops here, after one pass over the rows the statement changed.
+        IF NOT EXISTS (SELECT FROM old_rows WHERE broadcast IS NOT NULL) THEN
+            RETURN NULL;
+        END IF;
+        -- In key order, so that two statements meeting in a slot lock its rows in one order.
+        INSERT INTO broadcast_counts AS c (broadcast, channel, state, slot, n)
+        SELECT d.broadcast, d.channel, d.state, pg_backend_pid() % 16, sum(d.n)
+        FROM (SELECT * FROM old_rows WHERE broadcast IS NOT NULL) o
+        JOIN new_rows w ON w.id = o.id AND (w.state <> o.state OR w.channel <> o.channel)
+        CROSS JOIN LATERAL (VALUES (o.broadcast, o.channel, o.state, -1),
+            (o.broadcast, w.channel, w.state, 1)) AS d(broadcast, channel, state, n)
+        GROUP BY d.broadcast, d.channel, d.state
+        HAVING sum(d.n) <> 0
+        ORDER BY d.broadcast, d.channel, d.state
+        ON CONFLICT (broadcast, channel, state, slot) DO UPDATE SET n = c.n + excluded.n;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER messages_broadcast_counts AFTER UPDATE ON messages
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_broadcast_messages();
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
