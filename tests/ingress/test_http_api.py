@@ -564,6 +564,12 @@ async def test_openapi_document_describes_every_route(api: Api) -> None:
         ("/v1/topics/{name}", "delete"),
         ("/v1/topics/{name}/subscribers", "post"),
         ("/v1/topics/{name}/unsubscribe", "post"),
+        ("/v1/broadcasts", "post"),
+        ("/v1/broadcasts", "get"),
+        ("/v1/broadcasts/{id}", "get"),
+        ("/v1/broadcasts/{id}/pause", "post"),
+        ("/v1/broadcasts/{id}/resume", "post"),
+        ("/v1/broadcasts/{id}/cancel", "post"),
     }
     scheme = doc["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")

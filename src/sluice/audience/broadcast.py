@@ -215,7 +215,7 @@ class Planner:
             due = _next_local(due, self._local, zone)
         if quiet is not None:
             due = _after_quiet(due, *quiet.minutes(), zone)
-        return due
+        return None if due <= start else due
 
     def _variables(self, subscriber: Subscriber) -> dict[str, Any]:
         variables = (

@@ -12,6 +12,11 @@ from typing import Any
 
 from sluice.audience.subscriber import CHANNEL_TYPES
 from sluice.config import Config
+from sluice.ingress.http.openapi_broadcasts import (
+    BROADCAST_RESPONSES,
+    broadcast_paths,
+    broadcast_schemas,
+)
 from sluice.model import ID_LENGTH, Outcome, Priority, State
 
 OPENAPI_VERSION = "3.1.0"
@@ -1052,7 +1057,11 @@ def openapi_document(config: Config) -> dict[str, Any]:
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "security": [{"bearerAuth": []}],
-        "paths": {**_paths(config), **_audience_paths(config)},
+        "paths": {
+            **_paths(config),
+            **_audience_paths(config),
+            **broadcast_paths(_common(*_AUTH, ("503", "Unavailable"))),
+        },
         "components": {
             "securitySchemes": {
                 "bearerAuth": {
@@ -1066,7 +1075,11 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "description": "server.metrics_token, for /metrics.",
                 },
             },
-            "schemas": {**_schemas(config), **_audience_schemas(config)},
-            "responses": {**_RESPONSES, **_AUDIENCE_RESPONSES},
+            "schemas": {
+                **_schemas(config),
+                **_audience_schemas(config),
+                **broadcast_schemas(config),
+            },
+            "responses": {**_RESPONSES, **_AUDIENCE_RESPONSES, **BROADCAST_RESPONSES},
         },
     }
