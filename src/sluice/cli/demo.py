@@ -94,7 +94,9 @@ def smtp_front_door(smtp_sink_port: int) -> tuple[dict[str, object], dict[str, o
     return email, smtp
 
 
-async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
+async def run_demo(
+    messages: int = 2000, directory: str = "var/demo", subscribers: int = 100_000
+) -> int:
     console = Console()
     workdir = Path(directory)
     await asyncio.to_thread(_fresh_directory, workdir)
@@ -139,6 +141,8 @@ async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
             try:
                 await _drive(console, gateway, base, sink, smsc, messages)
                 await _mail(console, gateway, mail_sink)
+                if subscribers:
+                    await _broadcast(console, base, smsc, sink, subscribers)
                 console.print(
                     "[bold green]done[/]: every message reached a final state; see the "
                     "timeline API at GET /v1/messages/{id}"
@@ -151,6 +155,85 @@ async def run_demo(messages: int = 2000, directory: str = "var/demo") -> int:
         await smsc.close()
         await mail_sink.close()
     return 0
+
+
+BROADCAST_TOPIC = "storm-alerts"
+
+
+def _subscriber_lines(count: int) -> list[bytes]:
+    """NDJSON lines of `count` subscribers of the demo topic: two in three by SMS, the others
+    by webhook only; a few opted out of SMS (reached by webhook instead), some with no
+    address, every twentieth in quiet hours that never end before the demo does."""
+    zones = ("Europe/London", "America/New_York", "Asia/Tokyo", "Australia/Sydney", "UTC")
+    lines = []
+    for i in range(count):
+        line: dict[str, Any] = {
+            "id": f"sub-{i:07d}",
+            "timezone": zones[i % len(zones)],
+            "attributes": {"name": f"Reader {i}", "city": ("Leeds", "Osaka", "Perth")[i % 3]},
+            "topics": [BROADCAST_TOPIC],
+        }
+        if i % 3 != 2:
+            line["phone"] = f"+4477{i:08d}"
+        if i % 3 != 0:
+            line["webhook"] = f"https://apps.example/hooks/{i}"
+        if i % 50 == 1:
+            line["opt_out"] = {"channels": ["sms"]}
+        if i % 1000 == 999:
+            line.pop("phone", None)
+            line.pop("webhook", None)
+        lines.append(msgspec.json.encode(line))
+    return lines
+
+
+async def _broadcast(
+    console: Console, base: str, smsc: SmscSimulator, sink: WebhookSink, count: int
+) -> None:
+    """Import `count` subscribers, broadcast to them by SMS (then webhook), and watch the
+    broadcast drain with its live counts and ETA."""
+    from sluice.cli.broadcasts import BarDisplay, BroadcastClient, summary_line, watch_broadcast
+
+    auth = {"Authorization": f"Bearer {DEMO_KEY}"}
+    lines = await asyncio.to_thread(_subscriber_lines, count)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, len(lines), 10_000):
+            body = b"\n".join(lines[start : start + 10_000])
+            async with session.post(
+                f"{base}/v1/subscribers/import",
+                data=body,
+                headers={**auth, "Content-Type": "application/x-ndjson"},
+            ) as resp:
+                result = await resp.json()
+                if resp.status != 200 or result["errors"]:
+                    raise RuntimeError(f"the demo's import was refused: {result}")
+    elapsed = time.perf_counter() - started
+    console.print(
+        f"imported {count:,} subscribers of topic '{BROADCAST_TOPIC}' in {elapsed:.1f} s "
+        f"({count / elapsed:,.0f}/s)"
+    )
+    request = {
+        "topics": [BROADCAST_TOPIC],
+        "channels": ["sms", "web"],
+        "content": {
+            "sms": {"body": "{{ name }}: storm warning for {{ city }} tonight. Stay inside."},
+            "webhook": {"body": "storm warning for {{ city }}, {{ subscriber.id }}"},
+        },
+        "priority": "bulk",
+        "ttl_seconds": 3600,
+    }
+    async with BroadcastClient(base, DEMO_KEY) as client:
+        view = await client.call("POST", "/v1/broadcasts", msgspec.json.encode(request))
+        console.print(
+            f"broadcast {view['id']} committed (202): {view['audience']:,} subscribers, "
+            "by SMS where they have a phone and have not opted out, else by webhook"
+        )
+        final = await watch_broadcast(client, view["id"], 0.5, BarDisplay(console))
+    console.print(summary_line(final))
+    console.print(
+        f"the SMSC simulator holds {len(smsc.messages()):,} messages; the webhook sink "
+        f"{sink.stats().by_path['/hook'].accepted:,} deliveries in all"
+    )
 
 
 def _send_mail(port: int, to: str, body: str) -> None:

@@ -167,7 +167,9 @@ async def _sim_smtp(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from sluice.cli.demo import run_demo
 
-    return await run_demo(messages=args.messages, directory=args.dir)
+    return await run_demo(
+        messages=args.messages, directory=args.dir, subscribers=args.subscribers
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the gateway with a bundled webhook sink and deliver a batch"
     )
     demo.add_argument("--messages", type=int, default=2000, help="messages to send")
+    demo.add_argument(
+        "--subscribers",
+        type=int,
+        default=100_000,
+        help="subscribers of the demo's broadcast (0: no broadcast)",
+    )
     demo.add_argument("--dir", default="var/demo", help="where the demo keeps its journal")
     demo.set_defaults(handler=_demo)
 
@@ -247,6 +255,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     subscribers_cli.add_arguments(importing)
     importing.set_defaults(handler=subscribers_cli.import_file)
+
+    broadcast = commands.add_parser("broadcast", help="send, watch and steer broadcasts")
+    broadcast_commands = broadcast.add_subparsers(dest="broadcast_command", required=True)
+    from sluice.cli import broadcasts as broadcasts_cli
+
+    sending = broadcast_commands.add_parser(
+        "send", help="create a broadcast from a JSON file and print its id"
+    )
+    client_options(sending)
+    broadcasts_cli.add_send_arguments(sending)
+    sending.set_defaults(handler=broadcasts_cli.send)
+    watching = broadcast_commands.add_parser(
+        "watch", help="show a broadcast's progress until it is completed or cancelled"
+    )
+    client_options(watching)
+    broadcasts_cli.add_watch_arguments(watching)
+    watching.set_defaults(handler=broadcasts_cli.watch)
+    for action in broadcasts_cli.ACTION_COUNTS:
+        changing = broadcast_commands.add_parser(action, help=f"{action} a broadcast")
+        client_options(changing)
+        broadcasts_cli.add_change_arguments(changing)
+        changing.set_defaults(handler=broadcasts_cli.change, action=action)
+    listing = broadcast_commands.add_parser("list", help="the broadcasts, newest first")
+    client_options(listing)
+    broadcasts_cli.add_list_arguments(listing)
+    listing.set_defaults(handler=broadcasts_cli.list_broadcasts)
 
     hash_key = commands.add_parser("hash-key", help="print the config form of an API key")
     hash_key.add_argument("key")
