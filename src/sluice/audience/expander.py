@@ -9,10 +9,14 @@ the messages with the cursor moved past them (`expand_broadcast`): all or nothin
 crash at any point resumes where the last commit left the cursor — no member skipped, none
 planned twice.
 
-**The bound on lookahead.** A broadcast keeps at most `lookahead` of its messages queued or
-in flight: `lookahead_seconds` (5 s) of what its messages have lately been finished at, but
-never fewer than `min_lookahead` (5,000: the windows of wide channels stay full from the
-first second, before any rate is known) nor more than `max_lookahead`. Five seconds because
+**The bound on lookahead.** Expansion goes on while one of the broadcast's channels has fewer
+of its messages queued or in flight than its lookahead: `lookahead_seconds` (5 s) of what
+that channel has lately finished of them, but never fewer than `min_lookahead` (5,000: the
+windows of wide channels stay full from the first second, before any rate is known); and
+never past `max_lookahead` queued or in flight in all. Any channel, not every one: which
+channel a member takes is known only once it is planned, so a slow channel (a webhook
+at 200/s beside an SMSC at 5,000/s) would otherwise hold the fast one to its pace; its
+queue grows instead, up to `max_lookahead`. Five seconds because
 that keeps the channels fed across a planning step (a 1,000-member chunk takes ~10 ms) and a
 slow commit, while a pause or cancel acts on at most five seconds of queued messages (held or
 cancelled in one statement) and the journal holds a few thousand rows of a million-recipient
@@ -145,8 +149,9 @@ class _Run:
         self.planner = Planner(self.spec, expander._ids)
         #: Messages planned for later, by the minute they fall due.
         self.later: Counter[int] = Counter()
-        self.rate = 0.0
-        self._sample: tuple[float, int] | None = None
+        #: Messages finished per second lately, by channel.
+        self.rates: dict[str, float] = {}
+        self._sample: tuple[float, dict[str, int]] | None = None
         self._started = time.monotonic()
         self._planned_here = 0
 
@@ -157,7 +162,7 @@ class _Run:
             if record is None or record.status is not BroadcastStatus.RUNNING or record.expanded:
                 return
             self.record = record
-            room = min(self._lookahead() - self._ahead(), self._allowance())
+            room = min(self._room(), self._allowance())
             if room <= 0:
                 await asyncio.sleep(_FULL_WAIT_SECONDS)
                 continue
@@ -202,27 +207,43 @@ class _Run:
             x._wake(channel)
         return not finished
 
-    def _ahead(self) -> int:
-        """Messages of the broadcast queued or in flight now, less those planned for later."""
+    def _room(self) -> int:
+        """Members the next step may plan: while any of the broadcast's channels has fewer
+        queued or in flight than its lookahead (a slow channel must not starve a fast one),
+        and never past `max_lookahead` in all."""
+        config = self.x._config
         minute = self.x._clock() // _MINUTE_MS
         for due in [m for m in self.later if m <= minute]:
             del self.later[due]
-        return max(0, self.record.in_state(*_AHEAD) - sum(self.later.values()))
-
-    def _lookahead(self) -> int:
-        """`lookahead_seconds` of the rate its messages were finished at lately, bounded."""
-        config = self.x._config
-        done = self.record.in_state(*_DONE)
+        record = self.record
+        later = sum(self.later.values())
         now = time.monotonic()
-        if self._sample is None:
-            self._sample = (now, done)
-        elif now - self._sample[0] >= 0.5:
+        if self._sample is None or now - self._sample[0] >= 0.5:
+            self._rates(now)
+        total_ahead = max(0, record.in_state(*_AHEAD) - later)
+        room = 0
+        for name, _ in self.spec.channels:
+            by_state = record.counts.get(name, {})
+            ahead = sum(by_state.get(s, 0) for s in _AHEAD)
+            wanted = int(self.rates.get(name, 0.0) * config.lookahead_seconds)
+            lookahead = max(config.min_lookahead, min(config.max_lookahead, wanted))
+            room = max(room, lookahead - ahead)
+        # Messages planned for later are counted once, against the total.
+        return min(room + later, config.max_lookahead - total_ahead)
+
+    def _rates(self, now: float) -> None:
+        """Update each channel's rate of finished messages (a moving average)."""
+        done = {
+            name: sum(by_state.get(s, 0) for s in _DONE)
+            for name, by_state in self.record.counts.items()
+        }
+        if self._sample is not None:
             then, before = self._sample
-            current = (done - before) / (now - then)
-            self.rate = current if self.rate == 0 else 0.7 * self.rate + 0.3 * current
-            self._sample = (now, done)
-        wanted = int(self.rate * config.lookahead_seconds)
-        return max(config.min_lookahead, min(config.max_lookahead, wanted))
+            for name, n in done.items():
+                current = (n - before.get(name, 0)) / (now - then)
+                old = self.rates.get(name, 0.0)
+                self.rates[name] = current if old == 0 else 0.7 * old + 0.3 * current
+        self._sample = (now, done)
 
     def _allowance(self) -> int:
         """Members this run may still plan under the broadcast's rate (a second's burst)."""

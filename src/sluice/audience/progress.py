@@ -5,8 +5,9 @@ rows. The rate is what the broadcast's messages were *finished* at (sent, delive
 expired, cancelled) — what the channels actually carry, throttling included — over the last
 `WINDOW_SECONDS` of the samples this process took (each `view` takes one; `sluice broadcast
 watch` asks once a second), or since expansion began when no window is known yet. The ETA
-is the work left over that rate: the messages queued or in flight, plus the members still to
-read times the share of those read so far that became messages.
+is the time the slowest channel needs for its part of the work left: its messages queued or in
+flight, plus its share (so far) of the messages still to plan (the members still to read
+times the share of those read that became messages), over its own rate.
 
 Examples:
     tracker = ProgressTracker()
@@ -44,6 +45,23 @@ _SHOWN = (
 
 def _iso(ms: int) -> str | None:
     return format_time(ms) if ms else None
+
+
+def _eta(record: BroadcastRecord, rates: dict[str, float], to_plan: float) -> float | None:
+    """Seconds until the last channel finishes: each channel's messages left (those ahead,
+    and its share so far of the messages still to plan) over its own rate."""
+    planned = sum(sum(by_state.values()) for by_state in record.counts.values()) or 1
+    longest = 0.0
+    for channel, by_state in record.counts.items():
+        ahead = sum(by_state.get(s, 0) for s in _AHEAD)
+        left = ahead + to_plan * sum(by_state.values()) / planned
+        if left < 1:
+            continue
+        rate = rates.get(channel, 0.0)
+        if rate <= 0:
+            return None  # a channel with work and no rate yet: no honest estimate
+        longest = max(longest, left / rate)
+    return longest
 
 
 class ProgressTracker:
@@ -94,7 +112,7 @@ class ProgressTracker:
         elif phase == "paused" or rate <= 0:
             eta = None
         else:
-            eta = remaining / rate
+            eta = _eta(record, rates, left_to_read * share)
         counts = {STATE_NAMES[s]: record.in_state(s) for s in _SHOWN}
         return {
             "id": format_id(record.id),
