@@ -156,46 +156,70 @@ class _Run:
         self._planned_here = 0
 
     async def run(self) -> None:
+        """Plan chunk after chunk; each is planned while the one before it commits (the
+        writer's thread and the planner then use both cores). A chunk names the cursor it was
+        read from, which is where the one before it leaves the cursor once committed: if that
+        one is refused (a pause, a cancel, a lost lease), so is every chunk after it."""
         x, config = self.x, self.x._config
-        while not x._stopping:
-            record = await x._journal.broadcast(self.record.tenant, self.record.id)
-            if record is None or record.status is not BroadcastStatus.RUNNING or record.expanded:
-                return
-            self.record = record
-            room = min(self._room(), self._allowance())
-            if room <= 0:
-                await asyncio.sleep(_FULL_WAIT_SECONDS)
-                continue
-            if not await self._step(min(room, config.expansion_chunk)):
-                return
+        index, cursor = self.record.topic_index, self.record.cursor
+        committing: asyncio.Task[bool] | None = None
+        async with asyncio.TaskGroup() as tg:
+            while not x._stopping:
+                record = await x._journal.broadcast(self.record.tenant, self.record.id)
+                if (
+                    record is None
+                    or record.status is not BroadcastStatus.RUNNING
+                    or record.expanded
+                ):
+                    break
+                self.record = record
+                room = min(self._room(), self._allowance())
+                if room <= 0:
+                    if committing is not None and not await committing:
+                        break
+                    committing = None
+                    await asyncio.sleep(_FULL_WAIT_SECONDS)
+                    continue
+                chunk = await self._plan(index, cursor, min(room, config.expansion_chunk))
+                if committing is not None and not await committing:
+                    break
+                committing = tg.create_task(self._commit(chunk))
+                if chunk.finished:
+                    break
+                index, cursor = chunk.next_topic_index, chunk.next_cursor
+            if committing is not None:
+                await committing
 
-    async def _step(self, limit: int) -> bool:
-        """Plan and commit the next `limit` members; False when the broadcast is no longer
-        this run's to expand (finished, paused, cancelled, taken over)."""
+    async def _plan(self, index: int, cursor: int, limit: int) -> ExpansionChunk:
+        """The next `limit` members after the cursor, planned."""
         x, record = self.x, self.record
-        index, cursor = record.topic_index, record.cursor
         members = await x._journal.broadcast_members(record.topic_keys, index, cursor, limit)
-        now = x._clock()
         topic = self.spec.topics[index]
-        messages, suppressed = self.planner.plan(members, topic=topic, now=now)
+        messages, suppressed = self.planner.plan(members, topic=topic, now=x._clock())
         if len(members) < limit:  # this topic is read to its end
             next_index, next_cursor = index + 1, 0
         else:
             next_index, next_cursor = index, members[-1].key
-        finished = next_index >= len(record.topic_keys)
-        chunk = ExpansionChunk(
+        return ExpansionChunk(
             record.id,
             index,
             cursor,
             next_index,
             next_cursor,
-            finished,
+            next_index >= len(record.topic_keys),
             messages,
             len(members),
             dict(suppressed),
         )
+
+    async def _commit(self, chunk: ExpansionChunk) -> bool:
+        """Commit a chunk; False when the broadcast is no longer this run's to expand
+        (paused, cancelled, taken over)."""
+        x = self.x
+        now = x._clock()
         if not await x._journal.expand_broadcast(x._owner, chunk, now):
             return False
+        messages = chunk.messages
         x.chunks += 1
         x.planned += len(messages)
         x.progressed.set()
@@ -205,7 +229,7 @@ class _Run:
                 self.later[m.not_before // _MINUTE_MS] += 1
         for channel in {m.channel for m in messages}:
             x._wake(channel)
-        return not finished
+        return True
 
     def _room(self) -> int:
         """Members the next step may plan: while any of the broadcast's channels has fewer

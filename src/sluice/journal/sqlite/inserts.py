@@ -42,9 +42,17 @@ _FULL_ROWS = (
     "(?3,?1,?4,?5,?6,?7,?8,1,?9,?10,?11,?12,?13,?2)",
     "(?,?1,?,?,?,?,?,1,?,?,?,?,?,?2)",
 )
-#: A broadcast's messages: the full shape, and ?3 the broadcast's id on every row.
+#: A broadcast's messages: ?3 the broadcast's id on every row. Those due at once share their
+#: sender (?4), expiry (?5) and metadata (?6), bound once a statement, and bind 5 values a row
+#: (binding is most of the writer's cost per row: 8.6 µs of the writer a message, against 15
+#: with the full shape, 1,000-message chunks); the others (a due time of their own, an
+#: email's subject in their metadata) take the full shape.
 _BROADCAST_HEAD = _INSERT_HEAD.replace("updated_at)", "updated_at, broadcast)")
-_BROADCAST_ROWS = (
+_SHARED_ROWS = (
+    "(?7,?1,?8,?9,?4,?10,?11,1,?2,NULL,?5,NULL,?6,?2,?3)",
+    "(?,?1,?,?,?4,?,?,1,?2,NULL,?5,NULL,?6,?2,?3)",
+)
+_BROADCAST_FULL_ROWS = (
     "(?4,?1,?5,?6,?7,?8,?9,1,?10,?11,?12,?13,?14,?2,?3)",
     "(?,?1,?,?,?,?,?,1,?,?,?,?,?,?2,?3)",
 )
@@ -71,48 +79,100 @@ def prepare_insert(
 ) -> PreparedInsert:
     """The statements inserting `messages` (those of `broadcast`, when given)."""
     now = now_ms()
-    plain = broadcast is None and not any(
+    if broadcast is not None:
+        statements = _broadcast_statements(tenant, now, broadcast, messages)
+    elif not any(
         m.sender is not None
         or m.not_before is not None
         or m.expires_at is not None
         or m.callback_url is not None
         or m.metadata
         for m in messages
-    )
-    values: list[Any] = []
-    if plain:
-        for m in messages:
-            values += (m.id, m.channel, m.recipient, m.body, m.priority)
-        width, (first, row) = _PLAIN_WIDTH, _PLAIN_ROWS
+    ):
+        statements = _statements(
+            _INSERT_HEAD, _PLAIN_ROWS, [tenant, now], _plain_values(messages), _PLAIN_WIDTH
+        )
     else:
-        for m in messages:
-            values += (
-                m.id,
-                m.channel,
-                m.recipient,
-                m.sender,
-                m.body,
-                m.priority,
-                m.not_before or now,
-                m.not_before,
-                m.expires_at,
-                m.callback_url,
-                encode_metadata(m.metadata),
-            )
-        width, (first, row) = _FULL_WIDTH, _FULL_ROWS
-    head, fixed = _INSERT_HEAD, [tenant, now]
-    if broadcast is not None:
-        (first, row), head, fixed = _BROADCAST_ROWS, _BROADCAST_HEAD, [tenant, now, broadcast]
-    statements = []
-    start = 0
-    for rows in chunk_sizes(len(messages), _MAX_CHUNK_ROWS):
-        end = start + rows * width
-        sql = insert_sql(head, first, row, rows)
-        statements.append((sql, [*fixed, *values[start:end]]))
-        start = end
+        statements = _statements(
+            _INSERT_HEAD, _FULL_ROWS, [tenant, now], _full_values(messages, now), _FULL_WIDTH
+        )
     counts: Counter[str] = Counter(m.channel for m in messages)
     pairs = [(recipient_key(tenant, m.recipient), m.id) for m in messages]
     return PreparedInsert(statements, [m.id for m in messages], pairs, dict(counts), deadline)
+
+
+def _broadcast_statements(
+    tenant: str, now: int, broadcast: int, messages: list[Message]
+) -> list[tuple[str, list[Any]]]:
+    if not messages:
+        return []
+    lead = messages[0]
+    shared: list[Message] = []
+    own: list[Message] = []
+    for m in messages:
+        if (
+            m.not_before is None
+            and m.callback_url is None
+            and m.sender == lead.sender
+            and m.expires_at == lead.expires_at
+            and m.metadata == lead.metadata
+        ):
+            shared.append(m)
+        else:
+            own.append(m)
+    fixed = [tenant, now, broadcast, lead.sender, lead.expires_at, encode_metadata(lead.metadata)]
+    statements = _statements(
+        _BROADCAST_HEAD, _SHARED_ROWS, fixed, _plain_values(shared), _PLAIN_WIDTH
+    )
+    if own:
+        statements += _statements(
+            _BROADCAST_HEAD,
+            _BROADCAST_FULL_ROWS,
+            [tenant, now, broadcast],
+            _full_values(own, now),
+            _FULL_WIDTH,
+        )
+    return statements
+
+
+def _plain_values(messages: list[Message]) -> list[Any]:
+    values: list[Any] = []
+    for m in messages:
+        values += (m.id, m.channel, m.recipient, m.body, m.priority)
+    return values
+
+
+def _full_values(messages: list[Message], now: int) -> list[Any]:
+    values: list[Any] = []
+    for m in messages:
+        values += (
+            m.id,
+            m.channel,
+            m.recipient,
+            m.sender,
+            m.body,
+            m.priority,
+            m.not_before or now,
+            m.not_before,
+            m.expires_at,
+            m.callback_url,
+            encode_metadata(m.metadata),
+        )
+    return values
+
+
+def _statements(
+    head: str, shape: tuple[str, str], fixed: list[Any], values: list[Any], width: int
+) -> list[tuple[str, list[Any]]]:
+    """Multi-row INSERTs of `values` (`width` a row) after the `fixed` parameters."""
+    first, row = shape
+    statements = []
+    start = 0
+    for rows in chunk_sizes(len(values) // width, _MAX_CHUNK_ROWS):
+        end = start + rows * width
+        statements.append((insert_sql(head, first, row, rows), [*fixed, *values[start:end]]))
+        start = end
+    return statements
 
 
 def op_insert(
