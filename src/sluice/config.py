@@ -515,8 +515,10 @@ class AudienceConfig(_Base, frozen=True):
     #: start) nor more than `max_lookahead`.
     min_lookahead: Positive = 5000
     max_lookahead: Positive = 200_000
-    #: The lease of a broadcast's expander; another process takes over once it lapses.
-    expander_lease_seconds: Seconds = 30.0
+    #: The lease of a broadcast's expander, renewed every third of it; another process takes
+    #: over once it lapses (on PostgreSQL: how long a broadcast waits after its expander's
+    #: process died; an SQLite journal drops its leases when it opens).
+    expander_lease_seconds: Seconds = 10.0
     #: How often an expander looks for broadcasts to expand (a local submit wakes it at once).
     expander_poll_seconds: Seconds = 1.0
     #: Broadcasts one process expands at once.

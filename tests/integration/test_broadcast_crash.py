@@ -23,13 +23,21 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def _config(tmp_path: Path, journal: dict[str, Any], sink_url: str, port: int) -> Path:
+    # Short leases: on PostgreSQL the restarted process is a new owner, and waits for the
+    # dead one's leases (of messages and of the broadcast) to lapse.
     raw = gateway_config(
-        journal,
+        {**journal, "lease_seconds": 1.5, "heartbeat_seconds": 0.3, "sweep_seconds": 0.3},
         {"web": webhook_channel(f"{sink_url}/hook", width=16, rate=1500, burst=50)},
         server={"listen": f"127.0.0.1:{port}"},
         # Small steps and a short lookahead: expansion follows delivery, so the kill lands
         # while members are still being read.
-        audience={"expansion_chunk": 50, "min_lookahead": 100, "expander_poll_seconds": 0.2},
+        audience={
+            "expansion_chunk": 50,
+            "min_lookahead": 100,
+            "lookahead_seconds": 0.1,
+            "expander_poll_seconds": 0.2,
+            "expander_lease_seconds": 1.5,
+        },
     )
     path = tmp_path / "sluice.toml"
     path.write_text(dump_toml(raw))

@@ -256,3 +256,13 @@ async def test_a_lease_is_taken_over_once_it_lapses(store: Any) -> None:
     assert [r.id for r in await store.lease_broadcasts(OWNER, NOW + 60_000, 1_000, 10)] == [2]
     await store.release_broadcasts(OWNER + 1)
     assert [r.id for r in await store.lease_broadcasts(OWNER, NOW + 60_001, 1_000, 10)] == [1, 2]
+
+
+async def test_an_sqlite_journal_drops_the_leases_of_its_previous_run(tmp_path: Path) -> None:
+    # One process holds an SQLite journal: whoever held a lease when it last closed is gone.
+    async with open_journal("sqlite", tmp_path) as store:
+        await subscribers(store, 2, "news")
+        await store.create_broadcast(NewBroadcast(1, "acme", b"s", ("news",), NOW), None, None, NOW)
+        assert len(await store.lease_broadcasts(OWNER, NOW, 600_000, 10)) == 1
+    async with open_journal("sqlite", tmp_path) as store:
+        assert [r.id for r in await store.lease_broadcasts(OWNER + 1, NOW, 1_000, 10)] == [1]

@@ -27,7 +27,8 @@ _SENDING = int(State.SENDING)
 
 
 def op_recover(conn: sqlite3.Connection, tx: Transaction) -> None:
-    """At start: return orphaned claims to the queue and rebuild the pending counts."""
+    """At start: return orphaned claims (and broadcast leases) and rebuild the pending
+    counts."""
     now = now_ms()
     rows = conn.execute(
         "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? "
@@ -40,6 +41,12 @@ def op_recover(conn: sqlite3.Connection, tx: Transaction) -> None:
     )
     if rows:
         log.warning("recovered %d messages left in flight by a previous run", len(rows))
+    # One process holds an SQLite journal: a broadcast's expander lease is a previous run's,
+    # and that run is over. Its broadcasts resume at once, not when the lease would lapse.
+    conn.execute(
+        "UPDATE broadcasts SET lease_owner = NULL, lease_until = NULL "
+        "WHERE lease_owner IS NOT NULL"
+    )
     (tx.shared.early_receipts,) = conn.execute("SELECT COUNT(*) FROM early_receipts").fetchone()
     # Nothing is `sending` now and nothing stays `accepted` past its insert, so the pending
     # messages are the queued ones: counted from the small partial index, not the table.
