@@ -76,6 +76,10 @@ async def test_a_throttling_peer_slows_a_broadcast_that_still_completes(
             bid = await broadcast(gw)
             await eventually(lambda: phase_is(gw, bid, "completed"), within=60, what="done")
             final = await view(gw, bid)
+            async with gw.client.get("/metrics") as resp:
+                metrics = await resp.text()
+    assert "sluice_broadcast_planned_total 60.0" in metrics
+    assert "sluice_broadcasts_expanding 0.0" in metrics
     assert final["counts"]["sent"] == 60 and final["counts"]["failed"] == 0
     assert sink.stats().by_status.get(429, 0) > 10  # it was throttled, and never failed for it
     assert len(set(sink.received("/hook"))) == 60

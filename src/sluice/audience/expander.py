@@ -38,6 +38,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import msgspec
+
 from sluice.audience.broadcast import Planner, decode_spec
 from sluice.config import AudienceConfig
 from sluice.journal.base import JournalError
@@ -58,6 +60,18 @@ _DONE = (State.SENT, State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELL
 #: How often a broadcast whose lookahead is full looks again (its counters, a cheap read).
 _FULL_WAIT_SECONDS = 0.05
 _MINUTE_MS = 60_000
+
+
+class ExpanderStats(msgspec.Struct, frozen=True):
+    """What an expander tells of itself (for metrics)."""
+
+    #: Broadcasts this process expands now.
+    expanding: int
+    #: Chunks committed, messages planned, and chunks refused (a pause, a cancel, a lease
+    #: taken over) since the process started.
+    chunks: int
+    planned: int
+    refused: int
 
 
 class Expander:
@@ -91,8 +105,12 @@ class Expander:
         #: Chunks committed and messages planned by this process.
         self.chunks = 0
         self.planned = 0
+        self.refused = 0
         #: Set after each committed chunk (whoever waits clears it).
         self.progressed = asyncio.Event()
+
+    def stats(self) -> ExpanderStats:
+        return ExpanderStats(len(self._runs), self.chunks, self.planned, self.refused)
 
     def poke(self) -> None:
         """Look for broadcasts to expand now (one was created or resumed)."""
@@ -218,6 +236,7 @@ class _Run:
         x = self.x
         now = x._clock()
         if not await x._journal.expand_broadcast(x._owner, chunk, now):
+            x.refused += 1
             return False
         messages = chunk.messages
         x.chunks += 1

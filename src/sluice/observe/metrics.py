@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 
 if TYPE_CHECKING:
+    from sluice.audience.expander import ExpanderStats
     from sluice.delivery.callbacks import CallbackStats
     from sluice.delivery.latency import LatencyStats
     from sluice.delivery.runner import RunnerStats
@@ -101,10 +102,41 @@ class GatewayMetrics:
         self._runners.extend(runners)
         self.registry.register(_DeliveryCollector(runners, list(stages), callbacks))
 
+    def watch_expander(self, expander: HasStats[ExpanderStats]) -> None:
+        """Broadcast expansion in this process."""
+        self.registry.register(_ExpanderCollector(expander))
+
     def watch_smpp(self, channels: dict[str, HasStats[SmppStats]]) -> None:
         """The SMPP channels' binds, receipts, MO messages and the SMSCs' faults."""
         if channels:
             self.registry.register(_SmppCollector(channels))
+
+
+class _ExpanderCollector:
+    def __init__(self, expander: HasStats[ExpanderStats]) -> None:
+        self._expander = expander
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._expander.stats()
+        yield GaugeMetricFamily(
+            "sluice_broadcasts_expanding", "Broadcasts this process expands now.", stats.expanding
+        )
+        yield CounterMetricFamily(
+            "sluice_broadcast_chunks",
+            "Expansion chunks committed (members planned and their messages, one transaction).",
+            stats.chunks,
+        )
+        yield CounterMetricFamily(
+            "sluice_broadcast_planned", "Broadcast messages planned by this process.", stats.planned
+        )
+        yield CounterMetricFamily(
+            "sluice_broadcast_chunks_refused",
+            "Chunks the journal refused: the broadcast paused, cancelled or taken over.",
+            stats.refused,
+        )
 
 
 class _SmppCollector:

@@ -82,6 +82,7 @@ class SluiceGateway:
                 [self.delivery.completions],
                 self.delivery.callbacks,
             )
+            self.telemetry.watch_expander(self.delivery.expander)
             from sluice.transports.smpp.channel import SmppTransport
 
             self.telemetry.watch_smpp(
