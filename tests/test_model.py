@@ -157,3 +157,13 @@ def test_parse_names_the_bad_character(bad: str) -> None:
 def test_parse_refuses_values_beyond_63_bits(text: str) -> None:
     with pytest.raises(ValueError, match="out of range"):
         parse_id(text)
+
+
+def test_take_hands_out_the_same_ids_next_would() -> None:
+    # A stopped clock: 4,096 ids a millisecond, then the next millisecond is borrowed.
+    taken = IdGenerator(node=5, clock_ms=lambda: EPOCH_MS + 10)
+    one_by_one = IdGenerator(node=5, clock_ms=lambda: EPOCH_MS + 10)
+    first = taken.take(3) + taken.take(5000) + [taken.next()] + taken.take(10)
+    assert first == [one_by_one.next() for _ in range(len(first))]
+    assert len(set(first)) == len(first) == 5014
+    assert taken.take(0) == []

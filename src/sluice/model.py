@@ -139,7 +139,14 @@ class IdGenerator:
         return (self._last_ms << (_NODE_BITS + _SEQ_BITS)) | self._node | self._seq
 
     def take(self, n: int) -> list[int]:
-        return [self.next() for _ in range(n)]
+        """`n` ids at once: runs of consecutive sequence numbers, not `n` calls of `next`."""
+        ids: list[int] = []
+        while len(ids) < n:
+            first = self.next()
+            more = min(n - len(ids) - 1, _SEQ_MAX - self._seq)
+            ids.extend(range(first, first + more + 1))
+            self._seq += more
+        return ids
 
 
 def id_time_ms(message_id: int) -> int:

@@ -37,7 +37,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from sluice.audience.subscriber import Subscriber, decode, encode  # noqa: F401 (doctest)
+from sluice.audience.subscriber import (  # noqa: F401 (encode: the doctest)
+    ADDRESS_FIELDS,
+    Subscriber,
+    decode,
+    encode,
+)
 from sluice.audience.templates import MissingVariable, Policy, Template, compile_template
 from sluice.journal.broadcasts import BroadcastMember
 from sluice.model import IdGenerator, Message, Priority
@@ -135,8 +140,13 @@ class Planner:
         self.spec = spec
         self._ids = ids
         self._content = compile_content(spec)
-        self._channels = spec.channels
+        #: (channel, type, the subscriber's field holding its address for that type)
+        self._channels = [(name, kind, ADDRESS_FIELDS[kind]) for name, kind in spec.channels]
         self._local = _minutes(spec.local_time) if spec.local_time else None
+        names = {n for pair in self._content.values() for t in pair if t for n in t.names}
+        #: Only what the templates read is built per recipient.
+        self._wants_subscriber = "subscriber" in names
+        self._data = {k: v for k, v in spec.data.items() if k in names}
 
     def plan(
         self, members: list[BroadcastMember], *, topic: str, now: int
@@ -145,23 +155,44 @@ class Planner:
         spec = self.spec
         start = max(spec.start_at, now)
         expires_at = spec.expires_at
+        tenant, sender, priority, metadata = spec.tenant, spec.sender, spec.priority, spec.metadata
+        channels = self._channels
+        content = self._content
+        # Each recipient's time is worked out only where it can differ from "at once".
+        timed = self._local is not None
+        quiet_applies = spec.respect_quiet_hours
+        ids = self._ids.take(len(members))
         messages: list[Message] = []
         suppressed: Counter[str] = Counter()
-        for member in members:
+        for member, message_id in zip(members, ids, strict=True):
             if member.duplicate:
                 suppressed["duplicate"] += 1
                 continue
             subscriber = decode(member.data)
-            chosen = self._channel(subscriber, topic)
-            if isinstance(chosen, str):
-                suppressed[chosen] += 1
+            opt_out = subscriber.opt_out
+            everyone = opt_out is _NO_OPT_OUT  # the decoder's shared default: no opt-out
+            chosen = None
+            opted = False
+            for name, kind, field in channels:
+                address = getattr(subscriber, field)
+                if address is None:
+                    continue
+                if not everyone and opt_out.excludes(topic, kind):
+                    opted = True
+                    continue
+                chosen = name, kind, address
+                break
+            if chosen is None:
+                suppressed["opted_out" if opted else "no_address"] += 1
                 continue
             name, kind, address = chosen
-            due = self._due(subscriber, start)
-            if due is not None and expires_at is not None and due >= expires_at:
-                suppressed["quiet_hours"] += 1
-                continue
-            body_template, subject_template = self._content[kind]
+            due = None
+            if timed or (quiet_applies and subscriber.quiet_hours is not None):
+                due = self._due(subscriber, start)
+                if due is not None and expires_at is not None and due >= expires_at:
+                    suppressed["quiet_hours"] += 1
+                    continue
+            body_template, subject_template = content[kind]
             variables = self._variables(subscriber)
             try:
                 body = body_template.render(variables)
@@ -169,40 +200,22 @@ class Planner:
             except MissingVariable:
                 suppressed["missing_variable"] += 1
                 continue
-            metadata = spec.metadata
-            if subject is not None:
-                metadata = {**(metadata or {}), "subject": subject}
             messages.append(
                 Message(
-                    self._ids.next(),
-                    spec.tenant,
+                    message_id,
+                    tenant,
                     name,
                     address,
                     body,
-                    spec.sender,
-                    spec.priority,
+                    sender,
+                    priority,
                     due,
                     expires_at,
                     None,
-                    metadata,
+                    metadata if subject is None else {**(metadata or {}), "subject": subject},
                 )
             )
         return messages, suppressed
-
-    def _channel(self, subscriber: Subscriber, topic: str) -> tuple[str, str, str] | str:
-        """(channel, type, address) of the first channel that reaches the subscriber, or why
-        none does."""
-        opted = False
-        opt_out = subscriber.opt_out
-        for name, kind in self._channels:
-            address = subscriber.address(kind)
-            if address is None:
-                continue
-            if opt_out.excludes(topic, kind):
-                opted = True
-                continue
-            return name, kind, address
-        return "opted_out" if opted else "no_address"
 
     def _due(self, subscriber: Subscriber, start: int) -> int | None:
         """When the subscriber's message is due, or None: at once (`start`, no later)."""
@@ -218,17 +231,19 @@ class Planner:
         return None if due <= start else due
 
     def _variables(self, subscriber: Subscriber) -> dict[str, Any]:
-        variables = (
-            {**self.spec.data, **subscriber.attributes}
-            if subscriber.attributes
-            else dict(self.spec.data)
-        )
-        variables["subscriber"] = {
-            "id": subscriber.id,
-            "locale": subscriber.locale,
-            "timezone": subscriber.timezone,
-        }
+        attributes = subscriber.attributes
+        variables = {**self._data, **attributes} if self._data else dict(attributes)
+        if self._wants_subscriber:
+            variables["subscriber"] = {
+                "id": subscriber.id,
+                "locale": subscriber.locale,
+                "timezone": subscriber.timezone,
+            }
         return variables
+
+
+#: The opt-out every subscriber decoded without one shares (msgspec reuses the default).
+_NO_OPT_OUT = Subscriber(id="-").opt_out
 
 
 def _minutes(text: str) -> int:

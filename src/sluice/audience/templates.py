@@ -28,11 +28,12 @@ Examples:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Policy = Literal["fail", "default"]
@@ -52,13 +53,17 @@ class MissingVariable(KeyError):
 
 
 class Template:
-    """One compiled template: `render(variables)`."""
+    """One compiled template: `render(variables)`, and the top-level variables it reads."""
 
-    __slots__ = ("render", "source")
+    __slots__ = ("names", "render", "source")
 
-    def __init__(self, source: str, render: Callable[[Mapping[str, Any]], str]) -> None:
+    def __init__(
+        self, source: str, render: Callable[[Mapping[str, Any]], str], names: frozenset[str]
+    ) -> None:
         self.source = source
         self.render = render
+        #: The variables the template may read (a caller builds only those).
+        self.names = names
 
 
 def compile_template(
@@ -76,9 +81,10 @@ def compile_template(
         compiled = env.from_string(tree)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{where}: line {exc.lineno}: {exc.message}") from None
+    names = frozenset(meta.find_undeclared_variables(tree))
     parts = _fast_parts(tree)
     if parts is not None:
-        return Template(source, _joiner(parts, policy, defaults))
+        return Template(source, _joiner(parts, policy, defaults), names)
 
     def render(variables: Mapping[str, Any]) -> str:
         try:
@@ -88,7 +94,7 @@ def compile_template(
         except jinja2.TemplateError as exc:  # a sandbox refusal, a filter's error
             raise TemplateError(f"{where}: {exc}") from None
 
-    return Template(source, render)
+    return Template(source, render, names)
 
 
 def _environment(policy: Policy, defaults: dict[str, Any]) -> jinja2.Environment:
@@ -180,4 +186,37 @@ def _joiner(
             out.append(value if isinstance(value, str) else str(value))
         return "".join(out)
 
-    return render
+    pattern = _format_pattern(parts)
+    if pattern is None:
+        return render
+    # The common case in one C call (~4x faster than the join): `str.format_map` prints
+    # `{name}` and `{a[b]}` as the join does (format(value, "") is str(value) for what JSON
+    # holds); a variable it cannot find, or a value that is no dict, leaves it to the join,
+    # which applies the policy.
+    format_map = pattern.format_map
+
+    def render_fast(variables: Mapping[str, Any]) -> str:
+        try:
+            return format_map(variables)
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+            return render(variables)
+
+    return render_fast
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _format_pattern(parts: list[_Part]) -> str | None:
+    """The parts as a `str.format` pattern, or None when one is not plain (a default, a name
+    format would read otherwise)."""
+    pattern = []
+    for part in parts:
+        if isinstance(part, str):
+            pattern.append(part.replace("{", "{{").replace("}", "}}"))
+            continue
+        path, fallback = part
+        if fallback is not None or not all(_IDENTIFIER.fullmatch(name) for name in path):
+            return None
+        pattern.append("{" + path[0] + "".join(f"[{name}]" for name in path[1:]) + "}")
+    return "".join(pattern)
