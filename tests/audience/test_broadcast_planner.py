@@ -155,4 +155,11 @@ def test_a_spec_survives_the_journal_and_templates_report_their_line() -> None:
         escape.render({})
     fast = compile_template("{{ a.b }}-{{ n }}-{{ gone | default('d') }}", "x")
     assert fast.render({"a": {"b": 1}, "n": None}) == "1-None-d"
+    # What the C fast path prints is what the sandbox prints, braces in the text included.
+    plain = compile_template("a {x} } {{ n }} {{ a.b }}", "x")
+    sandboxed = compile_template("a {x} } {{ n }} {{ a.b }}{% if false %}{% endif %}", "x")
+    for variables in ({"n": 1.5, "a": {"b": True}}, {"n": [1], "a": {"b": None}}):
+        assert plain.render(variables) == sandboxed.render(variables)
+    with pytest.raises(MissingVariable):
+        plain.render({"n": 1, "a": "no dict"})
     assert msgspec.json.decode(msgspec.json.encode(s.content["sms"]))["body"] == "sms {{ name }}"
