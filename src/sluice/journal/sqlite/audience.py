@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sluice.journal.audience import (
@@ -23,6 +24,7 @@ from sluice.journal.audience import (
     UpsertCounts,
     merged,
 )
+from sluice.journal.multirow import chunk_sizes, insert_sql
 
 if TYPE_CHECKING:
     from sluice.journal.sqlite.writer import Transaction
@@ -54,6 +56,14 @@ CREATE INDEX IF NOT EXISTS subscriptions_subscriber ON subscriptions (subscriber
 
 #: Ids looked up in one statement (well under SQLite's limit of host parameters).
 _CHUNK = 500
+#: Multi-row INSERTs (journal/multirow.py: one step a statement, not one a row, so the writer
+#: does not wait for the GIL once a row): ?1 the tenant, ?2 the time; key, id, data a row.
+_SUBSCRIBERS_INSERT = "INSERT INTO subscribers (key, tenant, external_id, data, updated_at) VALUES "
+_SUBSCRIBER_ROWS = ("(?3,?1,?4,?5,?2)", "(?,?1,?,?,?2)")
+#: ?1 the topic; a subscriber's key a row.
+_SUBSCRIPTIONS_INSERT = "INSERT OR IGNORE INTO subscriptions (topic, subscriber) VALUES "
+_SUBSCRIPTION_ROWS = ("(?1,?2)", "(?1,?)")
+_MAX_ROWS = 1024
 
 
 def _topic_keys(
@@ -77,10 +87,7 @@ def _add_subscriptions(conn: sqlite3.Connection, pairs: dict[int, list[int]]) ->
     added = 0
     for topic, subscribers in pairs.items():
         before = conn.total_changes
-        conn.executemany(
-            "INSERT OR IGNORE INTO subscriptions (topic, subscriber) VALUES (?, ?)",
-            [(topic, s) for s in subscribers],
-        )
+        _insert(conn, _SUBSCRIPTIONS_INSERT, _SUBSCRIPTION_ROWS, [topic], subscribers, 1)
         new = conn.total_changes - before
         if new:
             conn.execute(
@@ -109,11 +116,10 @@ def op_upsert_subscribers(
     keys = dict(existing)
     for offset, row in enumerate(new, largest + 1):
         keys[row.external_id] = offset
-    conn.executemany(
-        "INSERT INTO subscribers (key, tenant, external_id, data, updated_at) "
-        "VALUES (?, ?, ?, ?, ?)",
-        [(keys[row.external_id], tenant, row.external_id, row.data, now) for row in new],
-    )
+    values: list[object] = []
+    for row in new:
+        values += (keys[row.external_id], row.external_id, row.data)
+    _insert(conn, _SUBSCRIBERS_INSERT, _SUBSCRIBER_ROWS, [tenant, now], values, 3)
     topics = _topic_keys(
         conn, tenant, {t for row in latest.values() for t in row.topics}, now, create=True
     )
@@ -170,6 +176,23 @@ def _subscriber_keys(
 ) -> dict[str, int]:
     select = "SELECT external_id, key FROM subscribers WHERE tenant = ? AND external_id"
     return _keys(conn, select, tenant, list(dict.fromkeys(external_ids)))
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    head: str,
+    shape: tuple[str, str],
+    fixed: list[object],
+    values: Sequence[object],
+    width: int,
+) -> None:
+    """Insert `values` (`width` a row) after the `fixed` parameters, a statement a chunk."""
+    first, row = shape
+    start = 0
+    for rows in chunk_sizes(len(values) // width, _MAX_ROWS):
+        end = start + rows * width
+        conn.execute(insert_sql(head, first, row, rows), [*fixed, *values[start:end]])
+        start = end
 
 
 def _keys(conn: sqlite3.Connection, select: str, tenant: str, names: list[str]) -> dict[str, int]:
