@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from fixtures_http import KEY_A, KEY_B, KEY_SMS, Api, make_config, running_api
+from fixtures_http import KEY_A, KEY_B, KEY_SMS, Api, FakeClock, make_config, running_api
 
 from journal_backends import BACKENDS
 from sluice.audience.expander import Expander
@@ -41,13 +41,14 @@ async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[A
 
 
 @contextlib.asynccontextmanager
-async def expanding(api: Api) -> AsyncIterator[Expander]:
+async def expanding(api: Api, monotonic: Any = None) -> AsyncIterator[Expander]:
     expander = Expander(
         api.gateway.journal,
         api.gateway.config.audience,
         IdGenerator(node=2),
         1,
         wake=lambda c: None,
+        **({"monotonic": monotonic} if monotonic is not None else {}),
     )
     task = asyncio.create_task(expander.run())
     try:
@@ -247,3 +248,33 @@ async def test_pause_resume_and_cancel_count_exactly(api: Api) -> None:
     state = await journal.get("a", claimed[0].id)
     assert state is not None and state.state == State.SENDING
     assert parse_id(bid) > 0
+
+
+async def test_a_rate_caps_what_expansion_plans(tmp_path: Path) -> None:
+    clock = FakeClock(0.0)
+    cfg = config(expansion_chunk=5, min_lookahead=1000)
+    async with running_api(tmp_path, cfg) as api:
+        await subscribers(
+            api,
+            [
+                {
+                    "id": f"u{i:02d}",
+                    "webhook": hook(i),
+                    "attributes": {"name": "x"},
+                    "topics": ["news"],
+                }
+                for i in range(40)
+            ],
+        )
+        _, view, _ = await post(api, {**BROADCAST, "rate": 10})
+        async with expanding(api, clock) as expander:
+            # A second's burst at the start: 10 members, then nothing until time passes.
+            view = await until(api, expander, view["id"], lambda v: v["examined"] >= 10)
+            for _ in range(5):  # the expander looks again every 50 ms: it stays put
+                await asyncio.sleep(0.06)
+                assert (await api.call("GET", f"/v1/broadcasts/{view['id']}"))[1]["examined"] == 10
+            clock.now = 2.0  # two seconds later: 20 more
+            view = await until(api, expander, view["id"], lambda v: v["examined"] >= 30)
+            await asyncio.sleep(0.2)
+            _, view, _ = await api.call("GET", f"/v1/broadcasts/{view['id']}")
+            assert view["examined"] == 30

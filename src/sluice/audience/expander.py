@@ -92,6 +92,7 @@ class Expander:
         *,
         wake: Callable[[str], None],
         clock: Callable[[], int] = now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._journal = journal
         self._config = config
@@ -99,6 +100,7 @@ class Expander:
         self._owner = owner
         self._wake = wake
         self._clock = clock
+        self._monotonic = monotonic
         self._poke = asyncio.Event()
         self._stopping = False
         self._runs: set[int] = set()
@@ -170,7 +172,7 @@ class _Run:
         #: Messages finished per second lately, by channel.
         self.rates: dict[str, float] = {}
         self._sample: tuple[float, dict[str, int]] | None = None
-        self._started = time.monotonic()
+        self._started = expander._monotonic()
         self._planned_here = 0
 
     async def run(self) -> None:
@@ -199,6 +201,9 @@ class _Run:
                     await asyncio.sleep(_FULL_WAIT_SECONDS)
                     continue
                 chunk = await self._plan(index, cursor, min(room, config.expansion_chunk))
+                # Counted as planned now, not once committed: the next chunk is planned
+                # while this one commits, and the rate bounds both.
+                self._planned_here += len(chunk.messages)
                 if committing is not None and not await committing:
                     break
                 committing = tg.create_task(self._commit(chunk))
@@ -242,7 +247,6 @@ class _Run:
         x.chunks += 1
         x.planned += len(messages)
         x.progressed.set()
-        self._planned_here += len(messages)
         for m in messages:
             if m.not_before is not None and m.not_before > now:
                 self.later[m.not_before // _MINUTE_MS] += 1
@@ -260,7 +264,7 @@ class _Run:
             del self.later[due]
         record = self.record
         later = sum(self.later.values())
-        now = time.monotonic()
+        now = self.x._monotonic()
         if self._sample is None or now - self._sample[0] >= 0.5:
             self._rates(now)
         total_ahead = max(0, record.in_state(*_AHEAD) - later)
@@ -293,5 +297,5 @@ class _Run:
         rate = self.spec.rate
         if not rate:
             return 1 << 62
-        elapsed = time.monotonic() - self._started
+        elapsed = self.x._monotonic() - self._started
         return int(rate * elapsed + max(1.0, rate)) - self._planned_here
