@@ -294,14 +294,18 @@ class SmppTransport:
 
     def send_soon(self, message: Message, done: Callable[[SendResult], None]) -> bool:
         """The task-free path for the common case: one part, a bound link with a free window
-        slot and no pacing. False (nothing sent) otherwise; the runner then uses `send`."""
+        slot and, if it is paced, a token now. False (nothing sent) otherwise; the runner then
+        uses `send`."""
         segments = self._split(message)
         if isinstance(segments, SendResult) or len(segments) != 1:  # `send` words a refusal
             return False
         bind = self._best_bind()
-        if bind is None or bind.free <= 0 or bind.bucket.rate > 0:
-            # A paced bind (a configured bind_rate, or the SMSC's cap found) spaces its
-            # submits in `send`; this path is for binds that may go as fast as answers come.
+        if bind is None or bind.free <= 0:
+            return False
+        if bind.bucket.rate > 0 and not bind.bucket.try_take():
+            # A paced bind (a configured bind_rate, or the SMSC's cap found) with no token
+            # now: `send` waits for one. With a token the submit goes now, without a task:
+            # a task and a sleep per message cost a paced channel ~40% of its throughput.
             return False
         try:
             bind.submit_soon(
@@ -309,6 +313,8 @@ class SmppTransport:
                 functools.partial(self._answered, bind, done),
             )
         except LinkLost:
+            if bind.bucket.rate > 0:
+                bind.bucket.give_back()
             return False
         return True
 
