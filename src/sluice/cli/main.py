@@ -167,9 +167,7 @@ async def _sim_smtp(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from sluice.cli.demo import run_demo
 
-    return await run_demo(
-        messages=args.messages, directory=args.dir, subscribers=args.subscribers
-    )
+    return await run_demo(messages=args.messages, directory=args.dir, subscribers=args.subscribers)
 
 
 def build_parser() -> argparse.ArgumentParser:

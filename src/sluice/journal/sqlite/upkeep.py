@@ -44,8 +44,7 @@ def op_recover(conn: sqlite3.Connection, tx: Transaction) -> None:
     # One process holds an SQLite journal: a broadcast's expander lease is a previous run's,
     # and that run is over. Its broadcasts resume at once, not when the lease would lapse.
     conn.execute(
-        "UPDATE broadcasts SET lease_owner = NULL, lease_until = NULL "
-        "WHERE lease_owner IS NOT NULL"
+        "UPDATE broadcasts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL"
     )
     (tx.shared.early_receipts,) = conn.execute("SELECT COUNT(*) FROM early_receipts").fetchone()
     # Nothing is `sending` now and nothing stays `accepted` past its insert, so the pending
