@@ -282,12 +282,12 @@ def planner_alone() -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     ids = IdGenerator(node=5)
     steps: dict[str, Callable[[], object]] = {
         "decode": lambda: [decode(m.data) for m in members],
-        "channel": lambda: [fast._channel(s, TOPIC) for s in subs],
-        "due": lambda: [fast._due(s, now) for s in subs],
+        "opt-out test": lambda: [s.opt_out.excludes(TOPIC, "sms") for s in subs],
+        "due (a zone's quiet hours)": lambda: [fast._due(s, now) for s in subs],
         "variables": lambda: [fast._variables(s) for s in subs],
         "render (fast)": lambda: [body_fast.render(v) for v in variables],
         "render (jinja2)": lambda: [body_jinja.render(v) for v in variables],
-        "id": lambda: [ids.next() for _ in subs],
+        "ids (take)": lambda: ids.take(len(subs)),
         "Message()": lambda: [
             Message(1, TENANT, "sms", "+1", "body", None, 3, None, None, None, None) for _ in subs
         ],
