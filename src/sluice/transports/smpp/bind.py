@@ -219,6 +219,11 @@ class SmppBind(asyncio.Protocol):
         return len(self._outstanding)
 
     @property
+    def window(self) -> int:
+        """Requests this bind may have outstanding at once (smpp.window)."""
+        return self._config.window
+
+    @property
     def free(self) -> int:
         return self._config.window - len(self._outstanding) if self.bound else 0
 

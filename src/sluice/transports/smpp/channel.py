@@ -397,8 +397,14 @@ class SmppTransport:
             bind = binds[(start + i) % n]
             if not bind.bound:
                 continue
+            free = bind.free
             wait = bind.bucket.delay_for(1) if bind.bucket.rate > 0 else 0.0
-            key = (wait if bind.free > 0 else math.inf, -bind.free)
+            if wait == 0 and free * 2 >= bind.window > 0:
+                # Can send now with half its window free: taken at once, the turn going round
+                # (scanning every bind's bucket for every message was a sixth of the event
+                # loop's time on 10 paced binds).
+                return bind
+            key = (wait if free > 0 else math.inf, -free)
             if best is None or key < best_key:
                 best, best_key = bind, key
         return best
