@@ -151,10 +151,19 @@ class Expander:
                 log.warning("broadcasts: cannot release leases: %s", exc)
 
     async def _expand(self, record: BroadcastRecord) -> None:
+        """One broadcast's run. A fault ends the run, never the expander (nor the delivery
+        side it runs in): the broadcast is still leased and running, so the next look leases
+        it again and the run resumes from the committed cursor."""
         try:
             await _Run(self, record).run()
-        except JournalError as exc:
-            log.warning("broadcast %d: expansion stopped: %s; it resumes", record.id, exc)
+        except* JournalError as faults:  # a disk below its reserve, a server out of reach
+            log.warning(
+                "broadcast %d: expansion paused by a journal fault: %s; it resumes",
+                record.id,
+                faults.exceptions[0],
+            )
+        except* Exception:  # a bug must not stop delivery; the run is tried again
+            log.exception("broadcast %d: expansion failed; it is tried again", record.id)
         finally:
             self._runs.discard(record.id)
 
