@@ -97,6 +97,18 @@ def test_a_missing_variable_fails_the_recipient_or_takes_its_default() -> None:
     assert [m.body for m in messages] == ["everyone in Leeds (u9)", "N1 in Leeds (u1)"]
 
 
+def test_a_template_failing_on_one_recipient_fails_that_recipient_alone() -> None:
+    division = spec(content={"sms": Content(body="{{ 10 / n }}")}, channels=(("sms", "sms"),))
+    members = [
+        BroadcastMember(i, f"u{i}", encode(Subscriber(id=f"u{i}", phone=f"+{i}",
+                                                      attributes={"n": n})), False)
+        for i, n in ((1, 2), (2, 0), (3, 5))
+    ]  # fmt: skip
+    messages, suppressed = plan(division, members)
+    assert [m.body for m in messages] == ["5.0", "2.0"]
+    assert suppressed == {"template_error": 1}
+
+
 def test_quiet_hours_defer_to_their_end_in_the_subscriber_zone() -> None:
     night = QuietHours(start="22:00", end="07:30")
     # 12:00 UTC is 21:00 in Tokyo... no: 21:00 is not quiet; 23:00 in Auckland (NZST+12) is.

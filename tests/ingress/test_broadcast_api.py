@@ -179,6 +179,15 @@ async def test_bad_broadcasts_are_refused_with_the_field(api: Api) -> None:
         ({**BROADCAST, "ttl_seconds": 0}, ("invalid_broadcast", "ttl_seconds")),
         ({**BROADCAST, "priority": "asap"}, ("invalid_broadcast", "priority")),
         ({**BROADCAST, "surprise": 1}, ("invalid_broadcast", "surprise")),
+        ({**BROADCAST, "send_at": 2**63}, ("invalid_broadcast", "send_at")),
+        ({**BROADCAST, "ttl_seconds": 10**16}, ("invalid_broadcast", "ttl_seconds")),
+        ({**BROADCAST, "rate": 1e300}, ("invalid_broadcast", "rate")),
+        ({**BROADCAST, "from": "a\u0000b"}, ("invalid_broadcast", "from")),
+        ({**BROADCAST, "data": {"x": "\u0000"}}, ("invalid_broadcast", "data")),
+        (
+            {**BROADCAST, "metadata": {str(i): "v" for i in range(40)}},
+            ("invalid_broadcast", "metadata"),
+        ),
     ]
     for body, expected in cases:
         status, answer, _ = await post(api, body)

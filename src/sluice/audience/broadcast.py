@@ -14,7 +14,9 @@ of those topics into messages.
    subscriber's quiet hours if it falls in them; past the expiry: suppressed "quiet_hours";
 4. the content: the channel type's templates rendered with the broadcast's `data`, then the
    subscriber's attributes, then `subscriber` (id, locale, timezone); a missing variable
-   fails the recipient (suppressed "missing_variable") or takes its default, as chosen.
+   fails the recipient (suppressed "missing_variable") or takes its default, as chosen; a
+   template that fails on a recipient's values (a division by zero, a filter given the wrong
+   type) fails that recipient alone (suppressed "template_error").
 
 Examples:
     >>> spec = BroadcastSpec(tenant="acme", topics=("news",), channels=(("sms", "sms"),),
@@ -48,7 +50,14 @@ from sluice.journal.broadcasts import BroadcastMember
 from sluice.model import IdGenerator, Message, Priority
 
 #: Why a member got no message (the keys of a broadcast's `suppressed` counts).
-SUPPRESSION_REASONS = ("duplicate", "no_address", "opted_out", "quiet_hours", "missing_variable")
+SUPPRESSION_REASONS = (
+    "duplicate",
+    "no_address",
+    "opted_out",
+    "quiet_hours",
+    "missing_variable",
+    "template_error",
+)
 _MINUTE_MS = 60_000
 
 
@@ -83,7 +92,7 @@ class BroadcastIn(
     expires_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)] | int | None = None
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
     #: Messages per second at most for this broadcast (0: as fast as the channels carry).
-    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    rate: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 0.0
     metadata: dict[str, str] | None = None
 
 
@@ -199,6 +208,9 @@ class Planner:
                 subject = subject_template.render(variables) if subject_template else None
             except MissingVariable:
                 suppressed["missing_variable"] += 1
+                continue
+            except Exception:  # `{{ 10 / n }}` with n = 0: this recipient, not the broadcast
+                suppressed["template_error"] += 1
                 continue
             messages.append(
                 Message(

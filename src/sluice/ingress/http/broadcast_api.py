@@ -38,7 +38,7 @@ from sluice.audience.progress import ProgressTracker
 from sluice.audience.subscriber import CHANNEL_TYPES, ID_PATTERN
 from sluice.audience.templates import TemplateError
 from sluice.config import Config
-from sluice.ingress.http.schema import ApiError, field_of
+from sluice.ingress.http.schema import MAX_TIME_MS, MAX_TTL_SECONDS, ApiError, field_of
 from sluice.journal.base import IdempotencyConflict
 from sluice.journal.broadcasts import BroadcastStatus, NewBroadcast, UnknownTopics
 from sluice.model import PRIORITY_NAMES, now_ms, parse_id
@@ -255,6 +255,7 @@ class BroadcastApi:
                 f"more than {limits.max_sender_length} characters (limits.max_sender_length)",
                 "from",
             )
+        self._check_values(given)
         start_at = max(now, _ms(given.send_at, "send_at")) if given.send_at is not None else now
         expires_at = None
         if given.ttl_seconds is not None and given.expires_at is not None:
@@ -265,7 +266,14 @@ class BroadcastApi:
                 "ttl_seconds",
             )
         if given.ttl_seconds is not None:
-            expires_at = start_at + given.ttl_seconds * 1000
+            if given.ttl_seconds > MAX_TTL_SECONDS:
+                raise ApiError(
+                    422,
+                    "invalid_broadcast",
+                    f"at most {MAX_TTL_SECONDS} seconds (ten years)",
+                    "ttl_seconds",
+                )
+            expires_at = min(MAX_TIME_MS, start_at + given.ttl_seconds * 1000)
         elif given.expires_at is not None:
             expires_at = _ms(given.expires_at, "expires_at")
             if expires_at <= start_at:
@@ -296,6 +304,41 @@ class BroadcastApi:
             raise ApiError(422, "invalid_template", reason, field) from None
         return spec
 
+    def _check_values(self, given: BroadcastIn) -> None:
+        """What types cannot say: no NUL (PostgreSQL's text holds none, and a NUL in an SMS
+        or a header is a hazard), metadata within the message limits."""
+        limits = self._config.limits
+        for field, value in (
+            ("from", given.sender),
+            ("data", given.data),
+            ("defaults", given.defaults),
+            ("metadata", given.metadata),
+            ("content", given.content),
+        ):
+            if value is not None and _has_nul(value):
+                raise ApiError(422, "invalid_broadcast", "holds a NUL character (U+0000)", field)
+        for field in ("data", "defaults"):
+            size = len(_encode(getattr(given, field)))
+            if size > self._config.audience.max_attributes_bytes:
+                raise ApiError(
+                    422,
+                    "invalid_broadcast",
+                    f"{size} bytes of JSON, more than {self._config.audience.max_attributes_bytes}"
+                    " (audience.max_attributes_bytes)",
+                    field,
+                )
+        metadata = given.metadata or {}
+        if len(metadata) > limits.max_metadata_entries or (
+            metadata and len(_encode(metadata)) > limits.max_metadata_bytes
+        ):
+            raise ApiError(
+                422,
+                "invalid_broadcast",
+                f"at most {limits.max_metadata_entries} entries and {limits.max_metadata_bytes}"
+                " bytes (limits.max_metadata_entries, limits.max_metadata_bytes)",
+                "metadata",
+            )
+
     def _channels(self, tenant: str, given: BroadcastIn) -> tuple[tuple[str, str], ...]:
         names = tuple(dict.fromkeys(given.channels))
         if not names:
@@ -324,6 +367,19 @@ class BroadcastApi:
         return tuple(resolved)
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL is in any string of a JSON-like value (keys included)."""
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, msgspec.Struct):
+        return any(_has_nul(getattr(value, f)) for f in value.__struct_fields__)
+    return False
+
+
 def _parse(text: str, field: str | None, status: int = 422) -> int:
     try:
         return parse_id(text)
@@ -335,9 +391,13 @@ def _parse(text: str, field: str | None, status: int = 422) -> int:
 
 def _ms(value: datetime.datetime | int, field: str) -> int:
     if isinstance(value, int):
+        if not 0 <= value <= MAX_TIME_MS:
+            raise ApiError(
+                422, "invalid_broadcast", f"ms since the epoch, 0 to {MAX_TIME_MS}", field
+            )
         return value
     delta = value - _UNIX_EPOCH
     ms = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
-    if ms < 0:
-        raise ApiError(422, "invalid_broadcast", "times before 1970 are not accepted", field)
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise ApiError(422, "invalid_broadcast", "a time from 1970 to 9999", field)
     return ms
