@@ -174,4 +174,32 @@ def test_a_spec_survives_the_journal_and_templates_report_their_line() -> None:
         assert plain.render(variables) == sandboxed.render(variables)
     with pytest.raises(MissingVariable):
         plain.render({"n": 1, "a": "no dict"})
+    # Missing names, as the sandbox reads them, under each policy.
+    for policy, source, variables, defaults in (
+        ("default", "{{ a.b }}", {"a": {}}, {"a": "A", "b": "B"}),
+        ("default", "{{ a.b }}", {}, {"a": "A"}),
+        ("fail", "{{ a.b | default('x') }}", {}, {}),
+        ("fail", "{{ a.b | default('x') }}", {"a": {}}, {}),
+        ("fail", "{{ a.items }}", {"a": {"items": 1}}, {}),
+    ):
+        options: Any = {"policy": policy, "defaults": defaults}
+        fast_one = compile_template(source, "x", **options)
+        slow_one = compile_template(source + "{% if false %}{% endif %}", "x", **options)
+        assert _rendered(fast_one, variables) == _rendered(slow_one, variables), source
+    # A template cannot hold the process: products, powers and ranges are bounded.
+    for greedy in (
+        "{{ 'x' * 100000000 }}",
+        "{{ 2 ** 100000 }}",
+        "{% for i in range(10**6) %}{% endfor %}",
+    ):
+        with pytest.raises(TemplateError, match="not allowed"):
+            compile_template(greedy, "x").render({})
+
     assert msgspec.json.decode(msgspec.json.encode(s.content["sms"]))["body"] == "sms {{ name }}"
+
+
+def _rendered(template: Any, variables: dict[str, Any]) -> str:
+    try:
+        return str(template.render(variables))
+    except MissingVariable as exc:
+        return f"missing {exc}"

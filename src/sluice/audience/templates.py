@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Policy = Literal["fail", "default"]
@@ -110,7 +111,46 @@ def _environment(policy: Policy, defaults: dict[str, Any]) -> jinja2.Environment
                 return str(value)
 
         undefined = Defaulted
-    return ImmutableSandboxedEnvironment(undefined=undefined, autoescape=False)
+    env = _BoundedSandbox(undefined=undefined, autoescape=False)
+    env.globals["range"] = _bounded_range
+    return env
+
+
+#: The longest string or list `*` may make, and the largest exponent `**` takes: a template
+#: must not hold the process (`{{ 'x' * 10**9 }}` is 1 GB, folded at compile time otherwise).
+MAX_PRODUCT_LENGTH = 64 * 1024
+MAX_EXPONENT = 256
+#: The longest `range` a loop may run (Jinja2's sandbox allows 100,000).
+MAX_RANGE = 1000
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with `*` and `**` bounded (intercepted operators are never folded at
+    compile time either)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(sequence) * times > MAX_PRODUCT_LENGTH
+                ):
+                    raise SecurityError(
+                        f"a product longer than {MAX_PRODUCT_LENGTH} is not allowed"
+                    )
+        elif isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+def _bounded_range(*args: int) -> range:
+    numbers = range(*args)
+    if len(numbers) > MAX_RANGE:
+        raise SecurityError(f"a range longer than {MAX_RANGE} is not allowed")
+    return numbers
 
 
 def _undefined_name(exc: jinja2.UndefinedError) -> str:
@@ -147,10 +187,16 @@ def _fast_parts(tree: nodes.Template) -> list[_Part] | None:
     return parts
 
 
+#: Names Jinja2 reads as a dict's methods (`a.items`), not its keys: left to the sandbox.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 def _path(node: nodes.Node | None) -> tuple[str, ...] | None:
     if isinstance(node, nodes.Name) and node.ctx == "load":
         return (node.name,)
     if isinstance(node, nodes.Getattr):
+        if node.attr in _DICT_ATTRIBUTES:
+            return None
         head = _path(node.node)
         return None if head is None else (*head, node.attr)
     return None
@@ -173,16 +219,25 @@ def _joiner(
                 out.append(part)
                 continue
             path, fallback = part
+            # As Jinja2 reads it: a missing last name is undefined (its default, or the
+            # `default` filter's, or a failure); a name read from an undefined one fails.
             value: Any = variables.get(path[0], _MISSING)
-            for name in path[1:]:
+            missing = 0 if value is _MISSING else -1
+            for depth, name in enumerate(path[1:], 1):
+                if missing >= 0:
+                    break
                 value = value.get(name, _MISSING) if isinstance(value, dict) else _MISSING
-            if value is _MISSING:
+                if value is _MISSING:
+                    missing = depth
+            if missing >= 0:
+                if missing < len(path) - 1:
+                    raise MissingVariable(".".join(path[: missing + 1]))
                 if fallback is not None:
                     value = fallback
                 elif policy == "fail":
                     raise MissingVariable(".".join(path))
                 else:
-                    value = defaults.get(path[0], "")
+                    value = defaults.get(path[missing], "")
             out.append(value if isinstance(value, str) else str(value))
         return "".join(out)
 

@@ -26,6 +26,9 @@ import msgspec
 
 from sluice.model import Message, State
 
+#: Idempotency keys of broadcasts share the messages' table under this prefix: a message's key
+#: is printable ASCII (`limits`), so none can begin with U+0001 and meet a broadcast's.
+IDEMPOTENCY_PREFIX = "\x01broadcast:"
 #: The due time of a paused broadcast's queued messages: claimed by nobody until resumed.
 PAUSED_DUE_MS = (1 << 62) - 1
 

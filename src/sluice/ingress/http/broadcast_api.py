@@ -55,6 +55,7 @@ _TIME = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _UNIX_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _decoder = msgspec.json.Decoder(BroadcastIn)
 _encode = msgspec.json.Encoder().encode
+_sorted_encode = msgspec.json.Encoder(order="sorted").encode
 _ACTIONS = {
     "pause": BroadcastStatus.PAUSED,
     "resume": BroadcastStatus.RUNNING,
@@ -128,7 +129,9 @@ class BroadcastApi:
         spec = self._spec(tenant, given, now)
         broadcast_id = self._gateway.next_id()
         new = NewBroadcast(broadcast_id, tenant, encode_spec(spec), spec.topics, spec.start_at)
-        digest = hashlib.sha256(raw).digest() if key is not None else None
+        # The request as decoded (keys sorted), not its bytes: a retry that spaces or orders
+        # its JSON otherwise is the same broadcast, as for messages.
+        digest = hashlib.sha256(_sorted_encode(given)).digest() if key is not None else None
         try:
             created, replayed = await self._gateway.broadcasts.create_broadcast(
                 new, key, digest, now

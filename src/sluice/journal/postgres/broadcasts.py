@@ -24,6 +24,7 @@ import msgspec
 
 from sluice.journal.base import IdempotencyConflict
 from sluice.journal.broadcasts import (
+    IDEMPOTENCY_PREFIX,
     PAUSED_DUE_MS,
     BroadcastMember,
     BroadcastRecord,
@@ -38,8 +39,6 @@ from sluice.journal.postgres.connection import PoolConnection
 from sluice.journal.postgres.inserts import Columns, insert_messages
 from sluice.model import State
 
-#: Idempotency keys of broadcasts share the messages' table, under this prefix.
-KEY_PREFIX = "broadcast:"
 #: Counter rows per (broadcast, channel, state): the trigger's modulus too. Any number is
 #: correct (reads sum the slots); 16 keeps a pool or two of connections mostly apart.
 COUNT_SLOTS = 16
@@ -76,7 +75,7 @@ async def op_create_broadcast(
         row = await conn.fetchrow(
             "SELECT digest, ids FROM idempotency WHERE tenant = $1 AND key = $2",
             new.tenant,
-            KEY_PREFIX + key,
+            IDEMPOTENCY_PREFIX + key,
         )
         if row is not None:
             if row[0] is not None and digest is not None and bytes(row[0]) != digest:
@@ -89,7 +88,7 @@ async def op_create_broadcast(
             "INSERT INTO idempotency (tenant, key, digest, ids, created_at) "
             "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
             new.tenant,
-            KEY_PREFIX + key,
+            IDEMPOTENCY_PREFIX + key,
             digest,
             [new.id],
             now,

@@ -19,6 +19,7 @@ import msgspec
 
 from sluice.journal.base import IdempotencyConflict
 from sluice.journal.broadcasts import (
+    IDEMPOTENCY_PREFIX,
     PAUSED_DUE_MS,
     BroadcastMember,
     BroadcastRecord,
@@ -84,8 +85,6 @@ BEGIN
 END;
 """
 
-#: Idempotency keys of broadcasts share the messages' table, under this prefix.
-KEY_PREFIX = "broadcast:"
 _COLUMNS = (
     "id, tenant, spec, status, created_at, updated_at, start_at, audience, topic_index, "
     "cursor, expanded, examined, planned, suppressed, started_at, expanded_at, topic_keys"
@@ -106,7 +105,7 @@ def op_create_broadcast(
     if key is not None:
         row = conn.execute(
             "SELECT digest, ids FROM idempotency WHERE tenant = ? AND key = ?",
-            (new.tenant, KEY_PREFIX + key),
+            (new.tenant, IDEMPOTENCY_PREFIX + key),
         ).fetchone()
         if row is not None:
             if row[0] is not None and digest is not None and row[0] != digest:
@@ -143,7 +142,7 @@ def op_create_broadcast(
     if key is not None:
         conn.execute(
             "INSERT INTO idempotency (tenant, key, digest, ids, created_at) VALUES (?, ?, ?, ?, ?)",
-            (new.tenant, KEY_PREFIX + key, digest, _encoder.encode([new.id]), now),
+            (new.tenant, IDEMPOTENCY_PREFIX + key, digest, _encoder.encode([new.id]), now),
         )
     return new.id, False
 

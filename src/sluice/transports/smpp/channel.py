@@ -312,10 +312,12 @@ class SmppTransport:
                 self._submit_sm(message, segments[0]),
                 functools.partial(self._answered, bind, done),
             )
-        except LinkLost:
+        except BaseException as exc:
             if bind.bucket.rate > 0:
-                bind.bucket.give_back()
-            return False
+                bind.bucket.give_back()  # the token of a submit that did not happen
+            if isinstance(exc, LinkLost):
+                return False
+            raise
         return True
 
     def _answered(
