@@ -266,3 +266,35 @@ async def test_an_sqlite_journal_drops_the_leases_of_its_previous_run(tmp_path: 
         assert len(await store.lease_broadcasts(OWNER, NOW, 600_000, 10)) == 1
     async with open_journal("sqlite", tmp_path) as store:
         assert [r.id for r in await store.lease_broadcasts(OWNER + 1, NOW, 1_000, 10)] == [1]
+
+
+async def test_a_message_queued_again_while_paused_or_cancelled_is_held(store: Any) -> None:
+    await subscribers(store, 4, "news")
+    await store.create_broadcast(NewBroadcast(1, "acme", b"s", ("news",), NOW), None, None, NOW)
+    (record,) = await store.lease_broadcasts(OWNER, NOW, 30_000, 10)
+    await store.expand_broadcast(
+        OWNER, chunk(record, [message(i) for i in range(2)], to=(1, 0), last=True), NOW
+    )
+    first, second = await store.claim("sms", 10, 10, OWNER, NOW, 30_000)
+    await store.change_broadcast("acme", 1, BroadcastStatus.PAUSED, NOW + 1)
+    # Its attempt fails for now: queued again, due in a moment, but the broadcast is paused.
+    retry = Completion(first.id, State.QUEUED, "sms", 1, Outcome.TRANSIENT, due_at=NOW + 2)
+    await store.complete(OWNER, [retry])
+    assert await store.claim("sms", 10, 10, OWNER, NOW + 10, 30_000) == []
+    await store.change_broadcast("acme", 1, BroadcastStatus.RUNNING, NOW + 20)
+    (again,) = await store.claim("sms", 10, 10, OWNER, NOW + 30, 30_000)
+    assert again.id == first.id
+    # Cancelled while both are in flight, then both queued again: the sweep cancels them.
+    await store.change_broadcast("acme", 1, BroadcastStatus.CANCELLED, NOW + 40)
+    await store.complete(
+        OWNER,
+        [
+            Completion(m.id, State.QUEUED, "sms", 1, Outcome.TRANSIENT, due_at=NOW + 41)
+            for m in (again, second)
+        ],
+    )
+    assert await store.claim("sms", 10, 10, OWNER, NOW + 50, 30_000) == []
+    await store.sweep(NOW + 60, 86_400_000)
+    final = await store.broadcast("acme", 1)
+    assert final.counts == {"sms": {State.CANCELLED: 2}} and final.phase == "cancelled"
+    assert store.pending().get("sms", 0) == 0

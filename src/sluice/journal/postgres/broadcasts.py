@@ -278,6 +278,19 @@ async def op_change_broadcast(
     return StatusChange(_record(record), moved)
 
 
+async def cancel_held(conn: PoolConnection, tx: Tx, now: int) -> int:
+    """Cancel the queued messages of cancelled broadcasts (those queued again after the
+    cancel: a retry, a lapsed lease); return how many (a sweep's step)."""
+    found = await conn.fetch(
+        "SELECT DISTINCT broadcast FROM messages WHERE state = 1 AND broadcast IS NOT NULL "
+        "AND broadcast IN (SELECT id FROM broadcasts WHERE status = 'cancelled')"
+    )
+    cancelled = 0
+    for (broadcast_id,) in found:
+        cancelled += await _cancel_queued(conn, tx, broadcast_id, now)
+    return cancelled
+
+
 async def _cancel_queued(conn: PoolConnection, tx: Tx, broadcast_id: int, now: int) -> int:
     """Cancel the broadcast's queued messages, each with its event; return how many."""
     rows = await conn.fetch(

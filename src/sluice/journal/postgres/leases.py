@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 
 from sluice.journal.base import EARLY_RECEIPT_TTL_MS, SweepResult
+from sluice.journal.postgres import broadcasts
 from sluice.journal.postgres.callbacks import insert_callbacks
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
@@ -170,6 +171,7 @@ async def op_sweep(conn: PoolConnection, tx: Tx, now: int, idempotency_ttl_ms: i
         )
     ]
     expired = await expire(conn, tx, expiring, now) if expiring else 0
+    await broadcasts.cancel_held(conn, tx, now)
     forgotten = _count(
         await conn.execute(
             "DELETE FROM idempotency WHERE created_at < $1", now - idempotency_ttl_ms

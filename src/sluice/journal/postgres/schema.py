@@ -198,6 +198,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER messages_broadcast_counts AFTER UPDATE ON messages
         REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
         FOR EACH STATEMENT EXECUTE FUNCTION count_broadcast_messages();
+    -- A message queued again (a retry, a lease that lapsed, a restart) while its broadcast
+    -- is paused or cancelled is held like the others; the sweep cancels those of a
+    -- cancelled one. The WHEN keeps ordinary traffic out of the function.
+    CREATE FUNCTION hold_broadcast_message() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+    BEGIN
+        IF EXISTS (SELECT FROM broadcasts WHERE id = NEW.broadcast AND status <> 'running')
+        THEN
+            NEW.due_at := 4611686018427387903;
+        END IF;
+        RETURN NEW;
+    END
+    $$;
+    CREATE TRIGGER messages_broadcast_held BEFORE UPDATE OF state ON messages
+        FOR EACH ROW WHEN (NEW.state = 1 AND OLD.state <> 1 AND NEW.broadcast IS NOT NULL)
+        EXECUTE FUNCTION hold_broadcast_message();
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -83,6 +83,15 @@ BEGIN
         VALUES (NEW.broadcast, NEW.channel, NEW.state, 1)
         ON CONFLICT DO UPDATE SET n = n + 1;
 END;
+-- A message queued again (a retry, a lease that lapsed, a restart) while its broadcast is
+-- paused or cancelled is held like the others; the sweep cancels those of a cancelled one.
+CREATE TRIGGER IF NOT EXISTS messages_broadcast_held
+AFTER UPDATE OF state ON messages
+WHEN NEW.state = 1 AND OLD.state != 1 AND NEW.broadcast IS NOT NULL
+BEGIN
+    UPDATE messages SET due_at = 4611686018427387903 WHERE id = NEW.id AND EXISTS (
+        SELECT 1 FROM broadcasts WHERE id = NEW.broadcast AND status != 'running');
+END;
 """
 
 _COLUMNS = (
@@ -251,6 +260,17 @@ def op_change_broadcast(
     record = read_broadcast(conn, tenant, broadcast_id)
     assert record is not None
     return StatusChange(record, moved)
+
+
+def cancel_held(conn: sqlite3.Connection, tx: Transaction, now: int) -> int:
+    """Cancel the queued messages of cancelled broadcasts (those queued again after the
+    cancel: a retry, a lapsed lease); return how many (a sweep's step)."""
+    found = conn.execute(
+        "SELECT DISTINCT broadcast FROM messages INDEXED BY messages_broadcast_queued "
+        "WHERE state = 1 AND broadcast IS NOT NULL AND broadcast IN "
+        "(SELECT id FROM broadcasts WHERE status = 'cancelled')"
+    ).fetchall()
+    return sum(_cancel_queued(conn, tx, broadcast_id, now) for (broadcast_id,) in found)
 
 
 def _cancel_queued(conn: sqlite3.Connection, tx: Transaction, broadcast_id: int, now: int) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sluice.journal.base import EARLY_RECEIPT_TTL_MS, CancelResult, SweepResult
 from sluice.journal.rows import CallbackRow
+from sluice.journal.sqlite import broadcasts
 from sluice.journal.sqlite.callbacks import add_callback
 from sluice.model import State, now_ms
 
@@ -98,6 +99,7 @@ def op_sweep(
         )
     ]
     expired = expire(conn, tx, expiring, now)
+    broadcasts.cancel_held(conn, tx, now)
     forgotten = conn.execute(
         "DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_ms,)
     ).rowcount
