@@ -131,6 +131,16 @@ def test_quiet_hours_defer_to_their_end_in_the_subscriber_zone() -> None:
     assert [m.not_before for m in messages] == [None, None, None]
 
 
+def test_quiet_hours_ending_in_the_hour_clocks_repeat_end_after_now() -> None:
+    # Europe/Berlin goes back at 03:00 CEST on 2026-10-25: 02:00-03:00 comes twice. At the
+    # second 02:10 (01:10 UTC) quiet hours 01:00-02:30 end at the second 02:30 (01:30 UTC).
+    now = ms(2026, 10, 25, 1, 10)
+    members = [member(1, phone="+1", timezone="Europe/Berlin",
+                      quiet_hours=QuietHours("01:00", "02:30"))]  # fmt: skip
+    messages, _ = plan(spec(start_at=now), members, now=now)
+    assert messages[0].not_before == ms(2026, 10, 25, 1, 30)
+
+
 def test_local_time_waves_send_at_that_hour_in_each_zone() -> None:
     members = [
         member(1, phone="+1", timezone="Europe/London"),  # 13:00 BST now: tomorrow 09:00

@@ -274,12 +274,17 @@ def _local_minute(ms: int, zone: zoneinfo.ZoneInfo) -> tuple[datetime.datetime, 
 
 
 def _at_local(local: datetime.datetime, minute: int, days: int) -> int:
-    """ms of `minute` past local midnight, `days` after `local`'s date, in its zone."""
+    """ms of `minute` past local midnight, `days` after `local`'s date, in its zone: of a
+    wall time the clocks show twice (the hour repeated when they go back), the one not
+    before `local` if it can be."""
     day = local.date() + datetime.timedelta(days=days)
     wall = datetime.datetime(
         day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=local.tzinfo
     )
-    return int(wall.timestamp() * 1000)
+    at = int(wall.timestamp() * 1000)
+    if at < local.timestamp() * 1000:
+        at = max(at, int(wall.replace(fold=1).timestamp() * 1000))
+    return at
 
 
 def _next_local(ms: int, minute: int, zone: zoneinfo.ZoneInfo) -> int:
