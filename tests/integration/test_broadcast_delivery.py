@@ -119,6 +119,20 @@ async def test_an_expired_broadcast_ends_expired(journal_section: dict[str, Any]
     assert sink.received("/hook") == []
 
 
+async def test_expansion_stops_at_the_expiry(journal_section: dict[str, Any]) -> None:
+    async with WebhookSink(SinkOptions()) as sink:
+        raw = config(journal_section, sink.url, paused=True)  # nothing is sent: lookahead full
+        raw["journal"]["sweep_seconds"] = 0.2
+        async with running_gateway(raw) as gw:
+            await subscribe(gw, 200)
+            bid = await broadcast(gw, ttl_seconds=1)
+            await eventually(lambda: phase_is(gw, bid, "completed"), within=20, what="expiry")
+            final = await view(gw, bid)
+    # The members read before the expiry made messages, which expired; the rest made none.
+    assert 40 <= final["planned"] < 200 and final["examined"] == final["planned"]
+    assert final["counts"]["expired"] == final["planned"] and final["remaining"] == 0
+
+
 async def test_members_unsubscribed_before_the_cursor_reaches_them_get_nothing(
     journal_section: dict[str, Any],
 ) -> None:

@@ -202,6 +202,14 @@ class _Run:
                 ):
                     break
                 self.record = record
+                expires_at = self.spec.expires_at
+                if expires_at is not None and x._clock() >= expires_at:
+                    # Every message it would make now expires at once: the members not read
+                    # yet get none, and the broadcast ends with those it made.
+                    if committing is not None and not await committing:
+                        break
+                    committing = tg.create_task(self._commit(self._last_chunk(index, cursor)))
+                    break
                 room = min(self._room(), self._allowance())
                 if room <= 0:
                     if committing is not None and not await committing:
@@ -221,6 +229,11 @@ class _Run:
                 index, cursor = chunk.next_topic_index, chunk.next_cursor
             if committing is not None:
                 await committing
+
+    def _last_chunk(self, index: int, cursor: int) -> ExpansionChunk:
+        """The chunk that ends expansion where the cursor is (the broadcast expired)."""
+        end = len(self.record.topic_keys)
+        return ExpansionChunk(self.record.id, index, cursor, end, 0, True, [], 0, {})
 
     async def _plan(self, index: int, cursor: int, limit: int) -> ExpansionChunk:
         """The next `limit` members after the cursor, planned."""
