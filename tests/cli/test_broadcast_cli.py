@@ -6,7 +6,6 @@ failing is exit status 1 with a line that says what to do."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import sys
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ from sluice.model import IdGenerator, Outcome, State, format_id, now_ms, parse_i
 
 # The HTTP API's test doubles (tests/ingress/fixtures_http.py): a real server over a journal.
 sys.path.insert(0, str(Path(__file__).parent.parent / "ingress"))
-from fixtures_http import KEY_A, KEY_B, Api, running_api
+from fixtures_http import KEY_A, KEY_B, Api, expanding, running_api
 
 pytestmark = pytest.mark.integration
 
@@ -69,23 +68,6 @@ async def subscribe(api: Api) -> None:
         headers={"Content-Type": "application/x-ndjson"},
     )
     assert status == 200 and not result["errors"], result
-
-
-@contextlib.asynccontextmanager
-async def expanding(api: Api) -> AsyncIterator[Expander]:
-    expander = Expander(
-        api.gateway.journal,
-        api.gateway.config.audience,
-        IdGenerator(node=2),
-        1,
-        wake=lambda c: None,
-    )
-    task = asyncio.create_task(expander.run())
-    try:
-        yield expander
-    finally:
-        expander.stop()
-        await task
 
 
 async def sluice(api: Api, *argv: str, key: str = KEY_A, url: str | None = None) -> int:

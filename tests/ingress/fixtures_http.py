@@ -14,6 +14,7 @@ import prometheus_client
 
 from journal_backends import open_journal
 from sluice import config as config_module
+from sluice.audience.expander import Expander
 from sluice.config import Config
 from sluice.ingress.contract import ChannelStatus
 from sluice.ingress.http.app import build_app
@@ -226,3 +227,24 @@ async def running_api(
         app = build_app(gateway) if clock is None else build_app(gateway, clock)
         async with serve(app, config) as base, aiohttp.ClientSession() as session:
             yield Api(base, gateway, session)
+
+
+@contextlib.asynccontextmanager
+async def expanding(
+    api: Api, monotonic: Callable[[], float] | None = None
+) -> AsyncIterator[Expander]:
+    """A real Expander over the API's journal (the app runs no delivery side of its own)."""
+    expander = Expander(
+        api.gateway.journal,
+        api.gateway.config.audience,
+        IdGenerator(node=2),
+        1,
+        wake=lambda c: None,
+        **({"monotonic": monotonic} if monotonic is not None else {}),
+    )
+    task = asyncio.create_task(expander.run())
+    try:
+        yield expander
+    finally:
+        expander.stop()
+        await task

@@ -5,19 +5,18 @@ exact counts."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from fixtures_http import KEY_A, KEY_B, KEY_SMS, Api, FakeClock, make_config, running_api
+from fixtures_http import KEY_A, KEY_B, KEY_SMS, Api, FakeClock, expanding, make_config, running_api
 
 from journal_backends import BACKENDS
 from sluice.audience.expander import Expander
 from sluice.config import AudienceConfig, Config
-from sluice.model import IdGenerator, State, now_ms, parse_id
+from sluice.model import State, now_ms, parse_id
 
 pytestmark = pytest.mark.integration
 
@@ -38,24 +37,6 @@ def config(**audience: Any) -> Config:
 async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
     async with running_api(tmp_path, config(), backend=request.param) as running:
         yield running
-
-
-@contextlib.asynccontextmanager
-async def expanding(api: Api, monotonic: Any = None) -> AsyncIterator[Expander]:
-    expander = Expander(
-        api.gateway.journal,
-        api.gateway.config.audience,
-        IdGenerator(node=2),
-        1,
-        wake=lambda c: None,
-        **({"monotonic": monotonic} if monotonic is not None else {}),
-    )
-    task = asyncio.create_task(expander.run())
-    try:
-        yield expander
-    finally:
-        expander.stop()
-        await task
 
 
 async def until(api: Api, expander: Expander, bid: str, done: Any) -> dict[str, Any]:

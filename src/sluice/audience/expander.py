@@ -49,14 +49,10 @@ from sluice.journal.broadcasts import (
     BroadcastStore,
     ExpansionChunk,
 )
-from sluice.model import IdGenerator, State, now_ms
+from sluice.model import FINAL_STATES, PENDING_STATES, IdGenerator, now_ms
 
 log = logging.getLogger("sluice.broadcasts")
 
-#: States a broadcast's message counts against the lookahead in.
-_AHEAD = (State.ACCEPTED, State.QUEUED, State.SENDING)
-#: States after which a message no longer occupies a channel (its rate is what they grow by).
-_DONE = (State.SENT, State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED)
 #: How often a broadcast whose lookahead is full looks again (its counters, a cheap read).
 _FULL_WAIT_SECONDS = 0.05
 _MINUTE_MS = 60_000
@@ -289,11 +285,11 @@ class _Run:
         now = self.x._monotonic()
         if self._sample is None or now - self._sample[0] >= 0.5:
             self._rates(now)
-        total_ahead = max(0, record.in_state(*_AHEAD) - later)
+        total_ahead = max(0, record.in_state(*PENDING_STATES) - later)
         room = 0
         for name, _ in self.spec.channels:
             by_state = record.counts.get(name, {})
-            ahead = sum(by_state.get(s, 0) for s in _AHEAD)
+            ahead = sum(by_state.get(s, 0) for s in PENDING_STATES)
             wanted = int(self.rates.get(name, 0.0) * config.lookahead_seconds)
             lookahead = max(config.min_lookahead, min(config.max_lookahead, wanted))
             room = max(room, lookahead - ahead)
@@ -303,7 +299,7 @@ class _Run:
     def _rates(self, now: float) -> None:
         """Update each channel's rate of finished messages (a moving average)."""
         done = {
-            name: sum(by_state.get(s, 0) for s in _DONE)
+            name: sum(by_state.get(s, 0) for s in FINAL_STATES)
             for name, by_state in self.record.counts.items()
         }
         if self._sample is not None:

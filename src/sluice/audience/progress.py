@@ -24,14 +24,12 @@ from typing import Any
 
 from sluice.audience.broadcast import decode_spec
 from sluice.journal.broadcasts import BroadcastRecord, BroadcastStatus
-from sluice.model import STATE_NAMES, State, format_id, format_time
+from sluice.model import FINAL_STATES, PENDING_STATES, STATE_NAMES, State, format_id, format_time
 
 #: How far back the rate looks.
 WINDOW_SECONDS = 30.0
 #: Broadcasts whose samples a process keeps (the oldest looked at are forgotten).
 MAX_TRACKED = 1024
-_DONE = (State.SENT, State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED)
-_AHEAD = (State.ACCEPTED, State.QUEUED, State.SENDING)
 _SHOWN = (
     State.QUEUED,
     State.SENDING,
@@ -53,7 +51,7 @@ def _eta(record: BroadcastRecord, rates: dict[str, float], to_plan: float) -> fl
     planned = sum(sum(by_state.values()) for by_state in record.counts.values()) or 1
     longest = 0.0
     for channel, by_state in record.counts.items():
-        ahead = sum(by_state.get(s, 0) for s in _AHEAD)
+        ahead = sum(by_state.get(s, 0) for s in PENDING_STATES)
         left = ahead + to_plan * sum(by_state.values()) / planned
         if left < 1:
             continue
@@ -74,7 +72,7 @@ class ProgressTracker:
     def rates(self, record: BroadcastRecord, now_ms: int) -> dict[str, float]:
         """Messages finished per second, per channel (and "" for all of them)."""
         done = {
-            channel: sum(by_state.get(s, 0) for s in _DONE)
+            channel: sum(by_state.get(s, 0) for s in FINAL_STATES)
             for channel, by_state in record.counts.items()
         }
         done[""] = sum(done.values())
@@ -99,7 +97,7 @@ class ProgressTracker:
         """The broadcast as the API shows it."""
         spec = decode_spec(record.spec)
         rates = self.rates(record, now_ms)
-        ahead = record.in_state(*_AHEAD)
+        ahead = record.in_state(*PENDING_STATES)
         reading = not record.expanded and record.status is not BroadcastStatus.CANCELLED
         left_to_read = max(0, record.audience - record.examined) if reading else 0
         share = record.planned / record.examined if record.examined else 1.0

@@ -20,7 +20,8 @@ test_broadcast_store.py runs on both).
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple, Protocol
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -104,6 +105,43 @@ class BroadcastRecord(msgspec.Struct, frozen=True):
         if self.in_state(State.QUEUED, State.SENDING, State.ACCEPTED):
             return "sending"
         return "completed"
+
+
+#: The columns of a broadcast both journals select, in the order `record_of` reads them.
+RECORD_COLUMNS = (
+    "id, tenant, spec, status, created_at, updated_at, start_at, audience, topic_index, "
+    "cursor, expanded, examined, planned, suppressed, started_at, expanded_at, topic_keys"
+)
+
+
+def record_of(
+    row: Sequence[Any],
+    suppressed: dict[str, int],
+    counts: dict[str, dict[int, int]],
+    topic_keys: Sequence[int],
+) -> BroadcastRecord:
+    """A broadcast's record from a row of `RECORD_COLUMNS`; its blobs (`suppressed`,
+    `topic_keys`) decoded by the journal that stores them, its counts read beside it."""
+    return BroadcastRecord(
+        row[0],
+        row[1],
+        bytes(row[2]),
+        BroadcastStatus(row[3]),
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        bool(row[10]),
+        row[11],
+        row[12],
+        suppressed,
+        counts,
+        row[14],
+        row[15],
+        tuple(topic_keys),
+    )
 
 
 class ExpansionChunk(NamedTuple):

@@ -25,6 +25,8 @@ must stay under that.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 
 def chunk_sizes(n: int, largest: int) -> list[int]:
@@ -44,3 +46,23 @@ def chunk_sizes(n: int, largest: int) -> list[int]:
 def insert_sql(head: str, first: str, row: str, rows: int) -> str:
     """`head` followed by `first` and `rows - 1` copies of `row`, comma-separated."""
     return head + first + ("," + row) * (rows - 1)
+
+
+def statements(
+    head: str,
+    shape: tuple[str, str],
+    fixed: Sequence[Any],
+    values: Sequence[Any],
+    width: int,
+    largest: int,
+) -> list[tuple[str, list[Any]]]:
+    """Multi-row INSERTs of `values` (`width` a row, at most `largest` rows a statement,
+    a power of two) after the `fixed` parameters; `shape` is (first row, other rows)."""
+    first, row = shape
+    built = []
+    start = 0
+    for rows in chunk_sizes(len(values) // width, largest):
+        end = start + rows * width
+        built.append((insert_sql(head, first, row, rows), [*fixed, *values[start:end]]))
+        start = end
+    return built

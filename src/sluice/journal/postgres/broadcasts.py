@@ -26,6 +26,7 @@ from sluice.journal.base import IdempotencyConflict
 from sluice.journal.broadcasts import (
     IDEMPOTENCY_PREFIX,
     PAUSED_DUE_MS,
+    RECORD_COLUMNS,
     BroadcastMember,
     BroadcastRecord,
     BroadcastStatus,
@@ -33,6 +34,7 @@ from sluice.journal.broadcasts import (
     NewBroadcast,
     StatusChange,
     UnknownTopics,
+    record_of,
 )
 from sluice.journal.postgres.changes import Tx
 from sluice.journal.postgres.connection import PoolConnection
@@ -47,9 +49,7 @@ _CANCELLED = int(State.CANCELLED)
 
 #: A broadcast's row, then its counts summed over the slots (zero sums left out).
 _RECORD = (
-    "SELECT b.id, b.tenant, b.spec, b.status, b.created_at, b.updated_at, b.start_at, "
-    "b.audience, b.topic_index, b.cursor, b.expanded, b.examined, b.planned, b.suppressed, "
-    "b.started_at, b.expanded_at, b.topic_keys, ARRAY(SELECT ROW(c.channel, c.state, "
+    f"SELECT {RECORD_COLUMNS}, ARRAY(SELECT ROW(c.channel, c.state, "
     "sum(c.n)::bigint) FROM broadcast_counts c WHERE c.broadcast = b.id "
     "GROUP BY c.channel, c.state HAVING sum(c.n) <> 0) FROM broadcasts b "
 )
@@ -351,47 +351,8 @@ async def read_broadcast_members(
 
 
 def _record(row: Any) -> BroadcastRecord:
-    """A row of `_RECORD`."""
-    (
-        broadcast_id,
-        tenant,
-        spec,
-        status,
-        created_at,
-        updated_at,
-        start_at,
-        audience,
-        topic_index,
-        cursor,
-        expanded,
-        examined,
-        planned,
-        suppressed,
-        started_at,
-        expanded_at,
-        topic_keys,
-        count_rows,
-    ) = row
+    """A row of `_RECORD`: `RECORD_COLUMNS`, then the counts."""
     counts: dict[str, dict[int, int]] = {}
-    for channel, state, n in count_rows:
+    for channel, state, n in row[17]:
         counts.setdefault(channel, {})[state] = n
-    return BroadcastRecord(
-        broadcast_id,
-        tenant,
-        bytes(spec),
-        BroadcastStatus(status),
-        created_at,
-        updated_at,
-        start_at,
-        audience,
-        topic_index,
-        cursor,
-        expanded,
-        examined,
-        planned,
-        _suppressed.decode(suppressed),
-        counts,
-        started_at,
-        expanded_at,
-        tuple(topic_keys),
-    )
+    return record_of(row, _suppressed.decode(row[13]), counts, row[16])

@@ -24,7 +24,7 @@ from sluice.journal.audience import (
     UpsertCounts,
     merged,
 )
-from sluice.journal.multirow import chunk_sizes, insert_sql
+from sluice.journal.multirow import statements
 
 if TYPE_CHECKING:
     from sluice.journal.sqlite.writer import Transaction
@@ -187,12 +187,8 @@ def _insert(
     width: int,
 ) -> None:
     """Insert `values` (`width` a row) after the `fixed` parameters, a statement a chunk."""
-    first, row = shape
-    start = 0
-    for rows in chunk_sizes(len(values) // width, _MAX_ROWS):
-        end = start + rows * width
-        conn.execute(insert_sql(head, first, row, rows), [*fixed, *values[start:end]])
-        start = end
+    for sql, params in statements(head, shape, fixed, values, width, _MAX_ROWS):
+        conn.execute(sql, params)
 
 
 def _keys(conn: sqlite3.Connection, select: str, tenant: str, names: list[str]) -> dict[str, int]:

@@ -21,6 +21,7 @@ from sluice.journal.base import IdempotencyConflict
 from sluice.journal.broadcasts import (
     IDEMPOTENCY_PREFIX,
     PAUSED_DUE_MS,
+    RECORD_COLUMNS,
     BroadcastMember,
     BroadcastRecord,
     BroadcastStatus,
@@ -28,6 +29,7 @@ from sluice.journal.broadcasts import (
     NewBroadcast,
     StatusChange,
     UnknownTopics,
+    record_of,
 )
 from sluice.journal.sqlite.json_rows import json_encoder
 
@@ -94,10 +96,7 @@ BEGIN
 END;
 """
 
-_COLUMNS = (
-    "id, tenant, spec, status, created_at, updated_at, start_at, audience, topic_index, "
-    "cursor, expanded, examined, planned, suppressed, started_at, expanded_at, topic_keys"
-)
+_COLUMNS = RECORD_COLUMNS
 _suppressed = msgspec.msgpack.Decoder(dict[str, int])
 _keys = msgspec.msgpack.Decoder(tuple[int, ...])
 _encoder = msgspec.msgpack.Encoder()
@@ -363,42 +362,5 @@ def _counts(conn: sqlite3.Connection, ids: list[int]) -> dict[int, dict[str, dic
 
 
 def _record(row: Any, counts: dict[str, dict[int, int]]) -> BroadcastRecord:
-    (
-        broadcast_id,
-        tenant,
-        spec,
-        status,
-        created_at,
-        updated_at,
-        start_at,
-        audience,
-        topic_index,
-        cursor,
-        expanded,
-        examined,
-        planned,
-        suppressed,
-        started_at,
-        expanded_at,
-        topic_keys,
-    ) = row
-    return BroadcastRecord(
-        broadcast_id,
-        tenant,
-        bytes(spec),
-        BroadcastStatus(status),
-        created_at,
-        updated_at,
-        start_at,
-        audience,
-        topic_index,
-        cursor,
-        bool(expanded),
-        examined,
-        planned,
-        _suppressed.decode(suppressed) if suppressed else {},
-        counts,
-        started_at,
-        expanded_at,
-        _keys.decode(topic_keys),
-    )
+    suppressed = _suppressed.decode(row[13]) if row[13] else {}
+    return record_of(row, suppressed, counts, _keys.decode(row[16]))

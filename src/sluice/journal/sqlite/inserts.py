@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from sluice.journal.base import IdempotencyConflict, SubmitResult
-from sluice.journal.multirow import chunk_sizes, insert_sql
+from sluice.journal.multirow import statements
 from sluice.journal.recipient_index import recipient_key
 from sluice.journal.rows import encode_metadata
 from sluice.model import Message, now_ms
@@ -164,15 +164,7 @@ def _full_values(messages: list[Message], now: int) -> list[Any]:
 def _statements(
     head: str, shape: tuple[str, str], fixed: list[Any], values: list[Any], width: int
 ) -> list[tuple[str, list[Any]]]:
-    """Multi-row INSERTs of `values` (`width` a row) after the `fixed` parameters."""
-    first, row = shape
-    statements = []
-    start = 0
-    for rows in chunk_sizes(len(values) // width, _MAX_CHUNK_ROWS):
-        end = start + rows * width
-        statements.append((insert_sql(head, first, row, rows), [*fixed, *values[start:end]]))
-        start = end
-    return statements
+    return statements(head, shape, fixed, values, width, _MAX_CHUNK_ROWS)
 
 
 def op_insert(
