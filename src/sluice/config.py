@@ -29,6 +29,8 @@ import msgspec
 from sluice.model import NODE_MAX
 
 ENV_PREFIX = "SLUICE__"
+#: The longest path a Unix socket may have on Linux (sun_path holds 108 bytes with its NUL).
+UNIX_PATH_MAX = 107
 
 _T = TypeVar("_T")
 
@@ -65,6 +67,12 @@ class ServerConfig(_Base, frozen=True):
     #: the listening ports, kept running by a supervisor); more than one needs the postgres
     #: journal. `sluice serve --workers N` overrides it.
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    #: SQLite: processes of their own for the HTTP and SMTP edges, beside the one that owns
+    #: the journal and delivers (each edge reaches the journal through a Unix socket beside
+    #: its file, sharing the owner's group commits), so that taking messages and delivering
+    #: them run on different cores. 0: both in one process. With PostgreSQL, run processes of
+    #: role "api" and "worker" instead.
+    api_processes: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     #: Open HTTP connections one process keeps; one more is answered 503 and closed at once.
     max_connections: Positive = 10_000
     #: Connections taken from the kernel's accept queue per turn of the event loop (uvloop's own
@@ -641,8 +649,21 @@ def _check_journal(journal: JournalConfig, server: ServerConfig) -> None:
         if server.role != "all":
             raise ConfigError(
                 'server.role: "api" and "worker" need a journal they share '
-                '(journal.backend = "postgres")'
+                '(journal.backend = "postgres"); on sqlite, server.api_processes splits them'
             )
+        if server.api_processes:
+            socket_path = f"{journal.path}.sock"
+            if len(os.fsencode(socket_path)) > UNIX_PATH_MAX:
+                raise ConfigError(
+                    f"journal.path: with server.api_processes the edges reach the journal on "
+                    f"the Unix socket {socket_path!r}, longer than the {UNIX_PATH_MAX} bytes "
+                    "such a path may have; choose a shorter journal.path"
+                )
+    elif server.api_processes:
+        raise ConfigError(
+            "server.api_processes: splits the edges from the sqlite journal's owner; with "
+            'postgres, run processes of server.role "api" and "worker" instead'
+        )
     elif not journal.url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"journal.url: expected postgresql://…, got {journal.url!r}")
 

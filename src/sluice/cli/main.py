@@ -16,6 +16,7 @@ import msgspec
 
 from sluice import __version__
 from sluice.config import ENV_PREFIX, Config, ConfigError, hash_api_key, load
+from sluice.journal.backends import split_journal
 from sluice.process.listeners import Listeners
 from sluice.process.supervisor import ChildSpec, Supervisor, die_with_parent, serve_command
 
@@ -46,7 +47,7 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"sluice: invalid configuration: {exc}", file=sys.stderr)
         return 2
     child: ChildSpec | None = args.child
-    if child is None and config.server.workers > 1:
+    if child is None and (config.server.workers > 1 or split_journal(config)):
         return await _supervise(args, config, environ)
     name = "sluice" if child is None else f"sluice [child {child.slot}]"
     listeners = None
@@ -54,9 +55,14 @@ async def _serve(args: argparse.Namespace) -> int:
         if not die_with_parent(child.parent):
             print(f"{name}: the supervisor (pid {child.parent}) is gone", file=sys.stderr)
             return 1
-        server = msgspec.structs.replace(config.server, node=child.node)
+        server = msgspec.structs.replace(
+            config.server, node=child.node, role=child.role or config.server.role
+        )
         config = msgspec.structs.replace(config, server=server)
-        listeners = Listeners.adopt(child.http_fd, child.smtp_fd, child.health_fd, child.admin_fd)
+        if child.http_fd is not None:  # the journal's owner in a split listens on no port
+            listeners = Listeners.adopt(
+                child.http_fd, child.smtp_fd, child.health_fd, child.admin_fd
+            )
     sys.setswitchinterval(config.server.gil_switch_interval_ms / 1000)
     gateway = SluiceGateway(config, listeners=listeners)
     loop = asyncio.get_running_loop()

@@ -1,9 +1,31 @@
-"""The journal a configuration asks for: SQLite (embedded, one process) or PostgreSQL."""
+"""The journal a configuration asks for: SQLite (embedded, one owner), its owner reached from
+an edge process (`server.api_processes`), or PostgreSQL."""
 
 from __future__ import annotations
 
-from sluice.config import JournalConfig
+from pathlib import Path
+
+from sluice.config import Config, JournalConfig
 from sluice.journal.base import Journal
+
+#: The smallest frame limit on the journal's socket; larger requests raise it (`frame_limit`).
+MIN_FRAME_BYTES = 256 * 1024 * 1024
+
+
+def split_journal(config: Config) -> bool:
+    """True when the embedded journal's owner and the edges run in processes of their own."""
+    return config.journal.backend == "sqlite" and config.server.api_processes > 0
+
+
+def journal_socket(config: JournalConfig) -> Path:
+    """The Unix socket on which the embedded journal's owner serves the edge processes."""
+    return Path(f"{config.path}.sock")
+
+
+def frame_limit(config: Config) -> int:
+    """The largest frame on the journal's socket: a call carries what one request brought
+    (re-encoded as msgpack, never larger than four times its JSON), a reply one page."""
+    return max(MIN_FRAME_BYTES, 4 * config.limits.max_request_bytes)
 
 
 def build_journal(config: JournalConfig) -> Journal:
@@ -29,4 +51,15 @@ def build_journal(config: JournalConfig) -> Journal:
         check_at_start=config.check_at_start,
         free_space_reserve_bytes=config.free_space_reserve_bytes,
         wal_limit_bytes=config.wal_limit_bytes,
+    )
+
+
+def build_remote_journal(config: Config) -> Journal:
+    """The journal of an edge process: the owner's, through its socket."""
+    from sluice.journal.remote import JournalClient
+
+    return JournalClient(
+        journal_socket(config.journal),
+        call_wait_seconds=config.journal.ingress_wait_seconds,
+        max_frame_bytes=frame_limit(config),
     )

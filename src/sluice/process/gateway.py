@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -32,15 +32,23 @@ from sluice.delivery.engine import Delivery, channel_statuses
 from sluice.delivery.runner import ChannelRunner
 from sluice.ingress.contract import ChannelStatus
 from sluice.journal.audience import AudienceStore
-from sluice.journal.backends import build_journal
+from sluice.journal.backends import (
+    build_journal,
+    build_remote_journal,
+    frame_limit,
+    journal_socket,
+    split_journal,
+)
 from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
 from sluice.journal.broadcasts import BroadcastStore
+from sluice.journal.remote import JournalClient, JournalServer
 from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.observe.metrics import GatewayMetrics
 from sluice.process.front_door import FrontDoorPart
 from sluice.process.listeners import Listeners, bind_tcp
 from sluice.process.parts import HealthPart, HttpServerPart, Part, SharingPart
 from sluice.process.roles import role_of, serves_smtp
+from sluice.process.split import OwnerAnnex, decode_annex, encode_annex, merge_metrics
 from sluice.sharing.build import Sharing
 from sluice.transports.base import Transport
 
@@ -68,8 +76,16 @@ class SluiceGateway:
         self.role = role_of(config)
         self._ids = IdGenerator(config.server.node)
         self.telemetry = GatewayMetrics()
-        self.journal = build_journal(config.journal)
-        self.telemetry.watch_journal(self.journal, config.channels)
+        #: With `server.api_processes` on SQLite: this process is an edge that reaches the
+        #: journal's owner through its socket, or the owner that serves it (`split`).
+        self.split = split_journal(config)
+        self.edge_of_split = self.split and not self.role.delivers
+        self._journal_server: JournalServer | None = None
+        if self.edge_of_split:
+            self.journal = build_remote_journal(config)
+        else:
+            self.journal = build_journal(config.journal)
+            self.telemetry.watch_journal(self.journal, config.channels)
         #: What this process shares with the others through Redis (nothing without it).
         self.sharing = Sharing(config)
         self.telemetry.watch_sharing(self.sharing)
@@ -94,6 +110,15 @@ class SluiceGateway:
             )
         #: The channel runners of this process, by channel (none in a process of role "api").
         self.runners: dict[str, ChannelRunner] = self.delivery.runners if self.delivery else {}
+        if self.split and self.role.delivers:
+            self._journal_server = JournalServer(
+                self.journal,
+                journal_socket(config.journal),
+                max_frame_bytes=frame_limit(config),
+                after_call=self._after_edge_call,
+                annex=self._annex,
+                grace_seconds=config.server.shutdown_grace_seconds,
+            )
         #: Sockets handed over by a supervisor; None: bind server.listen (and smtp.listen).
         self._listeners = listeners
         self._stop = asyncio.Event()
@@ -145,12 +170,16 @@ class SluiceGateway:
             await cache.remember(tenant, idempotency_key, digest, result.ids)
         if not result.replayed:
             self.telemetry.accepted.labels(tenant).inc(len(messages))
-            urgent = {m.channel for m in messages if m.priority == Priority.URGENT}
-            for channel in {m.channel for m in messages}:
-                runner = self.runners.get(channel)
-                if runner is not None:
-                    runner.wake(urgent=channel in urgent)
+            self._wake_for(messages)
         return result
+
+    def _wake_for(self, messages: list[Message]) -> None:
+        """Wake the runners of the messages' channels (urgent ones ahead of their turn)."""
+        urgent = {m.channel for m in messages if m.priority == Priority.URGENT}
+        for channel in {m.channel for m in messages}:
+            runner = self.runners.get(channel)
+            if runner is not None:
+                runner.wake(urgent=channel in urgent)
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
         return await self.journal.get(tenant, message_id)
@@ -167,6 +196,10 @@ class SluiceGateway:
         return result
 
     def channels(self) -> list[ChannelStatus]:
+        if self.edge_of_split:
+            annex = self._owner_annex()
+            if annex is not None:
+                return annex.channels
         return channel_statuses(self.config, self.runners, self.journal.pending())
 
     def refused(self, code: str) -> None:
@@ -195,7 +228,35 @@ class SluiceGateway:
                 runner.wake()
 
     def metrics(self) -> tuple[bytes, str]:
-        return generate_latest(self.telemetry.registry), CONTENT_TYPE_LATEST
+        own = generate_latest(self.telemetry.registry)
+        if self.edge_of_split:
+            annex = self._owner_annex()
+            if annex is not None:
+                own = merge_metrics(own, annex.metrics)
+        return own, CONTENT_TYPE_LATEST
+
+    # ------------------------------------------------------------------ the journal's split
+
+    def _owner_annex(self) -> OwnerAnnex | None:
+        assert isinstance(self.journal, JournalClient)
+        return decode_annex(self.journal.annex)
+
+    def _annex(self) -> bytes:
+        """What the owner tells its edges beyond the journal (`process/split.py`)."""
+        channels = channel_statuses(self.config, self.runners, self.journal.pending())
+        return encode_annex(OwnerAnnex(channels, generate_latest(self.telemetry.registry)))
+
+    def _after_edge_call(self, method: str, args: tuple[Any, ...], value: Any) -> None:
+        """What the owner does after an edge's call, as `submit`, `cancel` and the broadcast
+        API do in a process that is both: wake who has new work."""
+        if method == "insert":
+            if not value.replayed:
+                self._wake_for(args[1])
+        elif method == "cancel":
+            if value is CancelResult.CANCELLED and self.delivery is not None:
+                self.delivery.callbacks.wake()
+        elif method in ("create_broadcast", "change_broadcast"):
+            self.broadcast_changed()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -204,33 +265,20 @@ class SluiceGateway:
         self._stop.set()
 
     async def run(self) -> None:
-        from sluice.ingress.http.app import HttpApi
-
-        listeners = self._listeners
-        if listeners is None:
-            listeners = Listeners(bind_tcp(self.config.server.listen))
-            if self.config.server.health_listen is not None:
-                listeners = listeners._replace(health=bind_tcp(self.config.server.health_listen))
-            if self.config.server.admin_listen is not None:
-                listeners = listeners._replace(admin=bind_tcp(self.config.server.admin_listen))
-        sock = listeners.http
-        self.port = sock.getsockname()[1]
-        app = HttpApi(self, message_api=self.role.takes_messages, metrics=listeners.admin is None)
-        http = HttpServerPart(app, sock, self.config)
-        self.telemetry.watch_edge(app.gate, http.server)
-        doors: list[Part] = [http]
-        if listeners.admin is not None:  # /metrics (and probes) on a port of its own
-            self.admin_port = listeners.admin.getsockname()[1]
-            admin = HttpApi(self, message_api=False)
-            doors.append(HttpServerPart(admin, listeners.admin, self.config))
         # Probes on a port of their own are answered until the very end (/readyz says 503
         # while the gateway drains): they stop with what every part uses.
         shared: list[Part] = [SharingPart(self.sharing)]
-        if listeners.health is not None:
-            self.health_port = listeners.health.getsockname()[1]
-            shared.append(HealthPart(listeners.health, app.gate))
-        if serves_smtp(self.config):
-            doors.append(self._front_door(listeners.smtp))
+        listeners: Listeners | None = None
+        if self._journal_server is not None:
+            # The journal's owner in a split: its doors are the edge processes' calls, served
+            # while they drain their own requests; it listens on no port.
+            doors: list[Part] = [self._journal_server]
+            where = f"the journal's socket {self._journal_server.path}"
+        else:
+            listeners = self._listeners or self._bind()
+            doors, health = self._doors(listeners)
+            shared += health
+            where = "{}:{}".format(*listeners.http.getsockname()[:2])
         # In the order they stop: the doors (no new messages), delivery (drains what is in
         # flight), then what both use. They start the other way round.
         tiers: list[list[Part]] = [
@@ -253,12 +301,7 @@ class SluiceGateway:
                     await self.smtp.listening.wait()
                 self._ready = True
                 self.started.set()
-                log.info(
-                    "sluice serving on %s:%d (role %s)",
-                    sock.getsockname()[0],
-                    self.port,
-                    self.config.server.role,
-                )
+                log.info("sluice serving on %s (role %s)", where, self.config.server.role)
                 await self._stop.wait()
                 log.info("shutting down: no new requests, finishing in-flight work")
                 self._ready = False
@@ -271,7 +314,40 @@ class SluiceGateway:
             for part in reversed(parts):
                 await part.close()
             await self.journal.close()
-            listeners.close()
+            if listeners is not None:
+                listeners.close()
+
+    def _bind(self) -> Listeners:
+        server = self.config.server
+        listeners = Listeners(bind_tcp(server.listen))
+        if server.health_listen is not None:
+            listeners = listeners._replace(health=bind_tcp(server.health_listen))
+        if server.admin_listen is not None:
+            listeners = listeners._replace(admin=bind_tcp(server.admin_listen))
+        return listeners
+
+    def _doors(self, listeners: Listeners) -> tuple[list[Part], list[Part]]:
+        """The HTTP server (with /metrics on the admin port when there is one), the SMTP
+        front door; and the health listener, which stops last."""
+        from sluice.ingress.http.app import HttpApi
+
+        sock = listeners.http
+        self.port = sock.getsockname()[1]
+        app = HttpApi(self, message_api=self.role.takes_messages, metrics=listeners.admin is None)
+        http = HttpServerPart(app, sock, self.config)
+        self.telemetry.watch_edge(app.gate, http.server)
+        doors: list[Part] = [http]
+        if listeners.admin is not None:  # /metrics (and probes) on a port of its own
+            self.admin_port = listeners.admin.getsockname()[1]
+            admin = HttpApi(self, message_api=False)
+            doors.append(HttpServerPart(admin, listeners.admin, self.config))
+        health: list[Part] = []
+        if listeners.health is not None:
+            self.health_port = listeners.health.getsockname()[1]
+            health.append(HealthPart(listeners.health, app.gate))
+        if serves_smtp(self.config):
+            doors.append(self._front_door(listeners.smtp))
+        return doors, health
 
     def _front_door(self, sock: socket.socket | None) -> FrontDoorPart:
         """The SMTP front door (`self.smtp`), as a part that keeps its client memory and

@@ -42,10 +42,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import msgspec
 
 from sluice.config import Config
+from sluice.journal.backends import split_journal
 from sluice.model import NODE_MAX
 from sluice.process.listeners import bind_listeners
 
@@ -76,11 +78,14 @@ class ChildSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node: int
     #: The supervisor's pid: a child that finds another parent stops at once.
     parent: int
-    #: The inherited listening sockets.
-    http_fd: int
+    #: The inherited listening sockets (none for the journal's owner in a split).
+    http_fd: int | None
     smtp_fd: int | None = None
     health_fd: int | None = None
     admin_fd: int | None = None
+    #: The child's `server.role` when it is not the configured one: in the embedded
+    #: journal's split (`server.api_processes`), "worker" for the owner, "api" for the edges.
+    role: Literal["all", "api", "worker"] | None = None
 
     def encode(self) -> str:
         return msgspec.json.encode(self).decode()
@@ -189,7 +194,8 @@ class RestartPolicy:
 
 
 class Supervisor:
-    """Runs `config.server.workers` children and keeps them running until `request_stop`."""
+    """Runs `config.server.workers` children (or, in the embedded journal's split, its owner
+    and `server.api_processes` edges) and keeps them running until `request_stop`."""
 
     def __init__(
         self,
@@ -205,8 +211,12 @@ class Supervisor:
         self._command = command
         self._env = dict(os.environ if env is None else env)
         self._policy = policy or RestartPolicy()
+        #: With the embedded journal's split: slot 0 owns the journal and delivers, the others
+        #: are its edges (`server.api_processes`).
+        self.split = split_journal(config)
         if nodes is None:
-            nodes = child_nodes(config.server.node, config.server.workers)
+            count = 1 + config.server.api_processes if self.split else config.server.workers
+            nodes = child_nodes(config.server.node, count)
         #: Node numbers by slot.
         self.nodes = nodes
         #: The running children by slot.
@@ -221,16 +231,24 @@ class Supervisor:
         """Bind the ports, run the children until the stop (or until giving up), wait for
         every one of them to exit; 0 when they all stopped cleanly, else 1."""
         listeners = bind_listeners(self.config)
+        what = (
+            f"the journal's owner and {len(self.nodes) - 1} edge processes"
+            if self.split
+            else f"{len(self.nodes)} children of role {self.config.server.role}"
+        )
         log.info(
-            "supervisor (pid %d) starting %d children of role %s on %s",
+            "supervisor (pid %d) starting %s on %s",
             os.getpid(),
-            len(self.nodes),
-            self.config.server.role,
+            what,
             " and ".join(_address(s) for s in listeners if s is not None),
         )
         try:
             async with asyncio.TaskGroup() as tg:
                 for slot, node in enumerate(self.nodes):
+                    if self.split and slot == 0:
+                        owner = ChildSpec(slot, node, os.getpid(), None, role="worker")
+                        tg.create_task(self._keep(owner, ()))
+                        continue
                     spec = ChildSpec(
                         slot,
                         node,
@@ -239,6 +257,7 @@ class Supervisor:
                         listeners.smtp.fileno() if listeners.smtp is not None else None,
                         listeners.health.fileno() if listeners.health is not None else None,
                         listeners.admin.fileno() if listeners.admin is not None else None,
+                        role="api" if self.split else None,
                     )
                     tg.create_task(self._keep(spec, listeners.fds()))
         finally:

@@ -148,8 +148,8 @@ class BreakerNews:
         finally:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self._timeout):
-                    # redis-py leaves PubSub.aclose unannotated (its other aclose are typed).
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # redis-py before 8 leaves PubSub.aclose unannotated (its other aclose are typed).
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _catch_up(self) -> None:
         """Trip breakers whose channel another process parked before we listened."""
