@@ -148,7 +148,7 @@ class BreakerNews:
         finally:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self._timeout):
-                    # redis-py before 8 leaves PubSub.aclose unannotated (its other aclose are typed).
+                    # redis-py < 8 leaves PubSub.aclose unannotated (the other aclose are typed).
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _catch_up(self) -> None:

@@ -3,10 +3,10 @@
 An embedded journal has one owner: one process holds the SQLite file, its writer thread and
 the counts kept in memory. With `server.api_processes` the HTTP and SMTP edges run in other
 processes (on other cores); each reaches the owner's journal through `JournalClient` on a Unix
-socket beside the file (mode 0600: only the gateway's own user connects). Calls from every
-connection are queued to the same writer as the owner's own, so they share its group commits:
-a 202 still means committed, and nothing is acknowledged by the edge before the owner's
-commit has answered.
+socket beside the file (no access for group or others: only the gateway's user connects).
+Calls from every connection are queued to the same writer as the owner's own, so they share
+its group commits: a 202 still means committed, and nothing is acknowledged by the edge
+before the owner's commit has answered.
 
 The owner pushes what the contract answers without a call (`pending`, `fault`, `stats`) every
 `state_interval_seconds`, and an *annex* — bytes the process layer fills, the delivery side's
