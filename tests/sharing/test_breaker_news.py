@@ -19,7 +19,7 @@ class Process:
 
     def __init__(self, url: str, prefix: str) -> None:
         self.client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=0.5, socket_connect_timeout=0.5
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, protocol=2
         )
         self.news = BreakerNews(self.client, prefix=prefix, timeout_seconds=0.5)
         self.now = 0.0

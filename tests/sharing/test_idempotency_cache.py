@@ -39,7 +39,7 @@ SLACK_SECONDS = 0.3
 
 @contextlib.asynccontextmanager
 async def client(url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    made = redis.asyncio.Redis.from_url(url)
+    made = redis.asyncio.Redis.from_url(url, protocol=2)  # as sharing/build.py makes it
     try:
         yield made
     finally:

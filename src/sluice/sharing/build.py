@@ -51,6 +51,9 @@ class Sharing:
             settings.url,
             socket_timeout=settings.timeout_seconds,
             socket_connect_timeout=settings.timeout_seconds,
+            # RESP2, the replies the scripts and their parsing here expect, whatever redis-py
+            # defaults to (RESP3 from version 8, which also costs a HELLO on every connect).
+            protocol=2,
         )
         self.news = BreakerNews(
             self.client, prefix=settings.prefix, timeout_seconds=settings.timeout_seconds
