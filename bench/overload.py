@@ -82,13 +82,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (
     KEY,
     batch_body,
-    cpu_seconds,
     free_port,
     gateway,
     get_json,
     log_problems,
     post_batches,
     sink_process,
+    tree_cpu_seconds,
     workdir,
 )
 from openloop import (
@@ -737,14 +737,14 @@ def run_phase(binary: Path, settings: Settings, plan: PhasePlan, d: float) -> Ph
         with gateway(directory, channels(sink_base), "full", **sections) as (proc, base):
             if plan.preload:
                 preload = preload_backlog(base, round(d * (plan.seconds + PRELOAD_MARGIN_SECONDS)))
-            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+            cpu0, t0 = tree_cpu_seconds(proc.pid), time.perf_counter()
             with contextlib.ExitStack() as stack:
                 running = [
                     stack.enter_context(start_stream(binary, spec, directory))
                     for spec in stream_specs(plan, base, directory, health_port)
                 ]
                 streams = {stream.spec.name: stream.result() for stream in running}
-            gateway_cores = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
+            gateway_cores = (tree_cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
             main = streams["flood"] if "flood" in streams else streams["tenant_b"]
             rates = sink_rates(sink_base, main.total.t0_unix, main.windows)
             drained, drain_seconds = wait_drained(base, settings.drain_seconds)
