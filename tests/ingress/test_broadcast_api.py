@@ -103,31 +103,44 @@ async def test_a_broadcast_is_committed_then_expanded_with_its_choices(api: Api)
                 "topics": ["news", "sport"],
             },
             {"id": "sport", "webhook": hook(5), "attributes": {"name": "Cy"}, "topics": ["sport"]},
+            {
+                # Opted out of news alone: reached through sport, not lost as a "duplicate".
+                "id": "sport-only",
+                "webhook": hook(6),
+                "attributes": {"name": "Di"},
+                "opt_out": {"topics": ["news"]},
+                "topics": ["news", "sport"],
+            },
         ],
     )
     status, view, _ = await post(api, {**BROADCAST, "topics": ["news", "sport", "news"]})
     assert status == 202, view
     assert view["phase"] == "scheduled" and view["topics"] == ["news", "sport"]
-    assert view["audience"] == 7  # 5 on news, 2 on sport: "both" counted on each
+    assert view["audience"] == 9  # 6 on news, 3 on sport: two counted on each
     assert api.gateway.broadcast_pokes == 1
     async with expanding(api) as expander:
         view = await until(api, expander, view["id"], lambda v: v["expanded_at"])
-    assert view["examined"] == 7 and view["planned"] == 3
+    assert view["examined"] == 9 and view["planned"] == 4
     assert view["suppressed"] == {
         "duplicate": 1,
         "missing_variable": 1,
         "no_address": 1,
-        "opted_out": 1,
+        "opted_out": 2,
     }
-    assert view["counts"]["queued"] == 3 and view["phase"] == "sending"
-    assert view["remaining"] == 3
+    assert view["counts"]["queued"] == 4 and view["phase"] == "sending"
+    assert view["remaining"] == 4
     bodies = {}
-    for i, name in ((1, "Ann"), (4, "Bo"), (5, "Cy")):
+    for i, name in ((1, "Ann"), (4, "Bo"), (5, "Cy"), (6, "Di")):
         _, page, _ = await api.call("GET", f"/v1/messages?to={hook(i)}")
         (message,) = page["messages"]
         bodies[name] = message["body"]
         assert message["priority"] == "bulk" and message["channel"] == "sms"
-    assert bodies == {"Ann": "Hi Ann: storm", "Bo": "Hi Bo: storm", "Cy": "Hi Cy: storm"}
+    assert bodies == {
+        "Ann": "Hi Ann: storm",
+        "Bo": "Hi Bo: storm",
+        "Cy": "Hi Cy: storm",
+        "Di": "Hi Di: storm",
+    }
     # Another tenant sees nothing of it.
     status, _, _ = await api.call("GET", f"/v1/broadcasts/{view['id']}", KEY_B)
     assert status == 404

@@ -91,24 +91,45 @@ async def test_create_checks_topics_and_counts_the_audience(store: Any) -> None:
     assert [b.id for b in await store.broadcasts("acme", None, 10)] == [1]
 
 
-async def test_members_marks_those_of_earlier_topics(store: Any) -> None:
+async def test_members_of_later_topics_are_duplicates_once_reached(store: Any) -> None:
     await subscribers(store, 4, "news")
     await store.upsert_subscribers("acme", [SubscriberRow("u0001", b"x", ("sport",))], NOW)
+    await store.upsert_subscribers("acme", [SubscriberRow("u0002", b"x", ("sport",))], NOW)
     await store.upsert_subscribers("acme", [SubscriberRow("z", b"z", ("sport",))], NOW)
     await store.create_broadcast(
         NewBroadcast(1, "acme", b"s", ("news", "sport"), NOW), None, None, NOW
     )
-    record = await store.broadcast("acme", 1)
-    first = await store.broadcast_members(record.topic_keys, 0, 0, 3)
+    (record,) = await store.lease_broadcasts(OWNER, NOW, 30_000, 10)
+    first = await store.broadcast_members(1, record.topic_keys, 0, 0, 3)
     assert [(m.external_id, m.duplicate) for m in first] == [
         ("u0000", False),
         ("u0001", False),
         ("u0002", False),
     ]
-    rest = await store.broadcast_members(record.topic_keys, 0, first[-1].key, 10)
+    rest = await store.broadcast_members(1, record.topic_keys, 0, first[-1].key, 10)
     assert [m.external_id for m in rest] == ["u0003"]
-    second = await store.broadcast_members(record.topic_keys, 1, 0, 10)
-    assert [(m.external_id, m.duplicate) for m in second] == [("u0001", True), ("z", False)]
+    # News reaches u0000, u0001 and u0003; u0002 is not reached there (opted out of news).
+    reached = (first[0].key, first[1].key, rest[0].key)
+    done = ExpansionChunk(
+        1, 0, 0, 1, 0, False, [message(i) for i in range(3)], 4, {"opted_out": 1}, reached
+    )
+    assert await store.expand_broadcast(OWNER, done, NOW + 1)
+    # u0001 leaves news now: it was reached all the same, and gets nothing from sport.
+    await store.unsubscribe("acme", "news", ["u0001"])
+    second = await store.broadcast_members(1, record.topic_keys, 1, 0, 10)
+    assert [(m.external_id, m.duplicate) for m in second] == [
+        ("u0001", True),
+        ("u0002", False),
+        ("z", False),
+    ]
+    # Once no topic is left, what it reached is forgotten.
+    last = ExpansionChunk(1, 1, 0, 2, 0, True, [message(3)], 3, {"duplicate": 1})
+    assert await store.expand_broadcast(OWNER, last, NOW + 2)
+    assert [m.duplicate for m in await store.broadcast_members(1, record.topic_keys, 1, 0, 9)] == [
+        False,
+        False,
+        False,
+    ]
 
 
 async def test_expansion_moves_the_cursor_with_its_messages_only(store: Any) -> None:
@@ -116,7 +137,7 @@ async def test_expansion_moves_the_cursor_with_its_messages_only(store: Any) -> 
     await store.create_broadcast(NewBroadcast(1, "acme", b"s", ("news",), NOW), None, None, NOW)
     (record,) = await store.lease_broadcasts(OWNER, NOW, 30_000, 10)
     assert await store.lease_broadcasts(OWNER + 1, NOW, 30_000, 10) == []  # leased
-    members = await store.broadcast_members(record.topic_keys, 0, 0, 4)
+    members = await store.broadcast_members(record.id, record.topic_keys, 0, 0, 4)
     applied = await store.expand_broadcast(
         OWNER,
         chunk(

@@ -4,8 +4,11 @@ of those topics into messages.
 `BroadcastIn` is the body of `POST /v1/broadcasts`; `BroadcastSpec` is what the journal keeps
 (times in ms, names resolved) and `Planner` what expansion runs on each member, in order:
 
-1. a member already reached through an earlier topic of the broadcast is skipped
-   (suppressed "duplicate"), so a subscriber of several topics gets it once;
+1. a member the broadcast already reached through an earlier topic is skipped (suppressed
+   "duplicate"), so a subscriber of several topics gets it once; "reached" is what the
+   journal recorded with the earlier chunks, so one who left the earlier topic meanwhile
+   still gets nothing more, and one the earlier topic suppressed (opted out of it) or missed
+   (subscribed after its cursor passed) gets it from this one;
 2. the channel: the first of the preference order for which the subscriber has an address
    and has not opted out (of everything, of the channel type, of the topic, or of the type on
    the topic); none: suppressed "no_address" or "opted_out";
@@ -158,9 +161,16 @@ class Planner:
         self._data = {k: v for k, v in spec.data.items() if k in names}
 
     def plan(
-        self, members: list[BroadcastMember], *, topic: str, now: int
+        self,
+        members: list[BroadcastMember],
+        *,
+        topic: str,
+        now: int,
+        reached: list[int] | None = None,
     ) -> tuple[list[Message], Counter[str]]:
-        """The messages for `members` of `topic` and the count of those suppressed by reason."""
+        """The messages for `members` of `topic` and the count of those suppressed by reason;
+        the keys of the members given a message are appended to `reached` when it is given
+        (a broadcast with topics still to read remembers them)."""
         spec = self.spec
         start = max(spec.start_at, now)
         expires_at = spec.expires_at
@@ -227,6 +237,8 @@ class Planner:
                     metadata if subject is None else {**(metadata or {}), "subject": subject},
                 )
             )
+            if reached is not None:
+                reached.append(member.key)
         return messages, suppressed
 
     def _due(self, subscriber: Subscriber, start: int) -> int | None:

@@ -222,6 +222,12 @@ class _Run:
                 committing = tg.create_task(self._commit(chunk))
                 if chunk.finished:
                     break
+                if chunk.next_topic_index != index:
+                    # The next topic's duplicates are read from what this chunk reached:
+                    # it must be committed before they are read.
+                    if not await committing:
+                        break
+                    committing = None
                 index, cursor = chunk.next_topic_index, chunk.next_cursor
             if committing is not None:
                 await committing
@@ -234,9 +240,15 @@ class _Run:
     async def _plan(self, index: int, cursor: int, limit: int) -> ExpansionChunk:
         """The next `limit` members after the cursor, planned."""
         x, record = self.x, self.record
-        members = await x._journal.broadcast_members(record.topic_keys, index, cursor, limit)
+        members = await x._journal.broadcast_members(
+            record.id, record.topic_keys, index, cursor, limit
+        )
         topic = self.spec.topics[index]
-        messages, suppressed = self.planner.plan(members, topic=topic, now=x._clock())
+        # Whom it reached matters while later topics remain: their duplicates are those.
+        reached: list[int] | None = [] if index + 1 < len(record.topic_keys) else None
+        messages, suppressed = self.planner.plan(
+            members, topic=topic, now=x._clock(), reached=reached
+        )
         if len(members) < limit:  # this topic is read to its end
             next_index, next_cursor = index + 1, 0
         else:
@@ -251,6 +263,7 @@ class _Run:
             messages,
             len(members),
             dict(suppressed),
+            tuple(reached or ()),
         )
 
     async def _commit(self, chunk: ExpansionChunk) -> bool:

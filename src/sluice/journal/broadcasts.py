@@ -158,11 +158,14 @@ class ExpansionChunk(NamedTuple):
     messages: list[Message]
     examined: int
     suppressed: dict[str, int]
+    #: Keys of the members the messages are for, kept while later topics remain: a member
+    #: of a later topic is a duplicate exactly when it is here (`broadcast_members`).
+    reached: tuple[int, ...] = ()
 
 
 class BroadcastMember(NamedTuple):
     """A member of a broadcast's topic: its key (the cursor), id and encoded record, and
-    whether it follows one of the broadcast's earlier topics too (planned there already)."""
+    whether the broadcast reached it already through an earlier topic."""
 
     key: int
     external_id: str
@@ -208,10 +211,13 @@ class BroadcastStore(Protocol):
         ...
 
     async def broadcast_members(
-        self, topic_keys: tuple[int, ...], index: int, after: int, limit: int
+        self, broadcast: int, topic_keys: tuple[int, ...], index: int, after: int, limit: int
     ) -> list[BroadcastMember]:
         """Up to `limit` members of topic `topic_keys[index]` with a key above `after`, by key,
-        each marked if it follows one of `topic_keys[:index]`."""
+        each marked duplicate if the broadcast reached it already (an earlier chunk's
+        `reached`): not by its subscriptions now, which may have changed since (an
+        unsubscribe from an earlier topic must not bring a second message, an opt-out of one
+        topic must not cost the member the other, a late subscriber must not be missed)."""
         ...
 
     async def release_broadcasts(self, owner: int) -> None:

@@ -173,6 +173,15 @@ async def op_expand_broadcast(
     if chunk.messages:
         await insert_messages(conn, tx, found[0], chunk.messages, columns, chunk.broadcast)
         await conn.execute(_COUNT_NEW, chunk.broadcast, columns.channels)
+    if chunk.finished:  # no topic left to read: nobody needs to know whom it reached
+        await conn.execute("DELETE FROM broadcast_reached WHERE broadcast = $1", chunk.broadcast)
+    elif chunk.reached:
+        await conn.execute(
+            "INSERT INTO broadcast_reached (broadcast, subscriber) "
+            "SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING",
+            chunk.broadcast,
+            list(chunk.reached),
+        )
     suppressed = Counter(_suppressed.decode(found[3]))
     suppressed.update(chunk.suppressed)
     await conn.execute(
@@ -274,6 +283,7 @@ async def op_change_broadcast(
                 tx.due[channel] = tx.due.get(channel, False)
         else:
             moved = await _cancel_queued(conn, tx, broadcast_id, now)
+            await conn.execute("DELETE FROM broadcast_reached WHERE broadcast = $1", broadcast_id)
     record = await conn.fetchrow(_RECORD + "WHERE b.id = $1", broadcast_id)
     return StatusChange(_record(record), moved)
 
@@ -335,17 +345,24 @@ async def read_broadcasts(
 
 
 async def read_broadcast_members(
-    conn: PoolConnection, tx: Tx, topic_keys: tuple[int, ...], index: int, after: int, limit: int
+    conn: PoolConnection,
+    tx: Tx,
+    broadcast: int,
+    topic_keys: tuple[int, ...],
+    index: int,
+    after: int,
+    limit: int,
 ) -> list[BroadcastMember]:
     rows = await conn.fetch(
-        "SELECT s.subscriber, b.external_id, b.data, EXISTS (SELECT FROM subscriptions e "
-        "WHERE e.subscriber = s.subscriber AND e.topic = ANY($4::bigint[])) "
+        "SELECT s.subscriber, b.external_id, b.data, $5 AND EXISTS (SELECT FROM "
+        "broadcast_reached r WHERE r.broadcast = $4 AND r.subscriber = s.subscriber) "
         "FROM subscriptions s JOIN subscribers b ON b.key = s.subscriber "
         "WHERE s.topic = $1 AND s.subscriber > $2 ORDER BY s.subscriber LIMIT $3",
         topic_keys[index],
         after,
         limit,
-        list(topic_keys[:index]),
+        broadcast,
+        index > 0,
     )
     return [BroadcastMember(key, eid, data, dup) for key, eid, data, dup in rows]
 

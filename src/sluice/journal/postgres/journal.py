@@ -475,11 +475,17 @@ class PostgresJournal:
         )  # fmt: skip
 
     async def broadcast_members(
-        self, topic_keys: tuple[int, ...], index: int, after: int, limit: int
+        self, broadcast: int, topic_keys: tuple[int, ...], index: int, after: int, limit: int
     ) -> list[BroadcastMember]:
         """Read by the delivery side (the expander): it keeps trying as runners do."""
         return await self._run(
-            broadcasts.read_broadcast_members, topic_keys, index, after, limit, read=True
+            broadcasts.read_broadcast_members,
+            broadcast,
+            topic_keys,
+            index,
+            after,
+            limit,
+            read=True,
         )
 
     async def release_broadcasts(self, owner: int) -> None:

@@ -215,6 +215,15 @@ MIGRATIONS: tuple[str, ...] = (
         FOR EACH ROW WHEN (NEW.state = 1 AND OLD.state <> 1 AND NEW.broadcast IS NOT NULL)
         EXECUTE FUNCTION hold_broadcast_message();
     """,
+    # 4: the members a broadcast of several topics has reached, while topics remain to read
+    # (a later topic's duplicates are those, not whoever follows an earlier topic now).
+    """
+    CREATE TABLE broadcast_reached (
+        broadcast bigint NOT NULL,
+        subscriber bigint NOT NULL,
+        PRIMARY KEY (broadcast, subscriber)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -502,10 +502,10 @@ class JournalClient:
         return applied
 
     async def broadcast_members(
-        self, topic_keys: tuple[int, ...], index: int, after: int, limit: int
+        self, broadcast: int, topic_keys: tuple[int, ...], index: int, after: int, limit: int
     ) -> list[BroadcastMember]:
         members: list[BroadcastMember] = await self._call(
-            "broadcast_members", self._call_wait, topic_keys, index, after, limit
+            "broadcast_members", self._call_wait, broadcast, topic_keys, index, after, limit
         )
         return members
 

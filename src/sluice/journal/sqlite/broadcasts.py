@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS broadcast_counts (
     n INTEGER NOT NULL,
     PRIMARY KEY (broadcast, channel, state)
 ) WITHOUT ROWID;
+-- The members a broadcast of several topics has reached, while topics remain to read.
+CREATE TABLE IF NOT EXISTS broadcast_reached (
+    broadcast INTEGER NOT NULL,
+    subscriber INTEGER NOT NULL,
+    PRIMARY KEY (broadcast, subscriber)
+) WITHOUT ROWID;
 """
 
 #: What stands on `messages.broadcast` (run once the column exists: after the migration).
@@ -191,6 +197,14 @@ def op_expand_broadcast(
         "ON CONFLICT DO UPDATE SET n = n + excluded.n",
         [(chunk.broadcast, channel, n) for channel, n in by_channel.items()],
     )
+    if chunk.finished:  # no topic left to read: nobody needs to know whom it reached
+        conn.execute("DELETE FROM broadcast_reached WHERE broadcast = ?", (chunk.broadcast,))
+    elif chunk.reached:
+        conn.execute(
+            "INSERT OR IGNORE INTO broadcast_reached (broadcast, subscriber) "
+            "SELECT ?, value FROM json_each(?)",
+            (chunk.broadcast, json_encoder.encode(chunk.reached)),
+        )
     suppressed = Counter(_suppressed.decode(found[2]) if found[2] else {})
     suppressed.update(chunk.suppressed)
     conn.execute(
@@ -256,6 +270,7 @@ def op_change_broadcast(
             ).rowcount
         else:
             moved = _cancel_queued(conn, tx, broadcast_id, now)
+            conn.execute("DELETE FROM broadcast_reached WHERE broadcast = ?", (broadcast_id,))
     record = read_broadcast(conn, tenant, broadcast_id)
     assert record is not None
     return StatusChange(record, moved)
@@ -327,10 +342,14 @@ def read_broadcasts(
 
 
 def read_broadcast_members(
-    conn: sqlite3.Connection, topic_keys: tuple[int, ...], index: int, after: int, limit: int
+    conn: sqlite3.Connection,
+    broadcast: int,
+    topic_keys: tuple[int, ...],
+    index: int,
+    after: int,
+    limit: int,
 ) -> list[BroadcastMember]:
-    earlier = topic_keys[:index]
-    if not earlier:
+    if index == 0:
         rows = conn.execute(
             "SELECT s.subscriber, b.external_id, b.data, 0 FROM subscriptions s "
             "JOIN subscribers b ON b.key = s.subscriber "
@@ -339,11 +358,11 @@ def read_broadcast_members(
         ).fetchall()
     else:
         rows = conn.execute(
-            "SELECT s.subscriber, b.external_id, b.data, EXISTS (SELECT 1 FROM subscriptions e "
-            "WHERE e.subscriber = s.subscriber AND e.topic IN (SELECT value FROM json_each(?))) "
+            "SELECT s.subscriber, b.external_id, b.data, EXISTS (SELECT 1 FROM "
+            "broadcast_reached r WHERE r.broadcast = ? AND r.subscriber = s.subscriber) "
             "FROM subscriptions s JOIN subscribers b ON b.key = s.subscriber "
             "WHERE s.topic = ? AND s.subscriber > ? ORDER BY s.subscriber LIMIT ?",
-            (json_encoder.encode(list(earlier)), topic_keys[index], after, limit),
+            (broadcast, topic_keys[index], after, limit),
         ).fetchall()
     return [BroadcastMember(key, eid, data, bool(dup)) for key, eid, data, dup in rows]
 

@@ -434,10 +434,10 @@ class SqliteJournal(GroupCommitWriter):
         return applied
 
     async def broadcast_members(
-        self, topic_keys: tuple[int, ...], index: int, after: int, limit: int
+        self, broadcast: int, topic_keys: tuple[int, ...], index: int, after: int, limit: int
     ) -> list[BroadcastMember]:
         found: list[BroadcastMember] = await self._read(
-            broadcasts.read_broadcast_members, topic_keys, index, after, limit
+            broadcasts.read_broadcast_members, broadcast, topic_keys, index, after, limit
         )
         return found
 
