@@ -162,6 +162,25 @@ def test_local_time_waves_send_at_that_hour_in_each_zone() -> None:
     assert messages[0].not_before is None
 
 
+def test_a_zones_wave_is_anchored_to_the_start_not_to_the_planning() -> None:
+    # The broadcast starts at 12:00 UTC for 13:30 local; London (BST) reaches 13:30 at 12:30
+    # UTC. A London member planned at 12:45 UTC (a slow or resumed expansion) is late for
+    # its wave: sent at once, not at 13:30 tomorrow as a wave counted from "now" would be.
+    london = [member(1, phone="+1", timezone="Europe/London")]
+    wave = spec(local_time="13:30")
+    messages, _ = plan(wave, london)
+    assert messages[0].not_before == ms(2026, 6, 1, 13, 30, zone="Europe/London")
+    messages, _ = plan(wave, london, now=NOON + 45 * 60_000)
+    assert messages[0].not_before is None
+    # A zone whose wave falls after the expiry is suppressed as such, not as quiet hours.
+    tokyo = [
+        member(2, phone="+2", timezone="Asia/Tokyo"),  # 13:30 JST is tomorrow
+        member(3, phone="+3", timezone="UTC", quiet_hours=QuietHours("13:00", "23:00")),
+    ]
+    messages, suppressed = plan(spec(local_time="13:30", expires_at=NOON + 6 * 3_600_000), tokyo)
+    assert messages == [] and suppressed == {"past_expiry": 1, "quiet_hours": 1}
+
+
 def test_a_spec_survives_the_journal_and_templates_report_their_line() -> None:
     s = spec(rate=50.0, expires_at=NOON + 1, metadata={"campaign": "storm"})
     assert decode_spec(encode_spec(s)) == s

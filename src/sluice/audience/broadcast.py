@@ -12,9 +12,12 @@ of those topics into messages.
 2. the channel: the first of the preference order for which the subscriber has an address
    and has not opted out (of everything, of the channel type, of the topic, or of the type on
    the topic); none: suppressed "no_address" or "opted_out";
-3. the time: the broadcast's start, or with `local_time` the next such time in the
-   subscriber's zone (waves); then, unless `respect_quiet_hours` is off, the end of the
-   subscriber's quiet hours if it falls in them; past the expiry: suppressed "quiet_hours";
+3. the time: the broadcast's start, or with `local_time` the first such time in the
+   subscriber's zone at or after the start (waves: anchored to the start, not to when the
+   member is planned, so a slow or resumed expansion sends a zone's late members at once,
+   never a day after the others of their zone); past the expiry: suppressed "past_expiry";
+   then, unless `respect_quiet_hours` is off, the end of the subscriber's quiet hours if it
+   falls in them; past the expiry then: suppressed "quiet_hours";
 4. the content: the channel type's templates rendered with the broadcast's `data`, then the
    subscriber's attributes, then `subscriber` (id, locale, timezone); a missing variable
    fails the recipient (suppressed "missing_variable") or takes its default, as chosen; a
@@ -58,6 +61,7 @@ SUPPRESSION_REASONS = (
     "no_address",
     "opted_out",
     "quiet_hours",
+    "past_expiry",
     "missing_variable",
     "template_error",
 )
@@ -207,9 +211,9 @@ class Planner:
             name, kind, address = chosen
             due = None
             if timed or (quiet_applies and subscriber.quiet_hours is not None):
-                due = self._due(subscriber, start)
+                due, why = self._due(subscriber, start)
                 if due is not None and expires_at is not None and due >= expires_at:
-                    suppressed["quiet_hours"] += 1
+                    suppressed[why] += 1
                     continue
             body_template, subject_template = content[kind]
             variables = self._variables(subscriber)
@@ -241,18 +245,23 @@ class Planner:
                 reached.append(member.key)
         return messages, suppressed
 
-    def _due(self, subscriber: Subscriber, start: int) -> int | None:
-        """When the subscriber's message is due, or None: at once (`start`, no later)."""
+    def _due(self, subscriber: Subscriber, start: int) -> tuple[int | None, str]:
+        """When the subscriber's message is due (None: at once, `start` being now or the
+        broadcast's start), and what set that time: "past_expiry" for its wave,
+        "quiet_hours" for the end of its quiet hours."""
         quiet = subscriber.quiet_hours if self.spec.respect_quiet_hours else None
         if self._local is None and quiet is None:
-            return None  # expansion begins once the start has come: due at once
+            return None, "past_expiry"  # expansion begins once the start has come: at once
         zone = _zone(subscriber.timezone)
-        due = start
+        due, why = start, "past_expiry"
         if self._local is not None:
-            due = _next_local(due, self._local, zone)
+            # The zone's wave is the first such local time from the broadcast's start.
+            due = max(start, _next_local(self.spec.start_at, self._local, zone))
         if quiet is not None:
-            due = _after_quiet(due, *quiet.minutes(), zone)
-        return None if due <= start else due
+            after = _after_quiet(due, *quiet.minutes(), zone)
+            if after != due:
+                due, why = after, "quiet_hours"
+        return (None if due <= start else due), why
 
     def _variables(self, subscriber: Subscriber) -> dict[str, Any]:
         attributes = subscriber.attributes
