@@ -11,6 +11,7 @@ import re
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -25,12 +26,13 @@ pytestmark = pytest.mark.integration
 BATCH = 100
 
 
-def _write_config(tmp_path: Path, sink_url: str, port: int) -> Path:
+def _write_config(tmp_path: Path, sink_url: str, port: int, **sections: Any) -> Path:
     raw = gateway_config(
         tmp_path,
         {"web": webhook_channel(f"{sink_url}/hook", width=16, rate=2000, burst=50)},
         server={"listen": f"127.0.0.1:{port}", "api_processes": 1},
         journal={"synchronous": "full"},
+        **sections,
     )
     path = tmp_path / "sluice.toml"
     path.write_text(dump_toml(raw))
@@ -60,10 +62,17 @@ async def test_one_api_with_the_owners_figures_and_every_message_delivered(
     tmp_path: Path,
 ) -> None:
     async with WebhookSink(SinkOptions()) as sink:
-        port = free_port()
-        serve = ServeProcess(_write_config(tmp_path, sink.url, port), port, tmp_path / "s.log")
+        port, smtp_port = free_port(), free_port()
+        # The SMTP front door runs in the edge too: it restores its memory from the owner's
+        # journal at its start, so the edge waits for the owner first.
+        smtp = {"listen": f"127.0.0.1:{smtp_port}", "tenant": "acme"}
+        config = _write_config(tmp_path, sink.url, port, smtp=smtp)
+        serve = ServeProcess(config, port, tmp_path / "s.log")
         try:
             await serve.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", smtp_port)
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
+            writer.close()
             acked: list[str] = []
             await asyncio.gather(*(_produce(port, range(i, 20, 4), acked, []) for i in range(4)))
             await eventually(
@@ -89,6 +98,10 @@ async def test_one_api_with_the_owners_figures_and_every_message_delivered(
             assert len(families) == len(set(families)), "a metric family twice"
             assert "sluice_http_connections" in families  # the edge's own
             assert any(name.startswith("sluice_journal_") for name in families)  # the owner's
+            # The owner's send latencies, not the edge's empty histogram of the same name.
+            assert re.search(
+                r'^sluice_send_seconds_count\{channel="web",outcome="sent"\} 2000', text, re.M
+            )
             assert re.search(r'^sluice_messages_accepted_total\{tenant="acme"\} 2000', text, re.M)
             assert await serve.terminate() == 0
         finally:

@@ -24,10 +24,11 @@ from sluice.journal.base import (
     IdempotencyConflict,
     Journal,
     JournalError,
+    JournalStats,
 )
 from sluice.journal.broadcasts import NewBroadcast, UnknownTopics
 from sluice.journal.remote import JournalClient, JournalServer
-from sluice.journal.remote.wire import NOT_CALLS, CallTable, FrameReader, WireError
+from sluice.journal.remote.wire import NOT_CALLS, CallTable, FrameReader, OwnerState, WireError
 from sluice.journal.sqlite import SqliteJournal
 from sluice.model import IdGenerator, Message, Priority, State, now_ms
 
@@ -57,6 +58,7 @@ class Owner:
             after_call=lambda method, args, value: self.calls.append((method, args, value)),
             annex=lambda: b"annex-bytes",
             state_interval_seconds=0.01,
+            heartbeat_seconds=0.05,
             **options,
         )
         self.task: asyncio.Task[None] | None = None
@@ -157,39 +159,77 @@ async def test_state_and_annex_are_pushed(tmp_path: Path, socket_path: Path) -> 
         assert await client.load_state("greylist") == b"\x00\x01state"
 
 
+class Slowed:
+    """The owner's journal with a method held until the test lets it go."""
+
+    def __init__(self, journal: SqliteJournal, method: str) -> None:
+        self._journal = journal
+        self._method = method
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._journal, name)
+        if name != self._method:
+            return found
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            await self.release.wait()
+            return await found(*args, **kwargs)
+
+        return held
+
+
+async def test_a_slow_owner_is_waited_for_never_answered_for(
+    tmp_path: Path, socket_path: Path
+) -> None:
+    sqlite = SqliteJournal(tmp_path / "journal.db")
+    await sqlite.open()
+    slowed = Slowed(sqlite, "insert")
+    owner = Owner(slowed, socket_path, grace_seconds=5.0)
+    await owner.start()
+    client = JournalClient(socket_path, call_wait_seconds=0.3, reconnect_seconds=0.01)
+    await client.open()
+    try:
+        await client.wait_up()
+        message = make()
+        # Longer than call_wait: the client must not answer "failed" for what then commits.
+        inserting = asyncio.create_task(client.insert(TENANT, [message], deadline=None))
+        await slowed.entered.wait()
+        await asyncio.sleep(0.6)  # the owner stays alive (its pushes) while the call waits
+        assert not inserting.done() and client.fault() is None
+        # The owner is told to stop with the call under way: it answers it before closing.
+        stopping = asyncio.create_task(owner.stop())
+        slowed.release.set()
+        with pytest.raises(DeadlinePassed):  # 0.3 s given by the client: nothing stored
+            await inserting
+        await stopping
+        assert await sqlite.get(TENANT, message.id) is None
+    finally:
+        await client.close()
+        await sqlite.close()
+
+
 async def test_a_vanished_owner_fails_calls_at_once_and_is_found_again(
     tmp_path: Path, socket_path: Path
 ) -> None:
-    release = asyncio.Event()
-
-    class Stalling:
-        """The owner's journal, with `get` held until the test lets it go."""
-
-        def __init__(self, journal: SqliteJournal) -> None:
-            self._journal = journal
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._journal, name)
-
-        async def get(self, tenant: str, message_id: int) -> Any:
-            await release.wait()
-            return await self._journal.get(tenant, message_id)
-
     sqlite = SqliteJournal(tmp_path / "journal.db")
     await sqlite.open()
-    owner = Owner(Stalling(sqlite), socket_path, grace_seconds=0.0)
+    slowed = Slowed(sqlite, "get")
+    owner = Owner(slowed, socket_path, grace_seconds=0.0)
     await owner.start()
     client = JournalClient(socket_path, call_wait_seconds=2.0, reconnect_seconds=0.01)
     await client.open()
     try:
-        await eventually(lambda: client.fault() is None)
+        await client.wait_up()
         in_flight = asyncio.create_task(client.get(TENANT, 1))
-        await eventually(lambda: owner.server.calls == 1)
-        release.set()
-        await owner.stop()  # the owner goes away with the call unanswered
-        with pytest.raises(JournalError, match="went away"):
-            await in_flight
-        assert client.fault() is not None
+        await slowed.entered.wait()
+        stopping = asyncio.create_task(owner.stop())
+        slowed.release.set()
+        assert await in_flight is None  # answered before the owner went
+        await stopping
+        await eventually(lambda: client.fault() is not None)
         with pytest.raises(JournalError, match="not answering"):
             await client.insert(TENANT, [make()])
         # The owner comes back on the same socket: the client finds it by itself.
@@ -201,6 +241,51 @@ async def test_a_vanished_owner_fails_calls_at_once_and_is_found_again(
         await client.close()
         await owner.stop()
         await sqlite.close()
+
+
+class FakeOwner:
+    """An owner process that answers its edges nothing: it closes a connection on the first
+    call (`close`), or stays silent after its first state push (`silent`)."""
+
+    def __init__(self, path: Path, mode: str) -> None:
+        self.path = path
+        self.mode = mode
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> FakeOwner:
+        self.server = await asyncio.start_unix_server(self._serve, str(self.path))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CallTable().encode_state(OwnerState({}, None, JournalStats({}, 0, 0, 0, 0))))
+        await writer.drain()
+        await reader.read(1)  # a call arrives
+        if self.mode == "close":
+            writer.close()
+        else:
+            await reader.read()  # silent until the client goes
+
+
+@pytest.mark.parametrize("mode", ["close", "silent"])
+async def test_a_call_the_owner_never_answers_fails_as_unknown(
+    socket_path: Path, mode: str
+) -> None:
+    async with FakeOwner(socket_path, mode):
+        client = JournalClient(socket_path, call_wait_seconds=0.4, reconnect_seconds=0.01)
+        await client.open()
+        try:
+            await client.wait_up()
+            started = time.monotonic()
+            with pytest.raises(JournalError, match="went away"):
+                await client.insert(TENANT, [make()], "key", b"d")
+            # Silent: dropped once nothing was heard for call_wait, not before.
+            assert (time.monotonic() - started >= 0.3) == (mode == "silent")
+        finally:
+            await client.close()
 
 
 async def test_a_bad_stream_costs_only_its_own_connection(
@@ -217,14 +302,11 @@ async def test_a_bad_stream_costs_only_its_own_connection(
             writer.write(garbage)
             await writer.drain()
             # The owner closes this connection (after its state push), and only this one.
-            assert await asyncio.wait_for(_read_to_end(reader), 5) is not None
+            pushed = await asyncio.wait_for(reader.read(), 5)
+            assert reader.at_eof() and pushed.startswith(len(pushed[4:]).to_bytes(4, "big"))
             writer.close()
         assert len((await client.insert(TENANT, [make()])).ids) == 1
         assert owner.server.connections  # the client's connection is still there
-
-
-async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
-    return await reader.read()
 
 
 def test_frames_are_split_wherever_the_stream_breaks() -> None:

@@ -42,6 +42,7 @@ from sluice.journal.backends import (
 from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
 from sluice.journal.broadcasts import BroadcastStore
 from sluice.journal.remote import JournalClient, JournalServer
+from sluice.journal.remote.server import HEARTBEAT_SECONDS
 from sluice.model import IdGenerator, Message, Priority, now_ms
 from sluice.observe.metrics import GatewayMetrics
 from sluice.process.front_door import FrontDoorPart
@@ -118,6 +119,8 @@ class SluiceGateway:
                 after_call=self._after_edge_call,
                 annex=self._annex,
                 grace_seconds=config.server.shutdown_grace_seconds,
+                # The edges drop a link silent for ingress_wait_seconds: speak well within it.
+                heartbeat_seconds=min(HEARTBEAT_SECONDS, config.journal.ingress_wait_seconds / 4),
             )
         #: Sockets handed over by a supervisor; None: bind server.listen (and smtp.listen).
         self._listeners = listeners
@@ -291,6 +294,8 @@ class SluiceGateway:
         # and closes after the last one is closed.
         await self.journal.open()
         try:
+            if self.edge_of_split and not await self._owner_answers():
+                return  # told to stop before the journal's owner was up
             for part in parts:
                 await part.start()
             if self.smtp is not None:
@@ -316,6 +321,20 @@ class SluiceGateway:
             await self.journal.close()
             if listeners is not None:
                 listeners.close()
+
+    async def _owner_answers(self) -> bool:
+        """Wait until the journal's owner answers (it may still be checking the file or
+        recovering: the SMTP front door restores its memory from the journal at its start,
+        and nothing here can serve without it), or until told to stop: False."""
+        assert isinstance(self.journal, JournalClient)
+        log.info("waiting for the journal's process on %s", self.journal.path)
+        async with asyncio.TaskGroup() as tg:
+            up = tg.create_task(self.journal.wait_up())
+            stop = tg.create_task(self._stop.wait())
+            await asyncio.wait({up, stop}, return_when=asyncio.FIRST_COMPLETED)
+            up.cancel()
+            stop.cancel()
+        return not self._stop.is_set()
 
     def _bind(self) -> Listeners:
         server = self.config.server

@@ -10,9 +10,11 @@ others, so one scrape of the port shows the whole gateway; the owner's part is a
 
 Examples:
     >>> own = b"# HELP a_total A.\\n# TYPE a_total counter\\na_total 1.0\\n"
-    >>> owner = own + b"# HELP b B.\\n# TYPE b gauge\\nb 2.0\\n"
-    >>> merge_metrics(own, owner).decode().count("# HELP")
-    2
+    >>> empty = b"# HELP s S.\\n# TYPE s histogram\\n"
+    >>> owner = own + empty + b"s_count 3.0\\n# HELP b B.\\n# TYPE b gauge\\nb 2.0\\n"
+    >>> merged = merge_metrics(own + empty, owner).decode()
+    >>> merged.count("# HELP"), "s_count 3.0" in merged, merged.count("a_total 1.0")
+    (3, True, 1)
 """
 
 from __future__ import annotations
@@ -44,14 +46,27 @@ def decode_annex(data: bytes) -> OwnerAnnex | None:
 
 
 def merge_metrics(own: bytes, owner: bytes) -> bytes:
-    """`own` followed by the families of `owner` that `own` does not have (the exposition
-    format forbids a family twice; both processes register the same counters)."""
-    names = {line.split(b" ", 3)[2] for line in own.splitlines() if line.startswith(b"# HELP ")}
-    kept: list[bytes] = []
-    keep = True
-    for line in owner.splitlines(keepends=True):
+    """One exposition of both processes' families (the format forbids a family twice): the
+    owner's where the edge's has no samples (the send latencies, a Redis rate that only the
+    owner uses) or the edge lacks it, the edge's otherwise (its HTTP, admission, acceptance
+    and refusal figures), the edge's first."""
+    mine, theirs = _families(own), _families(owner)
+    kept = [lines for name, lines in mine.items() if _has_samples(lines) or name not in theirs]
+    shown = {name for name, lines in mine.items() if _has_samples(lines) or name not in theirs}
+    kept += [lines for name, lines in theirs.items() if name not in shown]
+    return b"".join(b"".join(lines) for lines in kept)
+
+
+def _families(text: bytes) -> dict[bytes, list[bytes]]:
+    """The exposition's lines by family, in order (a family starts at its `# HELP` line)."""
+    families: dict[bytes, list[bytes]] = {}
+    current: list[bytes] = []
+    for line in text.splitlines(keepends=True):
         if line.startswith(b"# HELP "):
-            keep = line.split(b" ", 3)[2] not in names
-        if keep:
-            kept.append(line)
-    return own + b"".join(kept)
+            current = families.setdefault(line.split(b" ", 3)[2], [])
+        current.append(line)
+    return families
+
+
+def _has_samples(lines: list[bytes]) -> bool:
+    return any(not line.startswith(b"#") and line.strip() for line in lines)

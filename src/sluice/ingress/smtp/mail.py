@@ -31,7 +31,7 @@ from sluice.config import SmtpConfig
 from sluice.ingress.contract import Gateway
 from sluice.ingress.sms_length import SmsLength
 from sluice.ingress.smtp.session_limits import ErrorCount
-from sluice.journal.base import JournalBusy, JournalError
+from sluice.journal.base import DeadlinePassed, JournalBusy, JournalError
 from sluice.model import Message, format_id
 from sluice.screening.greylist import Greylist, reply
 
@@ -161,6 +161,8 @@ class MailHandler:
         try:
             await self._gateway.submit(tenant, messages)
         except JournalBusy:
+            return "451 4.3.1 Insufficient system resources, try again later"
+        except DeadlinePassed:  # the journal too busy to begin its commit in time: none made
             return "451 4.3.1 Insufficient system resources, try again later"
         except JournalError:
             log.exception("storing mail from %s failed", self.where())

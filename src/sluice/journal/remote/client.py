@@ -13,11 +13,15 @@ again as soon as the owner listens. A call in flight when the connection drops f
 JournalError saying its outcome is unknown: a producer's retry with its Idempotency-Key is
 then answered from the journal, never stored twice.
 
-Calls give up after `call_wait_seconds` (`journal.ingress_wait_seconds`, what the PostgreSQL
-journal gives the edges), and an insert with a deadline not before its deadline has passed
-(plus `DEADLINE_MARGIN_SECONDS`): the owner checks the deadline before its commit begins, so
-a client that gave up never has its messages committed afterwards. Deadlines are
-`time.monotonic()` values, one clock for every process of a machine (CLOCK_MONOTONIC).
+A call waits for the owner's answer as long as the owner is alive, however slow, because
+giving up on a call the owner goes on with would answer "failed" for what then commits. The
+owner pushes its state at least every `HEARTBEAT_SECONDS`; after `call_wait_seconds`
+(`journal.ingress_wait_seconds`) without a word from it (a stopped or wedged process) the
+client drops the link, and the calls on it fail as "outcome unknown". An insert always
+carries a deadline to the owner (its own, or `call_wait_seconds` from now), which the owner
+checks before the commit begins: past it, nothing is stored and the answer is
+DeadlinePassed. Deadlines are `time.monotonic()` values, one clock for every process of a
+machine (CLOCK_MONOTONIC).
 
 Examples:
     journal = JournalClient(Path("var/sluice.db.sock"))
@@ -77,12 +81,10 @@ from sluice.model import Message, State
 
 log = logging.getLogger("sluice.journal")
 
-#: How long an edge's call waits for the owner (journal.ingress_wait_seconds).
+#: How long the owner may stay silent before the client takes it for wedged and drops the
+#: link (journal.ingress_wait_seconds); an insert without a deadline gets this one.
 CALL_WAIT_SECONDS = 3.0
-#: An insert with a deadline waits this long past it: the owner's commit may begin right
-#: before the deadline and takes a few milliseconds.
-DEADLINE_MARGIN_SECONDS = 1.0
-#: Between two attempts to reach an owner that is not listening.
+#: Between two attempts to reach the owner (after a failed connect or a lost link).
 RECONNECT_SECONDS = 0.2
 #: The largest frame either side accepts (a call or a reply); see `max_frame_bytes`.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
@@ -99,6 +101,8 @@ class _Link(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self.lost = asyncio.get_running_loop().create_future()
+        #: When the owner was last heard on this link (any frame).
+        self.heard_at = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -109,12 +113,16 @@ class _Link(asyncio.Protocol):
         self._client.link_lost(self)
 
     def data_received(self, data: bytes) -> None:
+        self.heard_at = time.monotonic()
         try:
             for body in self._reader.feed(data):
                 self._client.frame_received(body)
         except WireError as exc:
             log.error("journal socket: %s; closing the connection", exc)
             self.close()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.heard_at
 
     def send(self, frame: bytes) -> None:
         if not self._out:
@@ -129,6 +137,10 @@ class _Link(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class JournalClient:
@@ -152,6 +164,7 @@ class JournalClient:
         self._calls: dict[int, tuple[str, asyncio.Future[Any]]] = {}
         self._ids = itertools.count(1)
         self._state: OwnerState | None = None
+        self._up = asyncio.Event()
         #: The owner's annex (its process layer's figures), as last pushed.
         self.annex = b""
         self._unreachable: str | None = f"the journal's process has not answered yet ({path})"
@@ -184,14 +197,35 @@ class JournalClient:
             self._link = None
         self._fail_calls(JournalError("the journal is closed"))
 
+    async def wait_up(self) -> None:
+        """Return once the owner has answered (its first state push)."""
+        await self._up.wait()
+
     async def _keep_connected(self) -> None:
+        """Connect whenever there is no link; drop one on which the owner fell silent."""
         while True:
-            link = self._link
-            if link is not None:
-                await link.lost
-            with contextlib.suppress(JournalError):
-                await self._connected()
-            if self._link is None:
+            try:
+                link = self._link
+                if link is None:
+                    with contextlib.suppress(JournalError):
+                        await self._connected()
+                    await asyncio.sleep(self._reconnect)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._call_wait / 4):
+                        await asyncio.shield(link.lost)
+                if link.lost.done():
+                    await asyncio.sleep(self._reconnect)  # never a tight loop of links
+                elif link.silent_for() > self._call_wait:
+                    log.warning(
+                        "journal: its process has said nothing for %.1f s; dropping the link",
+                        link.silent_for(),
+                    )
+                    link.abort()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # this loop must outlive anything: it is the way back
+                log.exception("journal: keeping the link to its process")
                 await asyncio.sleep(self._reconnect)
 
     async def _connected(self) -> _Link:
@@ -223,6 +257,7 @@ class JournalClient:
         if self._link is link:
             self._link = None
             self._state = None
+            self._up.clear()
             self._unreachable = f"the journal's process closed its socket {self.path}"
             log.warning("journal: %s", self._unreachable)
         self._fail_calls(
@@ -247,39 +282,41 @@ class JournalClient:
             return
         call = self._calls.pop(call_id, None)
         if call is None:
-            return  # its caller gave up waiting
+            return  # its caller is gone (cancelled)
         method, future = call
         if future.done():
             return
-        if kind == REPLY:
-            future.set_result(self._table.decode_value(method, raw))
-        elif kind == FAILURE:
-            future.set_exception(self._table.decode_failure(raw))
-        else:
-            raise WireError(f"a journal frame of unknown kind {kind}")
+        try:
+            if kind == REPLY:
+                future.set_result(self._table.decode_value(method, raw))
+            elif kind == FAILURE:
+                future.set_exception(self._table.decode_failure(raw))
+            else:
+                raise WireError(f"a journal frame of unknown kind {kind}")
+        except WireError as exc:
+            future.set_exception(JournalError(f"the journal's answer to {method}: {exc}"))
+            raise
 
     def _took(self, state: OwnerState) -> None:
         self._state = state
         self._unreachable = None
+        self._up.set()
         if state.annex is not None:
             self.annex = state.annex
         self.commits = state.stats.commits
         self.ops = state.stats.ops
         self.busy_seconds = state.stats.busy_seconds
 
-    async def _call(self, method: str, wait: float, *args: Any) -> Any:
+    async def _call(self, method: str, *args: Any) -> Any:
+        """Send the call; its answer, however long the owner takes while it lives (the
+        link is dropped, failing the call, once the owner is silent too long)."""
         link = await self._connected()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = (method, future)
         link.send(self._table.encode_call(call_id, method, args))
         try:
-            async with asyncio.timeout(wait):
-                return await future
-        except TimeoutError:
-            raise JournalError(
-                f"the journal's process did not answer {method} within {wait:.1f} s"
-            ) from None
+            return await future
         finally:
             self._calls.pop(call_id, None)
 
@@ -315,153 +352,140 @@ class JournalClient:
         *,
         deadline: float | None = None,
     ) -> SubmitResult:
-        wait = self._call_wait
-        if deadline is not None:
-            wait = max(wait, deadline - time.monotonic() + DEADLINE_MARGIN_SECONDS)
+        if deadline is None:  # the owner must not begin a commit nobody waits for any more
+            deadline = time.monotonic() + self._call_wait
         result: SubmitResult = await self._call(
-            "insert", wait, tenant, messages, idempotency_key, digest, deadline
+            "insert", tenant, messages, idempotency_key, digest, deadline
         )
         return result
 
     async def count_by_state(self) -> dict[State, int]:
-        counts: dict[State, int] = await self._call("count_by_state", self._call_wait)
+        counts: dict[State, int] = await self._call("count_by_state")
         return counts
 
     async def claim(
         self, channel: str, limit: int, non_urgent_limit: int, owner: int, now: int, lease_ms: int
     ) -> list[Message]:
         claimed: list[Message] = await self._call(
-            "claim", self._call_wait, channel, limit, non_urgent_limit, owner, now, lease_ms
+            "claim", channel, limit, non_urgent_limit, owner, now, lease_ms
         )
         return claimed
 
     async def save_state(self, name: str, data: bytes) -> None:
-        await self._call("save_state", self._call_wait, name, data)
+        await self._call("save_state", name, data)
 
     async def load_state(self, name: str) -> bytes | None:
-        data: bytes | None = await self._call("load_state", self._call_wait, name)
+        data: bytes | None = await self._call("load_state", name)
         return data
 
     async def complete(self, owner: int, completions: list[Completion]) -> int:
-        count: int = await self._call("complete", self._call_wait, owner, completions)
+        count: int = await self._call("complete", owner, completions)
         return count
 
     async def renew_leases(self, owner: int, until: int, ids: Collection[int]) -> int:
-        count: int = await self._call("renew_leases", self._call_wait, owner, until, list(ids))
+        count: int = await self._call("renew_leases", owner, until, list(ids))
         return count
 
     async def release(self, owner: int, now: int) -> int:
-        count: int = await self._call("release", self._call_wait, owner, now)
+        count: int = await self._call("release", owner, now)
         return count
 
     async def sweep(self, now: int, idempotency_ttl_ms: int) -> SweepResult:
-        result: SweepResult = await self._call("sweep", self._call_wait, now, idempotency_ttl_ms)
+        result: SweepResult = await self._call("sweep", now, idempotency_ttl_ms)
         return result
 
     async def reroute(self, from_channel: str, to_channel: str, limit: int, now: int) -> int:
-        count: int = await self._call(
-            "reroute", self._call_wait, from_channel, to_channel, limit, now
-        )
+        count: int = await self._call("reroute", from_channel, to_channel, limit, now)
         return count
 
     async def cancel(self, tenant: str, message_id: int, now: int) -> CancelResult:
-        result: CancelResult = await self._call("cancel", self._call_wait, tenant, message_id, now)
+        result: CancelResult = await self._call("cancel", tenant, message_id, now)
         return result
 
     async def get(self, tenant: str, message_id: int) -> MessageRecord | None:
-        record: MessageRecord | None = await self._call("get", self._call_wait, tenant, message_id)
+        record: MessageRecord | None = await self._call("get", tenant, message_id)
         return record
 
     async def by_recipient(
         self, tenant: str, recipient: str, before_id: int | None, limit: int
     ) -> list[MessageRecord]:
         records: list[MessageRecord] = await self._call(
-            "by_recipient", self._call_wait, tenant, recipient, before_id, limit
+            "by_recipient", tenant, recipient, before_id, limit
         )
         return records
 
     async def next_due(self, channel: str) -> int | None:
-        due: int | None = await self._call("next_due", self._call_wait, channel)
+        due: int | None = await self._call("next_due", channel)
         return due
 
     async def apply_receipts(self, channel: str, receipts: list[Receipt]) -> int:
-        count: int = await self._call("apply_receipts", self._call_wait, channel, receipts)
+        count: int = await self._call("apply_receipts", channel, receipts)
         return count
 
     async def expire_receipts(
         self, channel: str, sent_before: int, now: int, detail: str, limit: int = 10_000
     ) -> int:
-        count: int = await self._call(
-            "expire_receipts", self._call_wait, channel, sent_before, now, detail, limit
-        )
+        count: int = await self._call("expire_receipts", channel, sent_before, now, detail, limit)
         return count
 
     async def claim_callbacks(self, limit: int, now: int, lease_ms: int) -> list[CallbackJob]:
-        jobs: list[CallbackJob] = await self._call(
-            "claim_callbacks", self._call_wait, limit, now, lease_ms
-        )
+        jobs: list[CallbackJob] = await self._call("claim_callbacks", limit, now, lease_ms)
         return jobs
 
     async def finish_callbacks(
         self, done: list[int], retry: list[tuple[int, int]], dropped: list[int]
     ) -> None:
-        await self._call("finish_callbacks", self._call_wait, done, retry, dropped)
+        await self._call("finish_callbacks", done, retry, dropped)
 
     # audience
 
     async def upsert_subscribers(
         self, tenant: str, rows: list[SubscriberRow], now: int
     ) -> UpsertCounts:
-        counts: UpsertCounts = await self._call(
-            "upsert_subscribers", self._call_wait, tenant, rows, now
-        )
+        counts: UpsertCounts = await self._call("upsert_subscribers", tenant, rows, now)
         return counts
 
     async def subscriber(self, tenant: str, external_id: str) -> StoredSubscriber | None:
-        found: StoredSubscriber | None = await self._call(
-            "subscriber", self._call_wait, tenant, external_id
-        )
+        found: StoredSubscriber | None = await self._call("subscriber", tenant, external_id)
         return found
 
     async def delete_subscriber(self, tenant: str, external_id: str) -> bool:
-        done: bool = await self._call("delete_subscriber", self._call_wait, tenant, external_id)
+        done: bool = await self._call("delete_subscriber", tenant, external_id)
         return done
 
     async def create_topic(self, tenant: str, name: str, now: int) -> bool:
-        created: bool = await self._call("create_topic", self._call_wait, tenant, name, now)
+        created: bool = await self._call("create_topic", tenant, name, now)
         return created
 
     async def topic(self, tenant: str, name: str) -> TopicInfo | None:
-        info: TopicInfo | None = await self._call("topic", self._call_wait, tenant, name)
+        info: TopicInfo | None = await self._call("topic", tenant, name)
         return info
 
     async def topics(self, tenant: str, after: str | None, limit: int) -> list[TopicInfo]:
-        infos: list[TopicInfo] = await self._call("topics", self._call_wait, tenant, after, limit)
+        infos: list[TopicInfo] = await self._call("topics", tenant, after, limit)
         return infos
 
     async def delete_topic(self, tenant: str, name: str) -> bool:
-        done: bool = await self._call("delete_topic", self._call_wait, tenant, name)
+        done: bool = await self._call("delete_topic", tenant, name)
         return done
 
     async def subscribe(
         self, tenant: str, topic: str, external_ids: list[str], now: int
     ) -> SubscribeCounts | None:
         counts: SubscribeCounts | None = await self._call(
-            "subscribe", self._call_wait, tenant, topic, external_ids, now
+            "subscribe", tenant, topic, external_ids, now
         )
         return counts
 
     async def unsubscribe(self, tenant: str, topic: str, external_ids: list[str]) -> int | None:
-        count: int | None = await self._call(
-            "unsubscribe", self._call_wait, tenant, topic, external_ids
-        )
+        count: int | None = await self._call("unsubscribe", tenant, topic, external_ids)
         return count
 
     async def topic_members(
         self, tenant: str, topic: str, after: int, limit: int
     ) -> list[Member] | None:
         members: list[Member] | None = await self._call(
-            "topic_members", self._call_wait, tenant, topic, after, limit
+            "topic_members", tenant, topic, after, limit
         )
         return members
 
@@ -471,51 +495,47 @@ class JournalClient:
         self, new: NewBroadcast, idempotency_key: str | None, digest: bytes | None, now: int
     ) -> tuple[int, bool]:
         created: tuple[int, bool] = await self._call(
-            "create_broadcast", self._call_wait, new, idempotency_key, digest, now
+            "create_broadcast", new, idempotency_key, digest, now
         )
         return created
 
     async def broadcast(self, tenant: str, broadcast_id: int) -> BroadcastRecord | None:
-        record: BroadcastRecord | None = await self._call(
-            "broadcast", self._call_wait, tenant, broadcast_id
-        )
+        record: BroadcastRecord | None = await self._call("broadcast", tenant, broadcast_id)
         return record
 
     async def broadcasts(
         self, tenant: str, before_id: int | None, limit: int
     ) -> list[BroadcastRecord]:
-        records: list[BroadcastRecord] = await self._call(
-            "broadcasts", self._call_wait, tenant, before_id, limit
-        )
+        records: list[BroadcastRecord] = await self._call("broadcasts", tenant, before_id, limit)
         return records
 
     async def lease_broadcasts(
         self, owner: int, now: int, lease_ms: int, limit: int
     ) -> list[BroadcastRecord]:
         records: list[BroadcastRecord] = await self._call(
-            "lease_broadcasts", self._call_wait, owner, now, lease_ms, limit
+            "lease_broadcasts", owner, now, lease_ms, limit
         )
         return records
 
     async def expand_broadcast(self, owner: int, chunk: ExpansionChunk, now: int) -> bool:
-        applied: bool = await self._call("expand_broadcast", self._call_wait, owner, chunk, now)
+        applied: bool = await self._call("expand_broadcast", owner, chunk, now)
         return applied
 
     async def broadcast_members(
         self, broadcast: int, topic_keys: tuple[int, ...], index: int, after: int, limit: int
     ) -> list[BroadcastMember]:
         members: list[BroadcastMember] = await self._call(
-            "broadcast_members", self._call_wait, broadcast, topic_keys, index, after, limit
+            "broadcast_members", broadcast, topic_keys, index, after, limit
         )
         return members
 
     async def release_broadcasts(self, owner: int) -> None:
-        await self._call("release_broadcasts", self._call_wait, owner)
+        await self._call("release_broadcasts", owner)
 
     async def change_broadcast(
         self, tenant: str, broadcast_id: int, status: BroadcastStatus, now: int
     ) -> StatusChange | None:
         change: StatusChange | None = await self._call(
-            "change_broadcast", self._call_wait, tenant, broadcast_id, status, now
+            "change_broadcast", tenant, broadcast_id, status, now
         )
         return change

@@ -42,6 +42,9 @@ log = logging.getLogger("sluice.journal")
 STATE_INTERVAL_SECONDS = 0.1
 #: How often it renders the annex (channel figures, metrics) for them.
 ANNEX_INTERVAL_SECONDS = 1.0
+#: The longest the owner stays silent on a connection: its state is pushed at least this
+#: often, changed or not (the edges' sign that it lives; they wait several times as long).
+HEARTBEAT_SECONDS = 0.5
 
 #: Called after each call that succeeded: (method, positional arguments, value).
 AfterCall = Callable[[str, tuple[Any, ...], Any], None]
@@ -55,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self._reader = FrameReader(server.max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
+        self._paused = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,12 +80,25 @@ class _Connection(asyncio.Protocol):
             log.error("journal socket: %s; closing the connection", exc)
             self.close()
 
-    def send(self, frame: bytes) -> None:
-        if self.closed:
+    def send(self, frame: bytes, *, push: bool = False) -> None:
+        """Queue a frame for this turn's write; a state push is skipped while the edge does
+        not read (its socket buffer full: a stopped or wedged process), so nothing piles up
+        for it but the replies to its own calls."""
+        if self.closed or (push and self._paused):
             return
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(frame)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    def stop_reading(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.pause_reading()
 
     def _flush(self) -> None:
         if self._transport is not None and not self.closed:
@@ -105,6 +122,7 @@ class JournalServer:
         state_interval_seconds: float = STATE_INTERVAL_SECONDS,
         annex_interval_seconds: float = ANNEX_INTERVAL_SECONDS,
         grace_seconds: float = 10.0,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.journal = journal
         self.path = path
@@ -125,6 +143,8 @@ class JournalServer:
         self._idle.set()
         self._grace = grace_seconds
         self._last: tuple[dict[str, int], str | None, int] | None = None
+        self._pushed_at = -1e9
+        self._heartbeat = heartbeat_seconds
         #: Calls served and calls that failed (the journal refused, or a bug), for stats.
         self.calls = 0
         self.failures = 0
@@ -166,8 +186,13 @@ class JournalServer:
                         async with asyncio.timeout(self._state_interval):
                             await self._idle.wait()
                     self._push_state()
+                # No new calls from the edges still connected; those under way finish (the
+                # TaskGroup waits for them) and their replies are written before the close.
                 for connection in list(self.connections):
-                    connection.close()
+                    connection.stop_reading()
+            await asyncio.sleep(0)  # the last replies' flush (scheduled with call_soon)
+            for connection in list(self.connections):
+                connection.close()
         finally:
             self._calls = None
             await self.close()
@@ -220,7 +245,10 @@ class JournalServer:
             return
         connection.send(self.table.encode_reply(call_id, value))
         if self._after_call is not None:
-            self._after_call(method, args, value)
+            try:
+                self._after_call(method, args, value)
+            except Exception:  # a wake-up that failed must not end the owner's calls
+                log.exception("after the journal call %s", method)
 
     # ---------------------------------------------------------------- state
 
@@ -245,20 +273,24 @@ class JournalServer:
         return self._annex_bytes
 
     def _push_state(self) -> None:
-        """Push the state when it changed (or the annex is due) to every connection."""
+        """Push the state to every connection when it changed, when the annex is due, and at
+        least every `heartbeat_seconds`: an edge that hears nothing for much longer takes
+        the owner for wedged (`JournalClient`)."""
         if not self.connections:
             return
         journal = self.journal
         key = (dict(journal.pending()), journal.fault(), journal.stats().commits)
-        annex_due = (
-            self._annex is not None and time.monotonic() - self._annex_at >= self._annex_interval
+        now = time.monotonic()
+        due = now - self._pushed_at >= self._heartbeat or (
+            self._annex is not None and now - self._annex_at >= self._annex_interval
         )
-        if not annex_due and key == self._last:
+        if not due and key == self._last:
             return
         self._last = key
+        self._pushed_at = now
         frame = self.state_frame(with_annex=False)
         for connection in list(self.connections):
-            connection.send(frame)
+            connection.send(frame, push=True)
 
 
 def _closing() -> Exception:
