@@ -537,7 +537,7 @@ def test_paced_bind_holds_a_submit_until_its_token_is_due() -> None:
     async def scenario(loop: ClockLoop) -> None:
         async with Smsc() as smsc, asyncio.TaskGroup() as tg:
             # 100 per second with a burst of 10: ten go at once, the eleventh 10 ms later.
-            bind = await bound(smsc, tg, loop, bind_rate=100.0, window=20)
+            bind = await bound(smsc, tg, loop, bind_rate=100.0, bind_burst=10.0, window=20)
             senders = [tg.create_task(settled(bind.submit(submit(n)))) for n in range(11)]
             for n in range(10):
                 assert (await smsc.next_submit_sm()).destination_addr == submit(n).destination_addr
@@ -551,6 +551,27 @@ def test_paced_bind_holds_a_submit_until_its_token_is_due() -> None:
             assert [r.message_id for r in results if isinstance(r, SubmitSmResp)] == [
                 str(n) for n in range(11)
             ]
+
+    run(scenario)
+
+
+def test_a_paced_bind_sends_strictly_at_its_rate_by_default() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            # 100 per second, bind_burst 1: one at once, then one every 10 ms, so an SMSC
+            # counting per second never sees more than 100 in one.
+            bind = await bound(smsc, tg, loop, bind_rate=100.0, window=20)
+            senders = [tg.create_task(settled(bind.submit(submit(n)))) for n in range(3)]
+            assert (await smsc.next_submit_sm()).destination_addr == submit(0).destination_addr
+            await smsc.round_trip()
+            assert bind.outstanding == 1
+            for n in (1, 2):
+                loop.advance(0.01)
+                received = await smsc.next_submit_sm()
+                assert received.destination_addr == submit(n).destination_addr
+            for n in range(3):
+                smsc.send(SubmitSmResp(sequence_number=n + 2, message_id=str(n)))
+            assert len([await sender for sender in senders]) == 3
 
     run(scenario)
 

@@ -200,8 +200,7 @@ class SmppBind(asyncio.Protocol):
         # run on the event loop's clock, which is the same time.monotonic by default.
         self._clock = clock
         self.last_heard = clock()
-        burst = max(1.0, config.bind_rate / 10) if config.bind_rate else 1.0
-        self.bucket = TokenBucket(config.bind_rate, burst, clock)
+        self.bucket = TokenBucket(config.bind_rate, config.bind_burst, clock)
         #: AIMD under a configured bind_rate; without one, the bind measures the SMSC's cap
         #: from its throttles.
         self.pacer: AdaptiveRate | CapFinder = (
