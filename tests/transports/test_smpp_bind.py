@@ -576,6 +576,33 @@ def test_a_paced_bind_sends_strictly_at_its_rate_by_default() -> None:
     run(scenario)
 
 
+def test_an_urgent_submit_goes_ahead_of_those_waiting_for_their_token() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = await bound(smsc, tg, loop, bind_rate=100.0, window=2)
+            answers: list[Any] = []
+            for n in range(4):
+                bind.submit_paced(submit(n), answers.append, urgent=False)
+            bind.submit_paced(submit(50), answers.append, urgent=True)
+            assert (await smsc.next_submit_sm()).destination_addr == submit(0).destination_addr
+            assert bind.queued == 4
+            loop.advance(0.01)  # the next token: the urgent one, not bulk 1
+            assert (await smsc.next_submit_sm()).destination_addr == submit(50).destination_addr
+            # The window (2) is full: a token alone sends nothing more.
+            loop.advance(0.05)
+            await smsc.round_trip()
+            assert bind.outstanding == 2 and bind.queued == 3
+            smsc.send(SubmitSmResp(sequence_number=2, message_id="a"))
+            assert (await smsc.next_submit_sm()).destination_addr == submit(1).destination_addr
+            # The link goes: what still waits hears so, nothing is left behind.
+            smsc.drop()
+            await bind.closed
+            assert bind.queued == 0
+            assert [type(a).__name__ for a in answers] == ["SubmitSmResp"] + ["LinkLost"] * 4
+
+    run(scenario)
+
+
 # --- enquire_link --------------------------------------------------------------------------------
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import itertools
 import logging
 import ssl
 import time
@@ -150,6 +152,11 @@ class ResponseTimeout(Exception):
     """No response within the configured time."""
 
 
+#: The shortest wait for a bind's next token (a float refill can ask for ~0 s and not
+#: have the token yet).
+_MIN_PACE_SECONDS = 0.0002
+
+
 class SmppBind(asyncio.Protocol):
     """Examples:
     bind = SmppBind("sms#0", config, on_deliver)
@@ -193,6 +200,11 @@ class SmppBind(asyncio.Protocol):
         #: (deadline, sequence) of requests in sending order, swept by `_expire`.
         self._deadlines: deque[tuple[float, int]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        #: Submits waiting for a token or a window slot (`submit_paced`): a heap of (0 for
+        #: urgent else 1, arrival, PDU, answer), released by one timer per bind.
+        self._paced: list[tuple[int, int, SubmitSm, Answer]] = []
+        self._paced_order = itertools.count()
+        self._pacer: asyncio.TimerHandle | None = None
         self._slot_freed = asyncio.Event()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.bound = False
@@ -225,6 +237,11 @@ class SmppBind(asyncio.Protocol):
     @property
     def free(self) -> int:
         return self._config.window - len(self._outstanding) if self.bound else 0
+
+    @property
+    def queued(self) -> int:
+        """Submits waiting in this bind for a token or a window slot (`submit_paced`)."""
+        return len(self._paced)
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -317,6 +334,7 @@ class SmppBind(asyncio.Protocol):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self._fail_paced(error)
         self._slot_freed.set()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -420,6 +438,52 @@ class SmppBind(asyncio.Protocol):
         if rate != self.bucket.rate:
             self.bucket.rate = rate
 
+    def submit_paced(self, pdu: SubmitSm, answer: Answer, *, urgent: bool) -> None:
+        """Send one submit_sm as soon as the bind's rate and window allow, urgent ones ahead
+        of those waiting, without a task. `answer` as for `submit_soon` (LinkLost when the link
+        goes first). Raises LinkLost if the bind is not up.
+
+        Why a queue and not a sleep per submit: a sleeping submit holds its place, so an
+        urgent one waited behind every bulk submit already reserved (40-60 ms on a bind paced
+        at 500/s beside a broadcast); and a task and a timer per message cost more CPU than
+        one timer per bind."""
+        if not self.bound:
+            raise LinkLost(f"{self.name}: not bound")
+        heapq.heappush(self._paced, (0 if urgent else 1, next(self._paced_order), pdu, answer))
+        self._pace()
+
+    def _pace(self) -> None:
+        """Send queued submits while there are a token and a window slot; then wait for the
+        next token (a timer) or a freed slot (`_answer` calls this again)."""
+        if self._pacer is not None:
+            return  # the timer for the next token is set
+        paced = self._paced
+        bucket = self.bucket
+        while paced and self.free > 0:
+            if bucket.rate > 0 and not bucket.try_take():
+                delay = max(bucket.delay_for(1), _MIN_PACE_SECONDS)
+                self._pacer = asyncio.get_running_loop().call_later(delay, self._paced_due)
+                return
+            _, _, pdu, answer = heapq.heappop(paced)
+            try:
+                self._send_request(pdu, True, answer)
+            except LinkLost as exc:
+                if bucket.rate > 0:
+                    bucket.give_back()
+                answer(exc)
+
+    def _paced_due(self) -> None:
+        self._pacer = None
+        self._pace()
+
+    def _fail_paced(self, error: LinkLost) -> None:
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
+        paced, self._paced = self._paced, []
+        for _, _, _, answer in paced:
+            answer(error)
+
     def submit_soon(self, pdu: SubmitSm, answer: Answer) -> None:
         """Send one submit_sm now, without a task: the caller saw a free window slot (`free`)
         on a bind that is not paced (`bucket`). `answer` is called with the response, or with
@@ -467,6 +531,8 @@ class SmppBind(asyncio.Protocol):
         if answer is None:
             return False
         self._slot_freed.set()
+        if self._paced:
+            self._pace()
         if isinstance(response, SubmitSmResp):
             self.submitted += 1
         if isinstance(response, Pdu):
@@ -560,6 +626,7 @@ class SmppBind(asyncio.Protocol):
         """The SMSC unbinds: submit no more, let the responses in flight arrive (the session
         allows them while UNBOUND), then answer, within `unbind_drain_seconds`."""
         self.bound = False
+        self._fail_paced(LinkLost(f"{self.name}: the SMSC unbinds"))
         self._slot_freed.set()  # senders waiting for a slot learn that the bind is gone
         if not self._outstanding:
             self._reply(response_for(pdu, CommandStatus.ESME_ROK))
