@@ -205,6 +205,8 @@ class SmppBind(asyncio.Protocol):
         self._paced: list[tuple[int, int, SubmitSm, Answer]] = []
         self._paced_order = itertools.count()
         self._pacer: asyncio.TimerHandle | None = None
+        #: A token reserved for the head of `_paced` (its timer ran, or is set).
+        self._token_held = False
         self._slot_freed = asyncio.Event()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.bound = False
@@ -460,10 +462,17 @@ class SmppBind(asyncio.Protocol):
         paced = self._paced
         bucket = self.bucket
         while paced and self.free > 0:
-            if bucket.rate > 0 and not bucket.try_take():
-                delay = max(bucket.delay_for(1), _MIN_PACE_SECONDS)
-                self._pacer = asyncio.get_running_loop().call_later(delay, self._paced_due)
-                return
+            if bucket.rate > 0 and not self._token_held:
+                # Reserved, not tried: a timer that fires late (the loop's timers have a
+                # millisecond's grain) shortens the next wait instead of losing the token.
+                delay = bucket.reserve()
+                self._token_held = True
+                if delay > 0:
+                    self._pacer = asyncio.get_running_loop().call_later(
+                        max(delay, _MIN_PACE_SECONDS), self._paced_due
+                    )
+                    return
+            self._token_held = False
             _, _, pdu, answer = heapq.heappop(paced)
             try:
                 self._send_request(pdu, True, answer)
@@ -480,6 +489,9 @@ class SmppBind(asyncio.Protocol):
         if self._pacer is not None:
             self._pacer.cancel()
             self._pacer = None
+        if self._token_held:
+            self._token_held = False
+            self.bucket.give_back()
         paced, self._paced = self._paced, []
         for _, _, _, answer in paced:
             answer(error)
