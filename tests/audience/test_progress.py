@@ -43,16 +43,21 @@ def record(counts: dict[str, dict[State, int]], **fields: Any) -> BroadcastRecor
     return BroadcastRecord(**{**base, **fields})
 
 
-def test_before_a_second_of_samples_the_rate_is_what_the_channels_took() -> None:
+def test_no_eta_before_a_second_of_progress_was_seen() -> None:
     now = [100.0]
     tracker = ProgressTracker(clock=lambda: now[0])
-    # 0.5 s in: 2,300 finished and 200 in flight: the channel took 2,500, 5,000/s.
-    view = tracker.view(
-        record({"sms": {State.SENT: 2_300, State.SENDING: 200, State.QUEUED: 7_500}}),
-        START_MS + 500,
-    )
-    assert view["rate"] == 5_000.0
-    assert view["eta_seconds"] == round(7_700 / 5_000, 1)
+    start = record({"sms": {State.QUEUED: 10_000}})
+    assert tracker.view(start, START_MS + 10)["eta_seconds"] is None  # nothing finished
+    now[0] += 0.5
+    # 0.5 s in: the average since the start is shown; it is no basis for an ETA.
+    early = record({"sms": {State.SENT: 2_300, State.SENDING: 200, State.QUEUED: 7_500}})
+    view = tracker.view(early, START_MS + 500)
+    assert view["rate"] == 4_600.0 and view["eta_seconds"] is None
+    # A second after the first finished messages: the window's rate, and an ETA from it.
+    now[0] += 1.0
+    later = record({"sms": {State.SENT: 7_300, State.SENDING: 200, State.QUEUED: 2_500}})
+    view = tracker.view(later, START_MS + 1_500)
+    assert view["rate"] == 5_000.0 and view["eta_seconds"] == round(2_700 / 5_000, 1)
 
 
 def test_the_rate_is_what_finished_over_the_window_and_the_slowest_channel_sets_the_eta() -> None:

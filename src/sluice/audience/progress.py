@@ -4,8 +4,9 @@ Everything here is read from `BroadcastRecord` (the journal's counters), never f
 rows. The rate is what the broadcast's messages were *finished* at (sent, delivered, failed,
 expired, cancelled) — what the channels actually carry, throttling included — over the last
 `WINDOW_SECONDS` of the samples this process took (each `view` takes one; `sluice broadcast
-watch` asks once a second), or, when no window of a second is known yet, what the channels
-took (finished or in flight) since expansion began. The ETA
+watch` asks once a second) from the first in which something had finished, or, until such a
+window spans a second, the average since expansion began (shown, but no ETA is made of it:
+it counts the peer's first latency as slowness). The ETA
 is the time the slowest channel needs for its part of the work left: its messages queued or in
 flight, plus its share (so far) of the messages still to plan (the members still to read
 times the share of those read that became messages), over its own rate.
@@ -70,8 +71,9 @@ class ProgressTracker:
         self._clock = clock
         self._samples: dict[int, deque[tuple[float, dict[str, int]]]] = {}
 
-    def rates(self, record: BroadcastRecord, now_ms: int) -> dict[str, float]:
-        """Messages finished per second, per channel (and "" for all of them)."""
+    def rates(self, record: BroadcastRecord, now_ms: int) -> tuple[dict[str, float], bool]:
+        """Messages finished per second, per channel (and "" for all of them), and whether
+        they come from a window of samples (True) or are an average since the start."""
         done = {
             channel: sum(by_state.get(s, 0) for s in FINAL_STATES)
             for channel, by_state in record.counts.items()
@@ -84,28 +86,23 @@ class ProgressTracker:
             del self._samples[next(iter(self._samples))]
         while samples and now - samples[0][0] > WINDOW_SECONDS:
             samples.popleft()
-        samples.append((now, done))
-        then, before = samples[0]
-        if now - then >= 1.0:
+        if done[""]:
+            # Before anything finished a sample tells only when the channels began: counted
+            # in a window, the peer's latency at the start would be taken for slowness.
+            samples.append((now, done))
+        if samples and now - samples[0][0] >= 1.0:
+            then, before = samples[0]
             span = now - then
-            return {c: (n - before.get(c, 0)) / span for c, n in done.items()}
+            return {c: (n - before.get(c, 0)) / span for c, n in done.items()}, True
         if record.started_at and now_ms > record.started_at:
-            # Since the start, what the channels took (finished or in flight): what finished
-            # lags it by the peer's latency, which a span this short cannot hide (at 1 % of a
-            # 200,000-message broadcast, finished alone made the ETA 5 % late).
             span = (now_ms - record.started_at) / 1000
-            taken = {
-                channel: done[channel] + by_state.get(State.SENDING, 0)
-                for channel, by_state in record.counts.items()
-            }
-            taken[""] = sum(taken.values())
-            return {c: n / span for c, n in taken.items()}
-        return {c: 0.0 for c in done}
+            return {c: n / span for c, n in done.items()}, False
+        return {c: 0.0 for c in done}, False
 
     def view(self, record: BroadcastRecord, now_ms: int) -> dict[str, Any]:
         """The broadcast as the API shows it."""
         spec = decode_spec(record.spec)
-        rates = self.rates(record, now_ms)
+        rates, measured = self.rates(record, now_ms)
         ahead = record.in_state(*PENDING_STATES)
         reading = not record.expanded and record.status is not BroadcastStatus.CANCELLED
         left_to_read = max(0, record.audience - record.examined) if reading else 0
@@ -116,8 +113,8 @@ class ProgressTracker:
         eta: float | None
         if phase in ("completed", "cancelled"):
             eta, remaining = 0.0, 0
-        elif phase == "paused" or rate <= 0:
-            eta = None
+        elif phase == "paused" or rate <= 0 or not measured:
+            eta = None  # no second of progress seen yet: no honest estimate
         else:
             eta = _eta(record, rates, left_to_read * share)
         counts = {STATE_NAMES[s]: record.in_state(s) for s in _SHOWN}
