@@ -208,7 +208,7 @@ async def split_chunk(
             planner = Planner(decode_spec(record.spec), IdGenerator(node=3))
         t1 = time.perf_counter()
         members = await journal.broadcast_members(
-            record.topic_keys, record.topic_index, record.cursor, chunk
+            record.id, record.topic_keys, record.topic_index, record.cursor, chunk
         )
         t2 = time.perf_counter()
         now = now_ms()
