@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from journal_backends import BACKENDS, open_journal
@@ -287,6 +288,33 @@ async def test_an_sqlite_journal_drops_the_leases_of_its_previous_run(tmp_path: 
         assert len(await store.lease_broadcasts(OWNER, NOW, 600_000, 10)) == 1
     async with open_journal("sqlite", tmp_path) as store:
         assert [r.id for r in await store.lease_broadcasts(OWNER + 1, NOW, 1_000, 10)] == [1]
+
+
+async def test_a_pause_keeps_each_messages_due_time_for_the_resume(store: Any) -> None:
+    await subscribers(store, 4, "news")
+    await store.create_broadcast(NewBroadcast(1, "acme", b"s", ("news",), NOW), None, None, NOW)
+    (record,) = await store.lease_broadcasts(OWNER, NOW, 30_000, 10)
+    later = msgspec.structs.replace(message(2), not_before=NOW + 500_000)  # a local-time wave
+    await store.expand_broadcast(
+        OWNER, chunk(record, [message(0), message(1), later], to=(1, 0), last=True), NOW
+    )
+    first, second = await store.claim("sms", 2, 2, OWNER, NOW, 30_000)
+    # One attempt failed for now: its retry is due in 100 s (its backoff).
+    retry = Completion(first.id, State.QUEUED, "sms", 1, Outcome.TRANSIENT, due_at=NOW + 100_000)
+    await store.complete(OWNER, [retry])
+    await store.change_broadcast("acme", 1, BroadcastStatus.PAUSED, NOW + 1)
+    # Queued again while paused (a lapsed lease): held too.
+    again = Completion(second.id, State.QUEUED, "sms", 1, Outcome.TRANSIENT, due_at=NOW + 2)
+    await store.complete(OWNER, [again])
+    resumed = await store.change_broadcast("acme", 1, BroadcastStatus.RUNNING, NOW + 20)
+    assert resumed.messages == 3
+    # The one whose time has passed is due at the resume; the others keep theirs.
+    assert [m.id for m in await store.claim("sms", 10, 10, OWNER, NOW + 30, 30_000)] == [second.id]
+    assert await store.next_due("sms") == NOW + 100_000
+    assert [m.id for m in await store.claim("sms", 10, 10, OWNER, NOW + 100_000, 30_000)] == [
+        first.id
+    ]
+    assert await store.next_due("sms") == NOW + 500_000
 
 
 async def test_a_message_queued_again_while_paused_or_cancelled_is_held(store: Any) -> None:

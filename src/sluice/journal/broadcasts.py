@@ -30,8 +30,11 @@ from sluice.model import Message, State
 #: Idempotency keys of broadcasts share the messages' table under this prefix: a message's key
 #: is printable ASCII (`limits`), so none can begin with U+0001 and meet a broadcast's.
 IDEMPOTENCY_PREFIX = "\x01broadcast:"
-#: The due time of a paused broadcast's queued messages: claimed by nobody until resumed.
-PAUSED_DUE_MS = (1 << 62) - 1
+#: A paused broadcast's queued messages are held by adding this to their due time: claimed by
+#: nobody until resumed, when it is taken off again (a retry keeps its backoff). Held due
+#: times are at least `PAUSED_DUE_MS`, the single value earlier versions held them at.
+HELD_DUE_MS = 1 << 62
+PAUSED_DUE_MS = HELD_DUE_MS - 1
 
 
 class BroadcastStatus(enum.Enum):

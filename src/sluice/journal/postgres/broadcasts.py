@@ -24,6 +24,7 @@ import msgspec
 
 from sluice.journal.base import IdempotencyConflict
 from sluice.journal.broadcasts import (
+    HELD_DUE_MS,
     IDEMPOTENCY_PREFIX,
     PAUSED_DUE_MS,
     RECORD_COLUMNS,
@@ -262,20 +263,23 @@ async def op_change_broadcast(
         if status is BroadcastStatus.PAUSED:
             moved = _count(
                 await conn.execute(
-                    "UPDATE messages SET due_at = $2 WHERE broadcast = $1 AND state = 1",
+                    "UPDATE messages SET due_at = due_at + $2 "
+                    "WHERE broadcast = $1 AND state = 1 AND due_at < $3",
                     broadcast_id,
+                    HELD_DUE_MS,
                     PAUSED_DUE_MS,
                 )
             )
         elif status is BroadcastStatus.RUNNING:
+            # Due when they were, a retry's backoff kept; at once if that time has passed.
             released = await conn.fetch(
-                "WITH released AS (UPDATE messages "
-                "SET due_at = greatest(coalesce(not_before, 0), $2) "
-                "WHERE broadcast = $1 AND state = 1 AND due_at = $3 RETURNING channel) "
+                "WITH released AS (UPDATE messages SET due_at = greatest(due_at - $4, $2) "
+                "WHERE broadcast = $1 AND state = 1 AND due_at >= $3 RETURNING channel) "
                 "SELECT channel, count(*) FROM released GROUP BY channel",
                 broadcast_id,
                 now,
                 PAUSED_DUE_MS,
+                HELD_DUE_MS,
             )
             for channel, n in released:
                 moved += n

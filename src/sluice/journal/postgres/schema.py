@@ -224,6 +224,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (broadcast, subscriber)
     );
     """,
+    # 5: a message queued again while its broadcast is paused is held by adding 2^62 to its
+    # due time (taken off at the resume, so a retry keeps its backoff), not at one fixed time.
+    """
+    CREATE OR REPLACE FUNCTION hold_broadcast_message() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+    BEGIN
+        IF NEW.due_at < 4611686018427387903 AND EXISTS (
+            SELECT FROM broadcasts WHERE id = NEW.broadcast AND status <> 'running')
+        THEN
+            NEW.due_at := 4611686018427387904 + NEW.due_at;
+        END IF;
+        RETURN NEW;
+    END
+    $$;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,6 +19,7 @@ import msgspec
 
 from sluice.journal.base import IdempotencyConflict
 from sluice.journal.broadcasts import (
+    HELD_DUE_MS,
     IDEMPOTENCY_PREFIX,
     PAUSED_DUE_MS,
     RECORD_COLUMNS,
@@ -93,12 +94,14 @@ BEGIN
 END;
 -- A message queued again (a retry, a lease that lapsed, a restart) while its broadcast is
 -- paused or cancelled is held like the others; the sweep cancels those of a cancelled one.
-CREATE TRIGGER IF NOT EXISTS messages_broadcast_held
+DROP TRIGGER IF EXISTS messages_broadcast_held;  -- an earlier one held at one fixed time
+CREATE TRIGGER messages_broadcast_held
 AFTER UPDATE OF state ON messages
 WHEN NEW.state = 1 AND OLD.state != 1 AND NEW.broadcast IS NOT NULL
 BEGIN
-    UPDATE messages SET due_at = 4611686018427387903 WHERE id = NEW.id AND EXISTS (
-        SELECT 1 FROM broadcasts WHERE id = NEW.broadcast AND status != 'running');
+    UPDATE messages SET due_at = 4611686018427387904 + due_at
+        WHERE id = NEW.id AND due_at < 4611686018427387903 AND EXISTS (
+            SELECT 1 FROM broadcasts WHERE id = NEW.broadcast AND status != 'running');
 END;
 """
 
@@ -259,14 +262,16 @@ def op_change_broadcast(
         )
         if status is BroadcastStatus.PAUSED:
             moved = conn.execute(
-                "UPDATE messages SET due_at = ? WHERE broadcast = ? AND state = 1",
-                (PAUSED_DUE_MS, broadcast_id),
+                "UPDATE messages SET due_at = due_at + ? "
+                "WHERE broadcast = ? AND state = 1 AND due_at < ?",
+                (HELD_DUE_MS, broadcast_id, PAUSED_DUE_MS),
             ).rowcount
         elif status is BroadcastStatus.RUNNING:
+            # Due when they were, a retry's backoff kept; at once if that time has passed.
             moved = conn.execute(
-                "UPDATE messages SET due_at = max(coalesce(not_before, 0), ?) "
-                "WHERE broadcast = ? AND state = 1 AND due_at = ?",
-                (now, broadcast_id, PAUSED_DUE_MS),
+                "UPDATE messages SET due_at = max(due_at - ?, ?) "
+                "WHERE broadcast = ? AND state = 1 AND due_at >= ?",
+                (HELD_DUE_MS, now, broadcast_id, PAUSED_DUE_MS),
             ).rowcount
         else:
             moved = _cancel_queued(conn, tx, broadcast_id, now)
