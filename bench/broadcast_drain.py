@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import statistics
 import sys
@@ -392,9 +393,43 @@ def main() -> None:
     parser.add_argument("--latency-jitter-ms", type=float, default=1.0)
     parser.add_argument("--urgent-rate", type=float, default=10.0, help="urgent posts per s")
     args = parser.parse_args()
+    pauses = watch_gc()
     with workdir() as directory:
         run, smsc, extra = asyncio.run(drive(args, directory))
         report(args, run, smsc, extra)
+        report_gc(pauses, smsc)
+
+
+#: Collections of this process's garbage collector longer than this are listed: the SMSC
+#: simulator keeps every submit it took, and a full collection over a million of them stops
+#: it (and so the channel) for as long as it takes.
+GC_PAUSE_SHOWN_S = 0.02
+
+
+def watch_gc() -> list[tuple[float, float, int]]:
+    """(wall time it ended, seconds, generation) of this process's long collections."""
+    pauses: list[tuple[float, float, int]] = []
+    began = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            took = time.perf_counter() - began[0]
+            if took >= GC_PAUSE_SHOWN_S:
+                pauses.append((time.time(), took, info["generation"]))
+
+    gc.callbacks.append(callback)
+    return pauses
+
+
+def report_gc(pauses: list[tuple[float, float, int]], smsc: SmscSimulator) -> None:
+    records = smsc.received()
+    first = min((r.received_at for r in records), default=0.0)
+    shown = ", ".join(f"{took * 1000:.0f} ms (gen {gen}) at +{at - first:.0f} s"
+                      for at, took, gen in pauses[:12])  # fmt: skip
+    print(f"this process's GC pauses over {GC_PAUSE_SHOWN_S * 1000:.0f} ms: {len(pauses)}"
+          + (f": {shown}" if pauses else ""))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ class ScriptedTransport:
         asyncio.get_running_loop().call_soon(done, SCRIPT[message.recipient])
         return True
 
+    def drop_queued(self) -> int:
+        return 0
+
 
 @pytest.fixture
 async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:

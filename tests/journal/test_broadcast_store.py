@@ -4,10 +4,12 @@ and pause, resume and cancel that act on the queued messages."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -20,6 +22,7 @@ from sluice.journal.broadcasts import (
     NewBroadcast,
     UnknownTopics,
 )
+from sluice.journal.sqlite import SqliteJournal
 from sluice.model import Message, Outcome, Priority, State
 
 NOW = 1_800_000_000_000
@@ -315,6 +318,35 @@ async def test_a_pause_keeps_each_messages_due_time_for_the_resume(store: Any) -
         first.id
     ]
     assert await store.next_due("sms") == NOW + 500_000
+
+
+async def test_messages_held_by_an_earlier_version_are_released_at_their_own_time(
+    store: Any,
+) -> None:
+    await subscribers(store, 2, "news")
+    await store.create_broadcast(NewBroadcast(1, "acme", b"s", ("news",), NOW), None, None, NOW)
+    (record,) = await store.lease_broadcasts(OWNER, NOW, 30_000, 10)
+    wave = msgspec.structs.replace(message(0), not_before=NOW + 500_000)
+    await store.expand_broadcast(OWNER, chunk(record, [wave], to=(1, 0), last=True), NOW)
+    await store.change_broadcast("acme", 1, BroadcastStatus.PAUSED, NOW + 1)
+    # As an earlier version held it: at the one fixed time, its due time lost.
+    await _raw_execute(store, "UPDATE messages SET due_at = 4611686018427387903 WHERE id = 1000000")
+    await store.change_broadcast("acme", 1, BroadcastStatus.RUNNING, NOW + 20)
+    assert await store.next_due("sms") == NOW + 500_000  # its wave, from not_before
+
+
+async def _raw_execute(store: Any, sql: str) -> None:
+    """One statement on the journal's own storage, as an earlier version left it."""
+    if isinstance(store, SqliteJournal):
+        with sqlite3.connect(store._path) as conn:
+            conn.execute(sql)
+        return
+    conn = await asyncpg.connect(store._url)
+    try:
+        await conn.execute(f"SET search_path TO {store._schema}")
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 async def test_a_message_queued_again_while_paused_or_cancelled_is_held(store: Any) -> None:

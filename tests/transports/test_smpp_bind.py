@@ -603,6 +603,57 @@ def test_an_urgent_submit_goes_ahead_of_those_waiting_for_their_token() -> None:
     run(scenario)
 
 
+def test_a_paced_bind_queues_multi_part_submits_too_and_never_exceeds_its_window() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = await bound(smsc, tg, loop, bind_rate=1000.0, window=1)
+            answers: list[Any] = []
+            for n in range(2):
+                bind.submit_paced(submit(n), answers.append, urgent=False)
+            # A part of a long message waits in the same queue, in its turn: not starved by
+            # the queue refilling every freed slot, and never beside it over the window.
+            part = tg.create_task(settled(bind.submit(submit(30))))
+            given_up = tg.create_task(settled(bind.submit(submit(31))))
+            assert (await smsc.next_submit_sm()).destination_addr == submit(0).destination_addr
+            await smsc.round_trip()
+            assert bind.outstanding == 1 and bind.queued == 3
+            given_up.cancel()  # its sender is gone while it waits: it is never sent
+            seen = [submit(0).destination_addr]
+            for sequence in (2, 3):
+                smsc.send(SubmitSmResp(sequence_number=sequence, message_id=str(sequence)))
+                await smsc.round_trip()
+                loop.advance(0.001)
+                seen.append((await smsc.next_submit_sm()).destination_addr)
+                assert bind.outstanding == 1
+            assert seen == [submit(n).destination_addr for n in (0, 1, 30)]
+            smsc.send(SubmitSmResp(sequence_number=4, message_id="4"))
+            assert isinstance(await part, SubmitSmResp)
+            loop.advance(0.01)
+            await smsc.round_trip()
+            assert bind.queued == 0 and bind.outstanding == 0
+
+    run(scenario)
+
+
+def test_a_stopping_channel_drops_what_waits_in_the_queue_unsent() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        async with Smsc() as smsc, asyncio.TaskGroup() as tg:
+            bind = await bound(smsc, tg, loop, bind_rate=100.0, window=5)
+            answers: list[Any] = []
+            for n in range(3):
+                bind.submit_paced(submit(n), answers.append, urgent=False)
+            assert (await smsc.next_submit_sm()).destination_addr == submit(0).destination_addr
+            assert bind.drop_queued() == 2
+            assert [type(a).__name__ for a in answers] == ["NotSent", "NotSent"]
+            loop.advance(1.0)  # no token left unused sends anything now
+            smsc.send(SubmitSmResp(sequence_number=2, message_id="0"))
+            await smsc.round_trip()
+            assert bind.queued == 0 and bind.submitted == 1
+            assert [type(a).__name__ for a in answers] == ["NotSent", "NotSent", "SubmitSmResp"]
+
+    run(scenario)
+
+
 # --- enquire_link --------------------------------------------------------------------------------
 
 

@@ -143,6 +143,11 @@ class Delivery:
             for runner in self.runners.values():
                 runner.stop()
             _, late = await asyncio.wait(runners, timeout=self.config.server.shutdown_grace_seconds)
+            # Sends still waiting inside a transport (a paced bind's queue) must not go out
+            # once their runner is gone: they are answered unattempted while the completion
+            # stage still takes outcomes, and their messages go back to the queue.
+            for runner in self.runners.values():
+                runner.transport.drop_queued()
             for task in late:
                 task.cancel()
             self.completions.close()

@@ -61,3 +61,9 @@ class Transport(Protocol):
         The fast path of a busy channel: a task per message costs more than an SMPP submit.
         Transports with nothing to gain return False."""
         ...
+
+    def drop_queued(self) -> int:
+        """Give up the sends that wait inside the transport and have not reached the peer
+        (a paced SMPP bind's queue): each is answered as not attempted, none is sent after
+        this. The channel's runner calls it when it stops for good. Returns how many."""
+        ...

@@ -75,6 +75,9 @@ class WebhookTransport:
     def send_soon(self, message: Message, done: Callable[[SendResult], None]) -> bool:
         return False  # an HTTP request needs its task (aiohttp) anyway
 
+    def drop_queued(self) -> int:
+        return 0  # every send is a task of the runner's: nothing waits in here
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._width, ttl_dns_cache=60, keepalive_timeout=30)
         timeout = aiohttp.ClientTimeout(

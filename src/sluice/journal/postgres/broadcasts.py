@@ -273,7 +273,9 @@ async def op_change_broadcast(
         elif status is BroadcastStatus.RUNNING:
             # Due when they were, a retry's backoff kept; at once if that time has passed.
             released = await conn.fetch(
-                "WITH released AS (UPDATE messages SET due_at = greatest(due_at - $4, $2) "
+                # (Held at the single PAUSED_DUE_MS by an earlier version: its own time.)
+                "WITH released AS (UPDATE messages SET due_at = CASE WHEN due_at = $3 "
+                "THEN greatest(coalesce(not_before, 0), $2) ELSE greatest(due_at - $4, $2) END "
                 "WHERE broadcast = $1 AND state = 1 AND due_at >= $3 RETURNING channel) "
                 "SELECT channel, count(*) FROM released GROUP BY channel",
                 broadcast_id,

@@ -268,9 +268,11 @@ def op_change_broadcast(
             ).rowcount
         elif status is BroadcastStatus.RUNNING:
             # Due when they were, a retry's backoff kept; at once if that time has passed.
+            # (Held at the single PAUSED_DUE_MS by an earlier version: due at its own time.)
             moved = conn.execute(
-                "UPDATE messages SET due_at = max(due_at - ?, ?) "
-                "WHERE broadcast = ? AND state = 1 AND due_at >= ?",
+                "UPDATE messages SET due_at = CASE WHEN due_at = ?4 "
+                "THEN max(coalesce(not_before, 0), ?2) ELSE max(due_at - ?1, ?2) END "
+                "WHERE broadcast = ?3 AND state = 1 AND due_at >= ?4",
                 (HELD_DUE_MS, now, broadcast_id, PAUSED_DUE_MS),
             ).rowcount
         else:

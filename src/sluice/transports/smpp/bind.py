@@ -144,8 +144,24 @@ FLUSH_SHARE = 4
 Answer = Callable[["Pdu | Exception"], None]
 
 
+class Queued:
+    """A submit waiting in a paced bind's queue; `dropped` once its sender gave up or it was
+    answered without being sent."""
+
+    __slots__ = ("answer", "dropped", "pdu")
+
+    def __init__(self, pdu: SubmitSm, answer: Answer) -> None:
+        self.pdu = pdu
+        self.answer = answer
+        self.dropped = False
+
+
 class LinkLost(Exception):
     """The connection dropped (or was closed) while a request waited for its response."""
+
+
+class NotSent(LinkLost):
+    """A queued submit given up before it was written (the channel is stopping)."""
 
 
 class ResponseTimeout(Exception):
@@ -201,8 +217,8 @@ class SmppBind(asyncio.Protocol):
         self._deadlines: deque[tuple[float, int]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         #: Submits waiting for a token or a window slot (`submit_paced`): a heap of (0 for
-        #: urgent else 1, arrival, PDU, answer), released by one timer per bind.
-        self._paced: list[tuple[int, int, SubmitSm, Answer]] = []
+        #: urgent else 1, arrival, the entry), released by one timer per bind.
+        self._paced: list[tuple[int, int, Queued]] = []
         self._paced_order = itertools.count()
         self._pacer: asyncio.TimerHandle | None = None
         #: A token reserved for the head of `_paced` (its timer ran, or is set).
@@ -419,16 +435,29 @@ class SmppBind(asyncio.Protocol):
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
-    async def submit(self, pdu: SubmitSm) -> Pdu:
+    async def submit(self, pdu: SubmitSm, *, urgent: bool = False) -> Pdu:
         """Send one submit_sm within the window and the rate; return its response
-        (submit_sm_resp, or generic_nack)."""
+        (submit_sm_resp, or generic_nack). On a paced bind it waits in the bind's queue like
+        `submit_paced` (in its order, within the window); cancelled there, it is never sent."""
+        if self.bucket.rate > 0:
+            future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+
+            def answer(response: Pdu | Exception) -> None:
+                if future.done():
+                    return
+                if isinstance(response, Exception):
+                    future.set_exception(response)
+                else:
+                    future.set_result(response)
+
+            entry = self.submit_paced(pdu, answer, urgent=urgent)
+            try:
+                return await future
+            finally:
+                entry.dropped = True  # cancelled while queued: skipped, never sent
         await self.wait_slot()
         if not self.bound:
             raise LinkLost(f"{self.name}: not bound")
-        if self.bucket.rate > 0:
-            delay = self.bucket.reserve()
-            if delay > 0:
-                await asyncio.sleep(delay)
         return await self._request(pdu)
 
     def on_throttled(self) -> None:
@@ -440,7 +469,7 @@ class SmppBind(asyncio.Protocol):
         if rate != self.bucket.rate:
             self.bucket.rate = rate
 
-    def submit_paced(self, pdu: SubmitSm, answer: Answer, *, urgent: bool) -> None:
+    def submit_paced(self, pdu: SubmitSm, answer: Answer, *, urgent: bool) -> Queued:
         """Send one submit_sm as soon as the bind's rate and window allow, urgent ones ahead
         of those waiting, without a task. `answer` as for `submit_soon` (LinkLost when the link
         goes first). Raises LinkLost if the bind is not up.
@@ -451,8 +480,10 @@ class SmppBind(asyncio.Protocol):
         one timer per bind."""
         if not self.bound:
             raise LinkLost(f"{self.name}: not bound")
-        heapq.heappush(self._paced, (0 if urgent else 1, next(self._paced_order), pdu, answer))
+        entry = Queued(pdu, answer)
+        heapq.heappush(self._paced, (0 if urgent else 1, next(self._paced_order), entry))
         self._pace()
+        return entry
 
     def _pace(self) -> None:
         """Send queued submits while there are a token and a window slot; then wait for the
@@ -472,18 +503,27 @@ class SmppBind(asyncio.Protocol):
                         max(delay, _MIN_PACE_SECONDS), self._paced_due
                     )
                     return
+            entry = heapq.heappop(paced)[2]
+            if entry.dropped:
+                continue  # its sender gave up (cancelled): the token serves the next one
             self._token_held = False
-            _, _, pdu, answer = heapq.heappop(paced)
             try:
-                self._send_request(pdu, True, answer)
+                self._send_request(entry.pdu, True, entry.answer)
             except LinkLost as exc:
                 if bucket.rate > 0:
                     bucket.give_back()
-                answer(exc)
+                entry.answer(exc)
 
     def _paced_due(self) -> None:
         self._pacer = None
         self._pace()
+
+    def drop_queued(self) -> int:
+        """Answer every submit still waiting in the queue `NotSent` (the channel is
+        stopping: none of them reaches the SMSC after this); returns how many."""
+        waiting = sum(1 for _, _, entry in self._paced if not entry.dropped)
+        self._fail_paced(NotSent(f"{self.name}: not sent, the channel is stopping"))
+        return waiting
 
     def _fail_paced(self, error: LinkLost) -> None:
         if self._pacer is not None:
@@ -493,8 +533,10 @@ class SmppBind(asyncio.Protocol):
             self._token_held = False
             self.bucket.give_back()
         paced, self._paced = self._paced, []
-        for _, _, _, answer in paced:
-            answer(error)
+        for _, _, entry in paced:
+            if not entry.dropped:
+                entry.dropped = True
+                entry.answer(error)
 
     def submit_soon(self, pdu: SubmitSm, answer: Answer) -> None:
         """Send one submit_sm now, without a task: the caller saw a free window slot (`free`)
@@ -519,6 +561,8 @@ class SmppBind(asyncio.Protocol):
         finally:  # cancelled: the window slot is free again
             if self._outstanding.pop(sequence, None) is not None:
                 self._slot_freed.set()
+                if self._paced:
+                    self._pace()
 
     def _send_request(self, pdu: Pdu, bound_required: bool, answer: Answer) -> int:
         """Write `pdu`, remember who waits for its response; swept at the response timeout."""

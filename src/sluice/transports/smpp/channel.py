@@ -63,6 +63,7 @@ from sluice.transports.smpp.bind import (
     BindError,
     Delivery,
     LinkLost,
+    NotSent,
     ResponseTimeout,
     SmppBind,
     SmppFaults,
@@ -168,8 +169,14 @@ class SmppTransport:
             self._receipts.close()
             await receipts
 
+    def drop_queued(self) -> int:
+        """Give up the submits waiting in the binds' queues: they never reach the SMSC, and
+        their messages go back to the queue unattempted (a stopping channel)."""
+        return sum(bind.drop_queued() for bind in list(self.binds))
+
     async def close(self) -> None:
         self._closing.set()
+        self.drop_queued()
         for bind in list(self.binds):
             await bind.close()
         if self._session is not None:
@@ -281,13 +288,18 @@ class SmppTransport:
                 attempted=False,
             )
         pdus = [self._submit_sm(message, segment) for segment in segments]
+        urgent = message.priority == Priority.URGENT
         try:
             if len(pdus) == 1:
-                responses = [await bind.submit(pdus[0])]
+                responses = [await bind.submit(pdus[0], urgent=urgent)]
             else:
-                responses = list(await asyncio.gather(*(bind.submit(p) for p in pdus)))
+                responses = list(
+                    await asyncio.gather(*(bind.submit(p, urgent=urgent) for p in pdus))
+                )
         except ResponseTimeout as exc:
             return SendResult(Outcome.TRANSIENT, detail=str(exc))
+        except NotSent as exc:  # given up in the queue: never reached the SMSC
+            return SendResult(Outcome.TRANSIENT, detail=str(exc), attempted=False)
         except LinkLost as exc:
             return SendResult(Outcome.TRANSIENT, detail=str(exc))
         return self._outcome(bind, responses)
@@ -327,7 +339,9 @@ class SmppTransport:
     def _answered(
         self, bind: SmppBind, done: Callable[[SendResult], None], response: Pdu | Exception
     ) -> None:
-        if isinstance(response, Exception):
+        if isinstance(response, NotSent):  # never reached the SMSC: no attempt was made
+            done(SendResult(Outcome.TRANSIENT, detail=str(response), attempted=False))
+        elif isinstance(response, Exception):
             done(SendResult(Outcome.TRANSIENT, detail=str(response)))
         else:
             done(self._outcome(bind, [response]))
