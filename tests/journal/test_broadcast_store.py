@@ -126,9 +126,10 @@ async def test_members_of_later_topics_are_duplicates_once_reached(store: Any) -
         ("u0002", False),
         ("z", False),
     ]
-    # Once no topic is left, what it reached is forgotten.
+    # Once no topic is left, what it reached is forgotten, by the sweeps, in steps.
     last = ExpansionChunk(1, 1, 0, 2, 0, True, [message(3)], 3, {"duplicate": 1})
     assert await store.expand_broadcast(OWNER, last, NOW + 2)
+    await store.sweep(NOW + 3, 86_400_000)
     assert [m.duplicate for m in await store.broadcast_members(1, record.topic_keys, 1, 0, 9)] == [
         False,
         False,

@@ -174,9 +174,7 @@ async def op_expand_broadcast(
     if chunk.messages:
         await insert_messages(conn, tx, found[0], chunk.messages, columns, chunk.broadcast)
         await conn.execute(_COUNT_NEW, chunk.broadcast, columns.channels)
-    if chunk.finished:  # no topic left to read: nobody needs to know whom it reached
-        await conn.execute("DELETE FROM broadcast_reached WHERE broadcast = $1", chunk.broadcast)
-    elif chunk.reached:
+    if chunk.reached and not chunk.finished:  # (once finished, `forget_reached` clears them)
         await conn.execute(
             "INSERT INTO broadcast_reached (broadcast, subscriber) "
             "SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING",
@@ -289,9 +287,26 @@ async def op_change_broadcast(
                 tx.due[channel] = tx.due.get(channel, False)
         else:
             moved = await _cancel_queued(conn, tx, broadcast_id, now)
-            await conn.execute("DELETE FROM broadcast_reached WHERE broadcast = $1", broadcast_id)
     record = await conn.fetchrow(_RECORD + "WHERE b.id = $1", broadcast_id)
     return StatusChange(_record(record), moved)
+
+
+#: Rows of `broadcast_reached` a sweep deletes at most.
+FORGET_REACHED_ROWS = 50_000
+
+
+async def forget_reached(conn: PoolConnection, limit: int = FORGET_REACHED_ROWS) -> int:
+    """Delete up to `limit` rows of `broadcast_reached` of broadcasts done reading (expanded
+    or cancelled); a sweep's step, so that no transaction deletes millions at once."""
+    return _count(
+        await conn.execute(
+            "DELETE FROM broadcast_reached WHERE ctid = ANY (ARRAY ("
+            "SELECT r.ctid FROM broadcasts b JOIN LATERAL (SELECT ctid FROM broadcast_reached "
+            "WHERE broadcast = b.id LIMIT $1) r ON true "
+            "WHERE b.expanded OR b.status = 'cancelled' LIMIT $1))",
+            limit,
+        )
+    )
 
 
 async def cancel_held(conn: PoolConnection, tx: Tx, now: int) -> int:

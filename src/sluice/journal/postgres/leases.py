@@ -172,6 +172,7 @@ async def op_sweep(conn: PoolConnection, tx: Tx, now: int, idempotency_ttl_ms: i
     ]
     expired = await expire(conn, tx, expiring, now) if expiring else 0
     await broadcasts.cancel_held(conn, tx, now)
+    await broadcasts.forget_reached(conn)
     forgotten = _count(
         await conn.execute(
             "DELETE FROM idempotency WHERE created_at < $1", now - idempotency_ttl_ms

@@ -105,6 +105,9 @@ BEGIN
 END;
 """
 
+#: Rows of `broadcast_reached` a sweep deletes at most (~1 µs each on the writer).
+FORGET_REACHED_ROWS = 50_000
+
 _COLUMNS = RECORD_COLUMNS
 _suppressed = msgspec.msgpack.Decoder(dict[str, int])
 _keys = msgspec.msgpack.Decoder(tuple[int, ...])
@@ -200,9 +203,7 @@ def op_expand_broadcast(
         "ON CONFLICT DO UPDATE SET n = n + excluded.n",
         [(chunk.broadcast, channel, n) for channel, n in by_channel.items()],
     )
-    if chunk.finished:  # no topic left to read: nobody needs to know whom it reached
-        conn.execute("DELETE FROM broadcast_reached WHERE broadcast = ?", (chunk.broadcast,))
-    elif chunk.reached:
+    if chunk.reached and not chunk.finished:  # (once finished, `forget_reached` clears them)
         conn.execute(
             "INSERT OR IGNORE INTO broadcast_reached (broadcast, subscriber) "
             "SELECT ?, value FROM json_each(?)",
@@ -277,10 +278,30 @@ def op_change_broadcast(
             ).rowcount
         else:
             moved = _cancel_queued(conn, tx, broadcast_id, now)
-            conn.execute("DELETE FROM broadcast_reached WHERE broadcast = ?", (broadcast_id,))
     record = read_broadcast(conn, tenant, broadcast_id)
     assert record is not None
     return StatusChange(record, moved)
+
+
+def forget_reached(conn: sqlite3.Connection, limit: int = FORGET_REACHED_ROWS) -> int:
+    """Delete up to `limit` rows of `broadcast_reached` of broadcasts done reading (expanded
+    or cancelled); a sweep's step. In steps, not in the transaction that finishes: the
+    members of a 10 M broadcast are seconds of deleting, and the writer serves everyone."""
+    done = conn.execute(
+        "SELECT id FROM broadcasts WHERE (expanded = 1 OR status = 'cancelled') "
+        "AND EXISTS (SELECT 1 FROM broadcast_reached r WHERE r.broadcast = broadcasts.id) "
+        "LIMIT 16"
+    ).fetchall()
+    deleted = 0
+    for (broadcast_id,) in done:
+        deleted += conn.execute(
+            "DELETE FROM broadcast_reached WHERE broadcast = ?1 AND subscriber IN "
+            "(SELECT subscriber FROM broadcast_reached WHERE broadcast = ?1 LIMIT ?2)",
+            (broadcast_id, limit - deleted),
+        ).rowcount
+        if deleted >= limit:
+            break
+    return deleted
 
 
 def cancel_held(conn: sqlite3.Connection, tx: Transaction, now: int) -> int:

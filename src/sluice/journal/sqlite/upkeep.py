@@ -100,6 +100,7 @@ def op_sweep(
     ]
     expired = expire(conn, tx, expiring, now)
     broadcasts.cancel_held(conn, tx, now)
+    broadcasts.forget_reached(conn)
     forgotten = conn.execute(
         "DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_ms,)
     ).rowcount
