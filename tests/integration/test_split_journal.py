@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from harness import KEY, ServeProcess, eventually, gateway_config, post_batch, webhook_channel
 
@@ -148,6 +149,55 @@ async def test_sigkill_of_the_owner_or_the_edge_loses_nothing_acknowledged(
         with sqlite3.connect(tmp_path / "journal.db") as conn:
             (stored,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
         assert stored == 120 * BATCH  # nothing stored twice, nothing missing
+
+
+async def test_audiences_and_a_broadcast_through_the_edge_expanded_by_the_owner(
+    tmp_path: Path,
+) -> None:
+    async with WebhookSink(SinkOptions()) as sink:
+        port = free_port()
+        audience = {"expansion_chunk": 50, "min_lookahead": 100, "expander_poll_seconds": 30}
+        config = _write_config(tmp_path, sink.url, port, audience=audience)
+        serve = ServeProcess(config, port, tmp_path / "s.log")
+        try:
+            await serve.start()
+            auth = {"Authorization": f"Bearer {KEY}"}
+            lines = [
+                {"id": f"s{i:03d}", "webhook": f"https://example.com/{i}", "topics": ["news"]}
+                for i in range(300)
+            ] + [{"id": "both", "webhook": "https://example.com/b", "topics": ["news", "sport"]}]
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+                async with client.post(
+                    "/v1/subscribers/import",
+                    data=b"\n".join(msgspec.json.encode(line) for line in lines),
+                    headers={**auth, "Content-Type": "application/x-ndjson"},
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                async with client.get("/v1/topics/news", headers=auth) as resp:
+                    assert (await resp.json())["subscribers"] == 301
+                body = {
+                    "topics": ["news", "sport"],
+                    "channels": ["web"],
+                    "content": {"webhook": {"body": "hello {{ subscriber.id }}"}},
+                }
+                async with client.post("/v1/broadcasts", json=body, headers=auth) as resp:
+                    created = await resp.json()
+                    assert resp.status == 202, created
+
+                async def completed() -> bool:
+                    async with client.get(f"/v1/broadcasts/{created['id']}", headers=auth) as r:
+                        return bool((await r.json())["phase"] == "completed")
+
+                # The owner's expander is told of the broadcast by the edge's call (it polls
+                # only every 30 s here) and delivers it; the edge shows its counts.
+                await eventually(completed, within=20, what="the broadcast completed")
+                async with client.get(f"/v1/broadcasts/{created['id']}", headers=auth) as resp:
+                    final = await resp.json()
+            assert final["planned"] == 301 and final["suppressed"] == {"duplicate": 1}
+            assert len(set(sink.received("/hook"))) == 301
+            assert await serve.terminate() == 0
+        finally:
+            await serve.stop_quietly()
 
 
 def test_the_split_is_for_the_embedded_journal() -> None:
