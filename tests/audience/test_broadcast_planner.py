@@ -220,9 +220,14 @@ def test_a_spec_survives_the_journal_and_templates_report_their_line() -> None:
         "{{ 'x' * 100000000 }}",
         "{{ 2 ** 100000 }}",
         "{% for i in range(10**6) %}{% endfor %}",
+        "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
     ):
         with pytest.raises(TemplateError, match="not allowed"):
             compile_template(greedy, "x").render({})
+    # The budget is per render: a template that stays within it renders every time.
+    modest = compile_template("{% for i in range(100) %}{% for j in range(50) %}.{% endfor %}"
+                              "{% endfor %}", "x")  # fmt: skip
+    assert [len(modest.render({})) for _ in range(3)] == [5000, 5000, 5000]
 
     assert msgspec.json.decode(msgspec.json.encode(s.content["sms"]))["body"] == "sms {{ name }}"
 

@@ -88,6 +88,7 @@ def compile_template(
         return Template(source, _joiner(parts, policy, defaults), names)
 
     def render(variables: Mapping[str, Any]) -> str:
+        env.range_budget = MAX_RANGE_ITEMS
         try:
             return compiled.render(variables)
         except jinja2.UndefinedError as exc:
@@ -98,7 +99,7 @@ def compile_template(
     return Template(source, render, names)
 
 
-def _environment(policy: Policy, defaults: dict[str, Any]) -> jinja2.Environment:
+def _environment(policy: Policy, defaults: dict[str, Any]) -> _BoundedSandbox:
     if policy == "fail":
         undefined: type[jinja2.Undefined] = jinja2.StrictUndefined
     else:
@@ -112,7 +113,7 @@ def _environment(policy: Policy, defaults: dict[str, Any]) -> jinja2.Environment
 
         undefined = Defaulted
     env = _BoundedSandbox(undefined=undefined, autoescape=False)
-    env.globals["range"] = _bounded_range
+    env.globals["range"] = env.bounded_range
     return env
 
 
@@ -122,6 +123,10 @@ MAX_PRODUCT_LENGTH = 64 * 1024
 MAX_EXPONENT = 256
 #: The longest `range` a loop may run (Jinja2's sandbox allows 100,000).
 MAX_RANGE = 1000
+#: The items all the ranges of one render may hold together: a range inside a loop over
+#: another one is made once per turn of the outer loop, so nested loops of 1,000 each made a
+#: million (~0.5 s a recipient, on the loop every channel of the process shares).
+MAX_RANGE_ITEMS = 10_000
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -129,6 +134,19 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     compile time either)."""
 
     intercepted_binops = frozenset({"*", "**"})
+    #: What is left of `MAX_RANGE_ITEMS` in the render under way (reset by each render).
+    range_budget = MAX_RANGE_ITEMS
+
+    def bounded_range(self, *args: int) -> range:
+        numbers = range(*args)
+        if len(numbers) > MAX_RANGE:
+            raise SecurityError(f"a range longer than {MAX_RANGE} is not allowed")
+        self.range_budget -= len(numbers)
+        if self.range_budget < 0:
+            raise SecurityError(
+                f"ranges of more than {MAX_RANGE_ITEMS} items in all are not allowed"
+            )
+        return numbers
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -144,13 +162,6 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         elif isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
             raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
         return super().call_binop(context, operator, left, right)
-
-
-def _bounded_range(*args: int) -> range:
-    numbers = range(*args)
-    if len(numbers) > MAX_RANGE:
-        raise SecurityError(f"a range longer than {MAX_RANGE} is not allowed")
-    return numbers
 
 
 def _undefined_name(exc: jinja2.UndefinedError) -> str:
