@@ -653,11 +653,3 @@ def test_any_env_value_for_any_field_is_a_config_or_a_config_error(
         assert str(exc)
     else:
         assert isinstance(config, Config)
-
-
-def test_refusals_are_paced_only_where_the_process_also_delivers() -> None:
-    assert from_dict({}).server.refusals_per_turn() == 64
-    # Role "api" (and so the edges of server.api_processes) answers its refusals every turn.
-    api = from_dict({"server": {"role": "api"}, "journal": {"backend": "postgres"}})
-    assert api.server.refusals_per_turn() == 0
-    assert from_dict({"server": {"refusal_batch": 8}}).server.refusals_per_turn() == 8

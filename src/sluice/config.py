@@ -80,18 +80,8 @@ class ServerConfig(_Base, frozen=True):
     accept_batch: Positive = 64
     #: Connections refused for load (503 overloaded, 429) read again per turn of the event
     #: loop: the refusal stage's width, so a flood of refusals cannot make every turn long
-    #: (ingress/http/server.py). 0: read every connection every turn. Unset: 64 in a
-    #: process that delivers too (its channels need the loop's turns), 0 in one that only
-    #: takes messages (role "api", the edges of `api_processes`), where pacing refusals only
-    #: delays them (at 5 x capacity, refusals p99 528 → 94 ms, docs/benchmarks.md).
-    refusal_batch: NonNegative | None = None
-
-    def refusals_per_turn(self) -> int:
-        """`refusal_batch` as it applies to this process's role."""
-        if self.refusal_batch is not None:
-            return self.refusal_batch
-        return 0 if self.role == "api" else 64
-
+    #: (ingress/http/server.py). 0: read every connection every turn.
+    refusal_batch: NonNegative = 64
     #: A connection refused for load is read again after this long at most, whatever the
     #: batch: the longest a refusal can fall behind (on top of its own turn).
     refusal_max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 50.0

@@ -490,9 +490,10 @@ class HttpServer:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         sock = self._sock
-        batch = self._settings.refusals_per_turn()
-        if batch > 0:
-            self._pacer = _RefusalPacer(loop, batch, self._settings.refusal_max_wait_ms / 1000)
+        if self._settings.refusal_batch > 0:
+            self._pacer = _RefusalPacer(
+                loop, self._settings.refusal_batch, self._settings.refusal_max_wait_ms / 1000
+            )
         sock.listen(self._settings.listen_backlog)
         sock.setblocking(False)
         async with asyncio.TaskGroup() as tg:
