@@ -7,9 +7,7 @@ from pathlib import Path
 
 from sluice.config import Config, JournalConfig
 from sluice.journal.base import Journal
-
-#: The smallest frame limit on the journal's socket; larger requests raise it (`frame_limit`).
-MIN_FRAME_BYTES = 256 * 1024 * 1024
+from sluice.journal.remote.client import MAX_FRAME_BYTES
 
 
 def split_journal(config: Config) -> bool:
@@ -23,9 +21,10 @@ def journal_socket(config: JournalConfig) -> Path:
 
 
 def frame_limit(config: Config) -> int:
-    """The largest frame on the journal's socket: a call carries what one request brought
-    (re-encoded as msgpack, never larger than four times its JSON), a reply one page."""
-    return max(MIN_FRAME_BYTES, 4 * config.limits.max_request_bytes)
+    """The largest frame on the journal's socket, at least the client's default: a call
+    carries what one request brought (re-encoded as msgpack, never larger than four times
+    its JSON), a reply one page."""
+    return max(MAX_FRAME_BYTES, 4 * config.limits.max_request_bytes)
 
 
 def build_journal(config: JournalConfig) -> Journal:

@@ -51,10 +51,9 @@ def merge_metrics(own: bytes, owner: bytes) -> bytes:
     owner uses) or the edge lacks it, the edge's otherwise (its HTTP, admission, acceptance
     and refusal figures), the edge's first."""
     mine, theirs = _families(own), _families(owner)
-    kept = [lines for name, lines in mine.items() if _has_samples(lines) or name not in theirs]
-    shown = {name for name, lines in mine.items() if _has_samples(lines) or name not in theirs}
-    kept += [lines for name, lines in theirs.items() if name not in shown]
-    return b"".join(b"".join(lines) for lines in kept)
+    kept = {n: lines for n, lines in mine.items() if _has_samples(lines) or n not in theirs}
+    rest = [lines for name, lines in theirs.items() if name not in kept]
+    return b"".join(b"".join(lines) for lines in [*kept.values(), *rest])
 
 
 def _families(text: bytes) -> dict[bytes, list[bytes]]:

@@ -65,7 +65,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self._server.connections.add(self)
         self._server.connections_changed()
-        self.send(self._server.state_frame(with_annex=True))
+        self.send(self._server.first_state_frame())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -222,7 +222,8 @@ class JournalServer:
         kwargs: dict[str, Any],
     ) -> None:
         if self._calls is None:  # before run() or after its end: the journal is closing
-            connection.send(self.table.encode_failure(call_id, _closing()))
+            closing = JournalError("the journal is closing")
+            connection.send(self.table.encode_failure(call_id, closing))
             return
         self._calls.create_task(self._serve(connection, call_id, method, args, kwargs))
 
@@ -252,18 +253,21 @@ class JournalServer:
 
     # ---------------------------------------------------------------- state
 
-    def state_frame(self, *, with_annex: bool) -> bytes:
+    def first_state_frame(self) -> bytes:
+        """The state for a connection just made, with the annex last rendered (rendered now if
+        none was yet)."""
+        annex = self._annex_due(time.monotonic()) if self._annex_at < 0 else self._annex_bytes
+        return self._state_frame(annex)
+
+    def _state_frame(self, annex: bytes | None) -> bytes:
         journal = self.journal
-        annex = self._render_annex(force=with_annex)
         return self.table.encode_state(
             OwnerState(journal.pending(), journal.fault(), journal.stats(), annex)
         )
 
-    def _render_annex(self, *, force: bool) -> bytes | None:
-        if self._annex is None:
-            return None
-        now = time.monotonic()
-        if not force and now - self._annex_at < self._annex_interval:
+    def _annex_due(self, now: float) -> bytes | None:
+        """The annex rendered anew when `annex_interval_seconds` have passed, else None."""
+        if self._annex is None or now - self._annex_at < self._annex_interval:
             return None
         self._annex_at = now
         try:
@@ -281,17 +285,11 @@ class JournalServer:
         journal = self.journal
         key = (dict(journal.pending()), journal.fault(), journal.stats().commits)
         now = time.monotonic()
-        due = now - self._pushed_at >= self._heartbeat or (
-            self._annex is not None and now - self._annex_at >= self._annex_interval
-        )
-        if not due and key == self._last:
+        annex = self._annex_due(now)
+        if annex is None and now - self._pushed_at < self._heartbeat and key == self._last:
             return
         self._last = key
         self._pushed_at = now
-        frame = self.state_frame(with_annex=False)
+        frame = self._state_frame(annex)
         for connection in list(self.connections):
             connection.send(frame, push=True)
-
-
-def _closing() -> Exception:
-    return JournalError("the journal is closing")

@@ -144,6 +144,20 @@ FLUSH_SHARE = 4
 Answer = Callable[["Pdu | Exception"], None]
 
 
+def _settling(future: asyncio.Future[Pdu]) -> Answer:
+    """An `Answer` that settles `future` with the response or the error (once)."""
+
+    def answer(response: Pdu | Exception) -> None:
+        if future.done():
+            return
+        if isinstance(response, Exception):
+            future.set_exception(response)
+        else:
+            future.set_result(response)
+
+    return answer
+
+
 class Queued:
     """A submit waiting in a paced bind's queue; `dropped` once its sender gave up or it was
     answered without being sent."""
@@ -442,15 +456,7 @@ class SmppBind(asyncio.Protocol):
         if self.bucket.rate > 0:
             future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
 
-            def answer(response: Pdu | Exception) -> None:
-                if future.done():
-                    return
-                if isinstance(response, Exception):
-                    future.set_exception(response)
-                else:
-                    future.set_result(response)
-
-            entry = self.submit_paced(pdu, answer, urgent=urgent)
+            entry = self.submit_paced(pdu, _settling(future), urgent=urgent)
             try:
                 return await future
             finally:
@@ -546,16 +552,7 @@ class SmppBind(asyncio.Protocol):
 
     async def _request(self, pdu: Pdu, bound_required: bool = True) -> Pdu:
         future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
-
-        def answer(response: Pdu | Exception) -> None:
-            if future.done():
-                return
-            if isinstance(response, Exception):
-                future.set_exception(response)
-            else:
-                future.set_result(response)
-
-        sequence = self._send_request(pdu, bound_required, answer)
+        sequence = self._send_request(pdu, bound_required, _settling(future))
         try:
             return await future
         finally:  # cancelled: the window slot is free again
