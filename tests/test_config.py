@@ -653,3 +653,24 @@ def test_any_env_value_for_any_field_is_a_config_or_a_config_error(
         assert str(exc)
     else:
         assert isinstance(config, Config)
+
+
+def test_push_channel_needs_the_push_section() -> None:
+    message = config_error('[channels.live]\ntype = "push"')
+    assert message.startswith("channels.live.type: a channel of type 'push' needs the [push]")
+
+
+@pytest.mark.parametrize(
+    ("push", "start"),
+    [
+        ('token_secret = "  "', "push.token_secret: empty"),
+        ('token_secret = "s"\nlisten = "nowhere"', "push.listen: expected host:port"),
+        ('token_secret = "s"\nlisten = "127.0.0.1:8080"', "push.listen: '127.0.0.1:8080' is"),
+        (
+            'token_secret = "s"\ntoken_ttl_seconds = 100\nmax_token_ttl_seconds = 10',
+            "push.token_ttl_seconds: longer than",
+        ),
+    ],
+)
+def test_push_section_checks(push: str, start: str) -> None:
+    assert config_error(f"[push]\n{push}").startswith(start)

@@ -342,7 +342,7 @@ class EmailConfig(_Base, frozen=True):
 
 
 class ChannelConfig(_Base, frozen=True):
-    type: Literal["webhook", "smpp", "email"]
+    type: Literal["webhook", "smpp", "email", "push"]
     #: Messages in flight at once on this channel.
     width: Positive = 32
     #: Messages per second (token bucket); 0 means unlimited.
@@ -538,6 +538,42 @@ class AudienceConfig(_Base, frozen=True):
     max_expanding: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
 
 
+class PushConfig(_Base, frozen=True):
+    """The live push listener (transports/push/): WebSocket clients holding a token the
+    application minted with ``POST /v1/push/tokens``."""
+
+    #: The secret tokens are signed with (HMAC-SHA256); every process of a deployment needs
+    #: the same one.
+    token_secret: str
+    listen: str = "127.0.0.1:8090"
+    #: Longest life a minted token may ask for, and the default.
+    max_token_ttl_seconds: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
+    token_ttl_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3_600.0
+    #: Open connections one process keeps; one more is answered 503 before its handshake.
+    max_connections: Positive = 100_000
+    #: Open connections of one subscriber; one more is answered 429 before its handshake.
+    max_connections_per_subscriber: Positive = 8
+    #: Bytes queued for one client's socket beyond which it is a slow consumer: its
+    #: connection is closed with code 1013, never buffered without bound.
+    max_buffer_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 256 * 1024
+    #: Largest frame (message) a client may send; a larger one closes with code 1009.
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=128, le=1 << 20)] = 4096
+    #: Largest request head (line and headers) before the handshake; larger: 431.
+    max_request_bytes: Annotated[int, msgspec.Meta(ge=512, le=1 << 20)] = 8192
+    #: Seconds from a connection's first byte until its handshake is in; then it is closed.
+    handshake_seconds: Seconds = 10.0
+    #: A client silent this long is pinged; one silent twice as long is closed (1001).
+    ping_seconds: Seconds = 30.0
+    #: A client reconnecting with the last message id it saw is sent what was pushed to its
+    #: subscriber since, from the journal, up to this far back; anything older it is told
+    #: it missed (a ``{"type": "missed"}`` frame).
+    replay_window_seconds: Seconds = 3_600.0
+    #: Most messages one replay sends (the newest ones); past it the client is told it missed.
+    max_replay: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1_000
+    #: Frames per second a client may send (acks, pongs); beyond it: closed with 1008.
+    max_client_frames_per_second: Positive = 100
+
+
 class RedisConfig(_Base, frozen=True):
     """Redis, for what processes share: global channel rates. Unset: every limit is local."""
 
@@ -563,6 +599,8 @@ class Config(_Base, frozen=True):
     tenants: dict[str, TenantConfig] = {}
     #: The SMTP front door; absent: no SMTP listener.
     smtp: SmtpConfig | None = None
+    #: The live push listener; absent: no push channel can be configured.
+    push: PushConfig | None = None
 
 
 def hash_api_key(key: str) -> str:
@@ -586,7 +624,9 @@ def _check(config: Config) -> None:
     if config.smtp is not None:
         _check_smtp(config, config.smtp)
     for name, channel in config.channels.items():
-        _check_channel(name, channel, config.channels)
+        _check_channel(name, channel, config.channels, config.push)
+    if config.push is not None:
+        _check_push(config)
     _check_tenants(config.tenants, config.channels)
 
 
@@ -684,6 +724,25 @@ def _check_nodes(server: ServerConfig) -> None:
         )
 
 
+def _check_push(config: Config) -> None:
+    push = config.push
+    assert push is not None
+    host, sep, port = push.listen.rpartition(":")
+    if not sep or not host or not (port.isdigit() and int(port) < 65536):
+        raise ConfigError(f"push.listen: expected host:port, got {push.listen!r}")
+    if not push.listen.endswith(":0") and push.listen in (
+        config.server.listen,
+        config.server.health_listen,
+        config.server.admin_listen,
+        config.smtp.listen if config.smtp else None,
+    ):
+        raise ConfigError(f"push.listen: {push.listen!r} is another listener's address")
+    if not push.token_secret.strip():
+        raise ConfigError("push.token_secret: empty; set a secret to sign tokens with")
+    if push.token_ttl_seconds > push.max_token_ttl_seconds:
+        raise ConfigError("push.token_ttl_seconds: longer than push.max_token_ttl_seconds")
+
+
 def _check_redis(redis: RedisConfig) -> None:
     if redis.url and not redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"redis.url: expected redis://…, got {redis.url!r}")
@@ -717,13 +776,21 @@ def _check_smtp(config: Config, smtp: SmtpConfig) -> None:
 
 
 def _check_channel(
-    name: str, channel: ChannelConfig, channels: Mapping[str, ChannelConfig]
+    name: str,
+    channel: ChannelConfig,
+    channels: Mapping[str, ChannelConfig],
+    push: PushConfig | None,
 ) -> None:
     key = f"channels.{name}"
     if channel.type == "webhook" and channel.webhook is None:
         raise ConfigError(f"{key}.webhook: required for a channel of type 'webhook'")
     if channel.type == "smpp" and channel.smpp is None:
         raise ConfigError(f"{key}.smpp: required for a channel of type 'smpp'")
+    if channel.type == "push" and push is None:
+        raise ConfigError(
+            f"{key}.type: a channel of type 'push' needs the [push] section (its listener "
+            "and push.token_secret)"
+        )
     if channel.type == "email" and channel.email is None:
         raise ConfigError(
             f"{key}.email: required for a channel of type 'email' (an empty table sends "

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -51,6 +52,7 @@ async def _serve(args: argparse.Namespace) -> int:
         return await _supervise(args, config, environ)
     name = "sluice" if child is None else f"sluice [child {child.slot}]"
     listeners = None
+    push_socket = None
     if child is not None:
         if not die_with_parent(child.parent):
             print(f"{name}: the supervisor (pid {child.parent}) is gone", file=sys.stderr)
@@ -63,8 +65,10 @@ async def _serve(args: argparse.Namespace) -> int:
             listeners = Listeners.adopt(
                 child.http_fd, child.smtp_fd, child.health_fd, child.admin_fd
             )
+        if child.push_fd is not None:
+            push_socket = socket.socket(fileno=child.push_fd)
     sys.setswitchinterval(config.server.gil_switch_interval_ms / 1000)
-    gateway = SluiceGateway(config, listeners=listeners)
+    gateway = SluiceGateway(config, listeners=listeners, push_socket=push_socket)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.request_stop)

@@ -69,6 +69,10 @@ class Gateway(Protocol):
 
     def channels(self) -> list[ChannelStatus]: ...
 
+    def push_presence(self, tenant: str, subscriber: str | None, topic: str | None) -> int:
+        """Live push connections now of a subscriber (or, `subscriber` None, of a topic)."""
+        ...
+
     def refused(self, code: str) -> None:
         """Count a request refused with this error code (metrics)."""
         ...

@@ -39,22 +39,27 @@ from sluice.journal.backends import (
     journal_socket,
     split_journal,
 )
-from sluice.journal.base import CancelResult, MessageRecord, SubmitResult
+from sluice.journal.base import CancelResult, MessageRecord, Receipt, SubmitResult
 from sluice.journal.broadcasts import BroadcastStore
 from sluice.journal.remote import JournalClient, JournalServer
 from sluice.journal.remote.server import HEARTBEAT_SECONDS
-from sluice.model import IdGenerator, Message, Priority, now_ms
+from sluice.model import IdGenerator, Message, Priority, first_id_at, now_ms
 from sluice.observe.metrics import GatewayMetrics
 from sluice.process.front_door import FrontDoorPart
 from sluice.process.listeners import Listeners, bind_tcp
-from sluice.process.parts import HealthPart, HttpServerPart, Part, SharingPart
+from sluice.process.parts import HealthPart, HttpServerPart, Part, PushPart, SharingPart
 from sluice.process.roles import role_of, serves_smtp
 from sluice.process.split import OwnerAnnex, decode_annex, encode_annex, merge_metrics
 from sluice.sharing.build import Sharing
 from sluice.transports.base import Transport
+from sluice.transports.push.hub import PushHub
+from sluice.transports.push.transport import PushTransport
 
 if TYPE_CHECKING:
     from sluice.ingress.smtp.door import SmtpFrontDoor
+
+#: Messages read from the recipient index per page of a push replay.
+REPLAY_PAGE = 200
 
 log = logging.getLogger("sluice")
 
@@ -72,6 +77,7 @@ class SluiceGateway:
         *,
         transports: dict[str, Transport] | None = None,
         listeners: Listeners | None = None,
+        push_socket: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.role = role_of(config)
@@ -92,6 +98,18 @@ class SluiceGateway:
         self.telemetry.watch_sharing(self.sharing)
         #: The delivery side, in a process that delivers (role "all" or "worker").
         self.delivery: Delivery | None = None
+        #: The live push connections of this process (one that delivers, with [push]).
+        self.push_hub: PushHub | None = None
+        self._push_socket = push_socket
+        self.push_port: int | None = None
+        if config.push is not None and self.role.delivers:
+            self.push_hub = PushHub(config.push, self._push_acks, self._push_replay)
+            pushing: dict[str, Transport] = {
+                name: PushTransport(name, self.push_hub)
+                for name, channel in config.channels.items()
+                if channel.type == "push"
+            }
+            transports = pushing | (transports or {})
         if self.role.delivers:
             self.delivery = Delivery(config, self.journal, transports, self.sharing, self._ids)
             self.telemetry.watch_delivery(
@@ -282,6 +300,11 @@ class SluiceGateway:
             doors, health = self._doors(listeners)
             shared += health
             where = "{}:{}".format(*listeners.http.getsockname()[:2])
+        if self.push_hub is not None:
+            assert self.config.push is not None
+            sock = self._push_socket or bind_tcp(self.config.push.listen)
+            self.push_port = sock.getsockname()[1]
+            doors.append(PushPart(self.push_hub, self.config.push, sock))
         # In the order they stop: the doors (no new messages), delivery (drains what is in
         # flight), then what both use. They start the other way round.
         tiers: list[list[Part]] = [
@@ -335,6 +358,51 @@ class SluiceGateway:
             up.cancel()
             stop.cancel()
         return not self._stop.is_set()
+
+    async def _push_acks(self, channel: str, receipts: list[Receipt]) -> None:
+        """Pushes their clients acknowledged: delivered once committed."""
+        if await self.journal.apply_receipts(channel, receipts) and self.delivery is not None:
+            self.delivery.callbacks.wake()
+
+    async def _push_replay(
+        self, tenant: str, subscriber: str, after_id: int
+    ) -> tuple[list[Message], bool]:
+        """What push channels sent `subscriber` after `after_id`, oldest first, from the
+        journal (the recipient index, newest first, a page at a time), and whether some of it
+        lies beyond push.replay_window_seconds or push.max_replay."""
+        push = self.config.push
+        assert push is not None
+        channels = {n for n, c in self.config.channels.items() if c.type == "push"}
+        oldest = first_id_at(now_ms() - int(push.replay_window_seconds * 1000))
+        floor = max(after_id + 1, oldest)
+        missed = after_id + 1 < oldest
+        found: list[Message] = []
+        before: int | None = None
+        while True:
+            page = await self.journal.by_recipient(tenant, subscriber, before, REPLAY_PAGE)
+            for record in page:
+                message = record.message
+                if message.id < floor:
+                    found.reverse()
+                    return found, missed
+                if message.channel in channels:
+                    if len(found) >= push.max_replay:
+                        found.reverse()
+                        return found, True
+                    found.append(message)
+            if len(page) < REPLAY_PAGE:
+                found.reverse()
+                return found, missed
+            before = page[-1].message.id
+
+    def push_presence(self, tenant: str, subscriber: str | None, topic: str | None) -> int:
+        """Live push connections of a subscriber, or of a topic, on this process."""
+        hub = self.push_hub
+        if hub is None:
+            return 0
+        if subscriber is not None:
+            return hub.presence(tenant, subscriber)
+        return hub.topic_presence(tenant, topic or "")
 
     def _bind(self) -> Listeners:
         server = self.config.server

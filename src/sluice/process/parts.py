@@ -26,11 +26,14 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, Protocol
 
-from sluice.config import Config
+from sluice.config import Config, PushConfig
 from sluice.ingress.http.gate import EdgeGate
 from sluice.ingress.http.health import HealthListener
 from sluice.ingress.http.server import HttpServer
+from sluice.ingress.push.listener import PushListener
+from sluice.ingress.push.tokens import PushTokens
 from sluice.sharing.build import Sharing
+from sluice.transports.push.hub import PushHub
 
 if TYPE_CHECKING:
     from sluice.ingress.http.app import ASGIApp
@@ -112,3 +115,27 @@ class SharingPart:
 
     async def close(self) -> None:
         await self._sharing.close()
+
+
+class PushPart:
+    """The live push listener and its hub's acknowledgements: at `stop` clients are told
+    1001 (reconnect elsewhere or later) and the acknowledgements already in are committed."""
+
+    def __init__(self, hub: PushHub, config: PushConfig, sock: socket.socket) -> None:
+        self._hub = hub
+        self._listener = PushListener(hub, PushTokens(config.token_secret.encode()), sock)
+
+    async def start(self) -> None:
+        await self._listener.start()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            acks = tg.create_task(self._hub.run())
+            await self._listener.run()
+            acks.cancel()
+
+    def stop(self) -> None:
+        self._listener.stop()
+
+    async def close(self) -> None:
+        await self._listener.close()

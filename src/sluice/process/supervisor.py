@@ -49,7 +49,7 @@ import msgspec
 from sluice.config import Config
 from sluice.journal.backends import split_journal
 from sluice.model import NODE_MAX
-from sluice.process.listeners import bind_listeners
+from sluice.process.listeners import bind_listeners, bind_tcp
 
 log = logging.getLogger("sluice.supervisor")
 
@@ -83,6 +83,8 @@ class ChildSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     smtp_fd: int | None = None
     health_fd: int | None = None
     admin_fd: int | None = None
+    #: The push listener's socket, for a child that delivers (`push.listen`).
+    push_fd: int | None = None
     #: The child's `server.role` when it is not the configured one: in the embedded
     #: journal's split (`server.api_processes`), "worker" for the owner, "api" for the edges.
     role: Literal["all", "api", "worker"] | None = None
@@ -231,6 +233,10 @@ class Supervisor:
         """Bind the ports, run the children until the stop (or until giving up), wait for
         every one of them to exit; 0 when they all stopped cleanly, else 1."""
         listeners = bind_listeners(self.config)
+        # The push listener belongs to the processes that deliver: every child, or the
+        # journal's owner alone in a split (its edges only take messages).
+        push = bind_tcp(self.config.push.listen) if self.config.push is not None else None
+        push_fd = push.fileno() if push is not None else None
         what = (
             f"the journal's owner and {len(self.nodes) - 1} edge processes"
             if self.split
@@ -246,8 +252,10 @@ class Supervisor:
             async with asyncio.TaskGroup() as tg:
                 for slot, node in enumerate(self.nodes):
                     if self.split and slot == 0:
-                        owner = ChildSpec(slot, node, os.getpid(), None, role="worker")
-                        tg.create_task(self._keep(owner, ()))
+                        owner = ChildSpec(
+                            slot, node, os.getpid(), None, role="worker", push_fd=push_fd
+                        )
+                        tg.create_task(self._keep(owner, (push_fd,) if push_fd else ()))
                         continue
                     spec = ChildSpec(
                         slot,
@@ -258,14 +266,20 @@ class Supervisor:
                         listeners.health.fileno() if listeners.health is not None else None,
                         listeners.admin.fileno() if listeners.admin is not None else None,
                         role="api" if self.split else None,
+                        push_fd=None if self.split else push_fd,
                     )
-                    tg.create_task(self._keep(spec, listeners.fds()))
+                    fds = listeners.fds()
+                    if spec.push_fd is not None:
+                        fds += (spec.push_fd,)
+                    tg.create_task(self._keep(spec, fds))
         finally:
             if self._kill_timer is not None:
                 self._kill_timer.cancel()
             for proc in self.children.values():  # only after a failure of the supervisor
                 _signal(proc, signal.SIGTERM)
             listeners.close()
+            if push is not None:
+                push.close()
         if self.error is None:
             log.info("all children stopped")
             return 0

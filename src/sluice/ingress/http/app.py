@@ -196,6 +196,13 @@ class HttpApi:
                 lambda headers: _idempotency_key(headers.idempotency_key, max_key),
             )
             self._routes |= self._broadcasts.routes()
+            if config.push is not None:
+                from sluice.ingress.http.push_api import PushApi
+
+                push = PushApi(
+                    config, config.push, gateway.push_presence, self._tenant, self._read_body
+                )
+                self._routes |= push.routes()
 
     @property
     def admission(self) -> Admission:
