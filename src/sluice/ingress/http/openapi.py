@@ -17,6 +17,7 @@ from sluice.ingress.http.openapi_broadcasts import (
     broadcast_paths,
     broadcast_schemas,
 )
+from sluice.ingress.http.openapi_push import push_paths, push_schemas
 from sluice.model import ID_LENGTH, Outcome, Priority, State
 
 OPENAPI_VERSION = "3.1.0"
@@ -1061,6 +1062,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
             **_paths(config),
             **_audience_paths(config),
             **broadcast_paths(_common(*_AUTH, ("503", "Unavailable"))),
+            **push_paths(config.push, _common(*_AUTH)),
         },
         "components": {
             "securitySchemes": {
@@ -1079,6 +1081,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 **_schemas(config),
                 **_audience_schemas(config),
                 **broadcast_schemas(config),
+                **push_schemas(config.push),
             },
             "responses": {**_RESPONSES, **_AUDIENCE_RESPONSES, **BROADCAST_RESPONSES},
         },

@@ -18,50 +18,22 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
 from urllib.parse import quote
 
 import msgspec
 
-from sluice.audience.subscriber import ID_PATTERN
 from sluice.config import Config, PushConfig
 from sluice.ingress.http.app import Receive, Scope, _Headers, _headers, _query, _Response
 from sluice.ingress.http.audience_api import _decode_json
 from sluice.ingress.http.schema import ApiError
 from sluice.ingress.push.connection import WS_PATH
+from sluice.ingress.push.requests import PresenceView, TokenRequest, TokenView
 from sluice.ingress.push.tokens import PushTokens
 from sluice.model import format_time
 
 Handler = Callable[..., Awaitable[_Response]]
 #: Live connections of (tenant, subscriber, topic): one of the two names is None.
 Presence = Callable[[str, str | None, str | None], int]
-#: Topics one token may name.
-MAX_TOKEN_TOPICS = 64
-
-
-class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
-    subscriber: Annotated[str, msgspec.Meta(pattern=ID_PATTERN.pattern + "$")]
-    topics: Annotated[
-        list[Annotated[str, msgspec.Meta(pattern=ID_PATTERN.pattern + "$")]],
-        msgspec.Meta(max_length=MAX_TOKEN_TOPICS),
-    ] = []
-    ttl_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None
-
-
-class TokenView(msgspec.Struct):
-    token: str
-    subscriber: str
-    topics: list[str]
-    expires_at: str
-    url: str
-
-
-class PresenceView(msgspec.Struct, omit_defaults=True):
-    connections: int
-    subscriber: str | None = None
-    topic: str | None = None
-
-
 _token_decoder = msgspec.json.Decoder(TokenRequest)
 _encoder = msgspec.json.Encoder()
 

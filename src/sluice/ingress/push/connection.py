@@ -31,13 +31,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -48,6 +50,15 @@ from sluice.transports.push.hub import PushHub
 log = logging.getLogger("sluice.push")
 
 WS_PATH = "/v1/push/ws"
+_STATIC = resources.files("sluice.ingress.push") / "static"
+#: What the listener serves besides WebSockets: the JavaScript client and its example page.
+STATIC = {
+    "/v1/push/client.js": (
+        "text/javascript; charset=utf-8",
+        (_STATIC / "sluice-push.js").read_bytes(),
+    ),
+    "/v1/push/example": ("text/html; charset=utf-8", (_STATIC / "example.html").read_bytes()),
+}
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
@@ -241,6 +252,19 @@ class PushConnection(asyncio.Protocol):
     def _handshake(self, request: Request) -> None:
         ws = self._ws
         url = urlsplit(request.path)
+        page = STATIC.get(url.path)
+        if page is not None:
+            content_type, body = page
+            headers = Headers(
+                [
+                    ("Content-Type", content_type),
+                    ("Content-Length", str(len(body))),
+                    ("Cache-Control", "max-age=300"),
+                    ("Connection", "close"),
+                ]
+            )
+            ws.send_response(Response(200, "OK", headers, body))
+            return
         if url.path != WS_PATH:
             self._hub.refused["not_found"] += 1
             ws.send_response(ws.reject(404, f"no push endpoint at {url.path}; use {WS_PATH}\n"))

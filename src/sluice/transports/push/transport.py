@@ -3,8 +3,9 @@
 A message to a subscriber with a connection here is `sent` once written to it, with its
 message id as the provider id whose receipt the client's acknowledgement is: the journal
 makes it `delivered` then (an acknowledgement that overtakes the `sent` commit waits for
-it, as any early receipt does). A subscriber with no live connection fails the attempt
-permanently ("no live connection").
+it, as any early receipt does). A message to a subscriber with no live connection is `sent`
+too, with the detail "no live connection": it waits in the journal, and the client's next
+connection replays it (`last_id`) and acknowledges it.
 
 Examples:
     transport = PushTransport("live", hub)
@@ -18,8 +19,6 @@ from collections.abc import Callable
 from sluice.model import Message, Outcome, format_id
 from sluice.transports.base import SendResult
 from sluice.transports.push.hub import PushHub
-
-_NO_CONNECTION = SendResult(Outcome.PERMANENT, detail="no live connection", attempted=True)
 
 
 class PushTransport:
@@ -51,6 +50,9 @@ class PushTransport:
         event_id = format_id(message.id)
         written = self._hub.deliver(message, event_id)
         if not written:
-            return _NO_CONNECTION
-        detail = "pushed to 1 connection" if written == 1 else f"pushed to {written} connections"
+            detail = "no live connection: kept for the next connection's replay"
+        elif written == 1:
+            detail = "pushed to 1 connection"
+        else:
+            detail = f"pushed to {written} connections"
         return SendResult(Outcome.SENT, event_id, detail, parts=(event_id,))
