@@ -5,7 +5,6 @@ gets exactly what it missed."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,3 @@ async def _count(page: Page, n: int) -> bool:
 
 async def _delivered(run: Any, message_id: str) -> bool:
     return (await run.message(message_id))["state"] == "delivered"
-
-
-async def _sleep() -> None:
-    await asyncio.sleep(0)

@@ -378,22 +378,24 @@ class SluiceGateway:
         missed = after_id + 1 < oldest
         found: list[Message] = []
         before: int | None = None
-        while True:
+        reading = True
+        while reading:
             page = await self.journal.by_recipient(tenant, subscriber, before, REPLAY_PAGE)
+            reading = len(page) == REPLAY_PAGE
             for record in page:
                 message = record.message
                 if message.id < floor:
-                    found.reverse()
-                    return found, missed
+                    reading = False
+                    break
                 if message.channel in channels:
                     if len(found) >= push.max_replay:
-                        found.reverse()
-                        return found, True
+                        missed, reading = True, False
+                        break
                     found.append(message)
-            if len(page) < REPLAY_PAGE:
-                found.reverse()
-                return found, missed
-            before = page[-1].message.id
+            if page:
+                before = page[-1].message.id
+        found.reverse()  # the index reads newest first
+        return found, missed
 
     def push_presence(self, tenant: str, subscriber: str | None, topic: str | None) -> int:
         """Live push connections of a subscriber, or of a topic, on this process."""

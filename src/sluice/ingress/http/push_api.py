@@ -74,8 +74,8 @@ class PushApi:
                 "ttl_seconds",
             )
         topics = tuple(dict.fromkeys(request.topics))
-        token = self._tokens.mint(tenant, request.subscriber, topics, int(ttl * 1000))
-        grant = self._tokens.verify(token)
+        grant = self._tokens.grant(tenant, request.subscriber, topics, int(ttl * 1000))
+        token = self._tokens.sign(grant)
         view = TokenView(
             token,
             request.subscriber,

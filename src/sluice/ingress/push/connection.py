@@ -43,7 +43,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from sluice.ingress.push.tokens import BadToken, PushTokens
+from sluice.ingress.push.tokens import BadToken, ExpiredToken, PushTokens
 from sluice.model import Message, format_id, parse_id
 from sluice.transports.push.hub import PushHub
 
@@ -153,9 +153,7 @@ class PushConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        if self._attached:
-            self._attached = False
-            self._hub.detach(self)
+        self._detach()
         self._forget(self)
 
     # ------------------------------------------------------------------ the hub's side
@@ -165,21 +163,21 @@ class PushConnection(asyncio.Protocol):
         if self._closing or not self.opened or transport is None:
             return False
         if transport.get_write_buffer_size() > self._max_buffer:
-            self._hub.slow_consumers += 1
-            self.close_for(
-                CLOSE_TRY_LATER,
-                f"slow consumer: more than push.max_buffer_bytes = {self._max_buffer} waiting",
-            )
+            self._cut_off(f"more than push.max_buffer_bytes = {self._max_buffer} waiting")
             return False
         if self._held is not None:  # replaying: live pushes follow what was missed
             if len(self._held) >= MAX_UNACKED:
-                self._hub.slow_consumers += 1
-                self.close_for(CLOSE_TRY_LATER, "slow consumer: too much arrived during replay")
+                self._cut_off("too much arrived during replay")
                 return False
             self._held.append((message, event_id))
             return True
         self._write(message, event_id)
+        self._flush()
         return True
+
+    def _cut_off(self, why: str) -> None:
+        self._hub.slow_consumers += 1
+        self.close_for(CLOSE_TRY_LATER, f"slow consumer: {why}")
 
     def replayed(self, messages: list[Message], missed: bool) -> None:
         held, self._held = self._held or [], None
@@ -203,15 +201,12 @@ class PushConnection(asyncio.Protocol):
         unacked[event_id] = message.channel
         pushed = _Pushed(event_id, message.body, sender=message.sender, metadata=message.metadata)
         self._ws.send_text(_encoder.encode(pushed))
-        self._flush()
 
     def close_for(self, code: int, reason: str) -> None:
         if self._closing:
             return
         self._closing = True
-        if self._attached:
-            self._attached = False
-            self._hub.detach(self)
+        self._detach()
         try:
             self._ws.send_close(code, reason[:120])
         except InvalidState:  # the handshake never finished: nothing to say it in
@@ -219,6 +214,11 @@ class PushConnection(asyncio.Protocol):
                 self._transport.close()
             return
         self._flush()
+
+    def _detach(self) -> None:
+        if self._attached:
+            self._attached = False
+            self._hub.detach(self)
 
     @property
     def closing(self) -> bool:
@@ -275,20 +275,23 @@ class PushConnection(asyncio.Protocol):
             self._hub.refused["bad_handshake"] += 1
             return
         self.opened = True
-        token = (parse_qs(url.query).get("token") or [""])[0]
+        query = parse_qs(url.query)
+        token = (query.get("token") or [""])[0]
         try:
             grant = self._tokens.verify(token)
+        except ExpiredToken as error:
+            self._hub.refused["expired_token"] += 1
+            self.close_for(CLOSE_EXPIRED_TOKEN, str(error))
+            return
         except BadToken as error:
-            expired = "expired" in str(error)
-            self._hub.refused["expired_token" if expired else "bad_token"] += 1
-            self.close_for(CLOSE_EXPIRED_TOKEN if expired else CLOSE_BAD_TOKEN, str(error))
+            self._hub.refused["bad_token"] += 1
+            self.close_for(CLOSE_BAD_TOKEN, str(error))
             return
         why = self._hub.admit(grant.tenant, grant.subscriber)
         if why is not None:
             self._hub.refused["too_many_connections"] += 1
             self.close_for(CLOSE_TOO_MANY, why)
             return
-        query = parse_qs(url.query)
         last = (query.get("last_id") or [request.headers.get("Last-Event-ID", "")])[0]
         after = None
         if last:

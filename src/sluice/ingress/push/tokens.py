@@ -39,6 +39,10 @@ class BadToken(ValueError):
     """A token refused; the message says why (malformed, forged, expired)."""
 
 
+class ExpiredToken(BadToken):
+    """A good token past its expiry."""
+
+
 class Grant(msgspec.Struct, array_like=True, frozen=True):
     """What a valid token lets its holder read."""
 
@@ -70,7 +74,14 @@ class PushTokens:
         self._clock_ms = clock_ms
 
     def mint(self, tenant: str, subscriber: str, topics: tuple[str, ...], ttl_ms: int) -> str:
-        payload = _encoder.encode(Grant(tenant, subscriber, topics, self._clock_ms() + ttl_ms))
+        return self.sign(self.grant(tenant, subscriber, topics, ttl_ms))
+
+    def grant(self, tenant: str, subscriber: str, topics: tuple[str, ...], ttl_ms: int) -> Grant:
+        """What a token minted now for `ttl_ms` grants (`sign` makes it the token)."""
+        return Grant(tenant, subscriber, topics, self._clock_ms() + ttl_ms)
+
+    def sign(self, grant: Grant) -> str:
+        payload = _encoder.encode(grant)
         return _b64(payload) + "." + _b64(self._mac(payload))
 
     def verify(self, token: str) -> Grant:
@@ -91,7 +102,7 @@ class PushTokens:
         except msgspec.DecodeError:  # signed by us, so only a token of another version
             raise BadToken("the token's payload is not one this version reads") from None
         if grant.expires_at <= self._clock_ms():
-            raise BadToken("the token has expired")
+            raise ExpiredToken("the token has expired")
         return grant
 
     def _mac(self, payload: bytes) -> bytes:

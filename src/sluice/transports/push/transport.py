@@ -38,15 +38,6 @@ class PushTransport:
         pass
 
     async def send(self, message: Message) -> SendResult:
-        return self._send(message)
-
-    def send_soon(self, message: Message, done: Callable[[SendResult], None]) -> bool:
-        return False
-
-    def drop_queued(self) -> int:
-        return 0
-
-    def _send(self, message: Message) -> SendResult:
         event_id = format_id(message.id)
         written = self._hub.deliver(message, event_id)
         if not written:
@@ -56,3 +47,9 @@ class PushTransport:
         else:
             detail = f"pushed to {written} connections"
         return SendResult(Outcome.SENT, event_id, detail, parts=(event_id,))
+
+    def send_soon(self, message: Message, done: Callable[[SendResult], None]) -> bool:
+        return False
+
+    def drop_queued(self) -> int:
+        return 0
